@@ -1,0 +1,122 @@
+//! `sprout bench`: training and inference throughput of the seed networks.
+
+use crate::run_dir::set_threads;
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+use sprout_core::backend::{Backend, CpuBackend};
+use sprout_core::optim::Sgd;
+use sprout_core::rng::Rng;
+use sprout_core::{Arch, Network};
+use std::time::Instant;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Timed windows per row; the median is reported.
+    #[arg(long, default_value_t = 7)]
+    pub windows: usize,
+    /// Target length of one timed window in seconds.
+    #[arg(long, default_value_t = 0.5)]
+    pub window_seconds: f64,
+    /// Only the rows of this network (vgg19 or mobilenet-v1).
+    #[arg(long)]
+    pub net: Option<String>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// One measured row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub net: String,
+    pub step: String,
+    pub images_per_s: f64,
+    /// Floating-point operations per image the step implies.
+    pub flops_per_image: f64,
+}
+
+/// Times `step` (one call processes `batch` images): a warm-up, then the
+/// median over `windows` windows of about `window_seconds` each.
+pub fn median_images_per_s(batch: usize, windows: usize, window_seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    let mut warm = 0;
+    while warm < 3 || start.elapsed().as_secs_f64() < 0.3 {
+        step()?;
+        warm += 1;
+    }
+    let per_step = start.elapsed().as_secs_f64() / warm as f64;
+    let steps = ((window_seconds / per_step).ceil() as usize).max(1);
+    let mut rates = Vec::with_capacity(windows);
+    for _ in 0..windows.max(1) {
+        let t = Instant::now();
+        for _ in 0..steps {
+            step()?;
+        }
+        rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(|a, b| a.total_cmp(b));
+    Ok(rates[rates.len() / 2])
+}
+
+/// The benchmarked networks: the two seeds on 1x32x32 inputs, 10 classes.
+pub fn seed_networks() -> Vec<(String, Arch)> {
+    vec![
+        ("vgg19-w16".into(), Arch::vgg19(16, [1, 32, 32], 10).expect("valid seed")),
+        ("mobilenet-v1-w32".into(), Arch::mobilenet_v1(32, [1, 32, 32], 10).expect("valid seed")),
+    ]
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let mut rows = Vec::new();
+    for (name, arch) in seed_networks() {
+        if let Some(only) = &args.net {
+            if !name.starts_with(only.as_str()) {
+                continue;
+            }
+        }
+        let mut rng = Rng::new(1);
+        let len: usize = arch.input.iter().product();
+        let images: Vec<f32> = (0..args.batch * len).map(|_| rng.normal()).collect();
+        let labels: Vec<u32> = (0..args.batch).map(|_| rng.below(arch.classes) as u32).collect();
+        let mut backend = CpuBackend::new(args.batch);
+        backend.load(&Network::init(&arch, 0), None)?;
+        let sgd = Sgd::paper(0.01);
+        let macs = arch.macs() as f64;
+        let train = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
+            backend.train_batch(&images, &labels, args.batch, &sgd)?;
+            Ok(())
+        })?;
+        // Training does the forward pass and two backward GEMMs per layer: 3x the MACs.
+        rows.push(Row { net: name.clone(), step: "train".into(), images_per_s: train, flops_per_image: 6.0 * macs });
+        let infer = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
+            backend.eval_batch(&images, &labels, args.batch)?;
+            Ok(())
+        })?;
+        rows.push(Row { net: name.clone(), step: "infer".into(), images_per_s: infer, flops_per_image: 2.0 * macs });
+    }
+    print_rows(&rows, args.json, args.batch);
+    Ok(())
+}
+
+pub fn print_rows(rows: &[Row], as_json: bool, batch: usize) {
+    if !as_json {
+        println!("{:<18} {:<10} {:>12} {:>10}   (batch {batch}, {} threads)", "net", "step", "images/s", "GFLOP/s", rayon::current_num_threads());
+    }
+    for r in rows {
+        let gflops = r.images_per_s * r.flops_per_image / 1e9;
+        if as_json {
+            println!("{}", json!({"net": r.net, "step": r.step, "images_per_s": r.images_per_s, "gflops": gflops, "batch": batch}));
+        } else {
+            println!("{:<18} {:<10} {:>12.0} {:>10.1}", r.net, r.step, r.images_per_s, gflops);
+        }
+    }
+}

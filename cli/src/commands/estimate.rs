@@ -1,0 +1,286 @@
+//! `sprout estimate`: the paper's Figure 3. Train the seed, learn theta for
+//! every split candidate with the model fixed, then compare each candidate's
+//! estimated Delta L with the true Delta L of the actually expanded network
+//! on held-out data, under the same frozen-sigma convention (eval mode).
+
+use crate::data::resolve;
+use crate::progress::bar;
+use crate::run_dir::{set_threads, RunDir};
+use crate::weights::save_tensors;
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+use sprout_core::backend::{Backend, CpuBackend};
+use sprout_core::data::{Augment, Dataset, Normalization};
+use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
+use sprout_core::grow::{train_epochs, GrowConfig, GrowState, Stage};
+use sprout_core::learn::{MorphConfig, MorphState};
+use sprout_core::model::{Mode, Model};
+use sprout_core::morph::{apply, ChannelMorphism, Morphism};
+use sprout_core::optim::{Adam, StepSchedule};
+use sprout_core::select::SelectConfig;
+use sprout_core::train::{shuffled_pass, Batches};
+use sprout_core::Network;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug, Clone)]
+pub struct EstimateArgs {
+    #[arg(long, default_value = "vgg19")]
+    pub arch: String,
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long, value_enum)]
+    pub dataset: Option<crate::data::DatasetName>,
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Epochs training the seed before theta is learned.
+    #[arg(long, default_value_t = 2)]
+    pub train_epochs: usize,
+    /// Epochs learning theta with the model fixed.
+    #[arg(long, default_value_t = 1)]
+    pub theta_epochs: usize,
+    /// Held-out images for the true Delta L (from the test split).
+    #[arg(long, default_value_t = 1000)]
+    pub heldout: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0.01)]
+    pub theta_init: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    #[arg(long, default_value = "runs/estimate")]
+    pub out: PathBuf,
+}
+
+/// Mean loss of `net` on `ds` in eval mode.
+fn mean_loss(model: &mut Model, net: &Network, ds: &Dataset, norm: &Normalization, buf: &mut Batches) -> f64 {
+    let mut rng = sprout_core::rng::Rng::new(0);
+    let mut total = 0.0f64;
+    for start in (0..ds.len()).step_by(buf.batch) {
+        let idx: Vec<usize> = (start..(start + buf.batch).min(ds.len())).collect();
+        sprout_core::data::fill_batch(ds, norm, &idx, None, &mut rng, &mut buf.images, &mut buf.labels);
+        model.forward(net, &buf.images, idx.len(), Mode::Eval);
+        total += model.loss(&buf.labels).0 as f64 * idx.len() as f64;
+    }
+    total / ds.len() as f64
+}
+
+/// Pearson correlation.
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+/// Ranks with ties averaged.
+fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut r = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+            j += 1;
+        }
+        for k in i..=j {
+            r[idx[k]] = (i + j) as f64 / 2.0;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman rank correlation.
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    pearson(&ranks(x), &ranks(y))
+}
+
+pub fn run(args: &EstimateArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    if args.train_epochs == 0 || args.theta_epochs == 0 || args.heldout == 0 {
+        bail!("--train-epochs, --theta-epochs and --heldout must be at least 1");
+    }
+    let splits = resolve(args.dataset, args.data.as_deref())?;
+    let train = match args.train_limit {
+        Some(n) if n < splits.train.len() => splits.train.subset(&(0..n).collect::<Vec<_>>()),
+        _ => splits.train.clone(),
+    };
+    let heldout = splits.test.subset(&(0..args.heldout.min(splits.test.len())).collect::<Vec<_>>());
+    let t = &train;
+    let arch = crate::commands::info::arch_from_flags(&args.arch, args.width, None, &format!("{}x{}x{}", t.channels, t.height, t.width), t.classes, None)?;
+    let run = RunDir::create(&args.out)?;
+    let cfg = GrowConfig {
+        phases: 1,
+        train_epochs: args.train_epochs,
+        morph_epochs: args.theta_epochs,
+        final_epochs: 0,
+        batch: args.batch,
+        schedule: StepSchedule::constant(args.lr),
+        weight_decay: 1e-4,
+        adam: Adam::paper(),
+        ema_alpha: None,
+        theta_init: args.theta_init,
+        select: SelectConfig { lambda_params: 0.0, lambda_macs: 0.0, fraction: 0.3, prune: false },
+        augment: Some(Augment::default()),
+    };
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    run.write_json("config.json", &json!({"command": "estimate", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "heldout": heldout.len(), "lr": args.lr, "theta_init": args.theta_init, "seed": args.seed, "train_images": train.len()}))?;
+    let norm = Normalization::of(&train);
+    let mut state = GrowState::new(Network::init(&arch, args.seed), args.seed ^ 0x6a09_e667);
+    let mut backend = CpuBackend::new(args.batch);
+    backend.load(&state.network, None)?;
+    let mut current: Option<(Stage, indicatif::ProgressBar)> = None;
+    let mut progress = |stage: Stage, done: usize, total: usize, loss: f32| {
+        if current.as_ref().map(|c| c.0) != Some(stage) {
+            current = Some((stage, bar(total as u64, &format!("{stage:?}"))));
+        }
+        let pb = &current.as_ref().expect("set").1;
+        pb.set_position(done as u64);
+        pb.set_message(format!("loss {loss:.4}"));
+        if done == total {
+            pb.finish_and_clear();
+        }
+    };
+    let tr = train_epochs(&mut backend, &mut state, &cfg, args.train_epochs, &train, &norm, false, &mut progress)?;
+    println!("trained {} epochs: train loss {:.4}, accuracy {:.2}%", args.train_epochs, tr.loss, 100.0 * tr.accuracy);
+    let net = backend.network()?;
+    let mcfg = MorphConfig { adam: cfg.adam, ema_alpha: MorphConfig::paper(cfg.batch, train.len()).ema_alpha };
+    let mut theta_rng = state.rng.fork();
+    backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;
+    let start = Instant::now();
+    let mut buffers = Batches::new(&train, cfg.batch);
+    for e in 0..args.theta_epochs {
+        shuffled_pass(&train, &norm, &mut buffers, cfg.augment.as_ref(), &mut state.rng, &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg), &mut |d, t, s| {
+            progress(Stage::Morph { epoch: e }, d, t, s.loss)
+        })?;
+    }
+    let learned = backend.end_morph()?;
+    println!("learned theta for {} candidates in {:.1} s", arch.widths.iter().sum::<usize>(), start.elapsed().as_secs_f64());
+
+    // Eq. (1) with the final theta on the held-out data, and the brute-force truth there.
+    let mut model = Model::new(&arch, args.batch);
+    let mut hbuf = Batches::new(&heldout, args.batch);
+    let base = mean_loss(&mut model, &net, &heldout, &norm, &mut hbuf);
+    let units = arch.units();
+    let mut heldout_est: Vec<Vec<f64>> = units.iter().map(|u| vec![0.0; u.cout]).collect();
+    {
+        let mut ws = Workspace::default();
+        let mut grads = net.zeros_like();
+        let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(&net, l)).collect();
+        let mut rng = sprout_core::rng::Rng::new(0);
+        for start in (0..heldout.len()).step_by(args.batch) {
+            let idx: Vec<usize> = (start..(start + args.batch).min(heldout.len())).collect();
+            sprout_core::data::fill_batch(&heldout, &norm, &idx, None, &mut rng, &mut hbuf.images, &mut hbuf.labels);
+            model.forward(&net, &hbuf.images, idx.len(), Mode::Eval);
+            let (loss, _) = model.loss(&hbuf.labels);
+            model.backward(&net, &mut grads);
+            for (l, u) in units.iter().enumerate() {
+                let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss);
+                let mut d = vec![0.0; u.cout];
+                split_estimates(&b, &learned.theta[l], &mut ws, &mut d, None);
+                for (acc, v) in heldout_est[l].iter_mut().zip(&d) {
+                    *acc += *v as f64 * idx.len() as f64 / heldout.len() as f64;
+                }
+            }
+        }
+    }
+    let total: usize = arch.widths.iter().sum();
+    let pb = bar(total as u64, "brute force");
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    for (l, u) in units.iter().enumerate() {
+        let fan = u.fan_in();
+        for c in 0..u.cout {
+            let theta = learned.theta[l][c * fan..(c + 1) * fan].to_vec();
+            let expanded = apply(&net, &[ChannelMorphism { layer: l, channel: c, morphism: Morphism::Split { theta } }], &mut [])?;
+            let mut m = Model::new(&expanded.arch, args.batch);
+            let truth = mean_loss(&mut m, &expanded, &heldout, &norm, &mut hbuf) - base;
+            rows.push((l, c, learned.split_ema[l][c] as f64, truth, learned.theta_norm(l, c) as f64, heldout_est[l][c]));
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    println!("brute force over {} candidates on {} held-out images in {:.1} s", rows.len(), heldout.len(), start.elapsed().as_secs_f64());
+
+    let mut csv = String::from("layer,channel,estimated,true,theta_norm\n");
+    for r in &rows {
+        writeln!(csv, "{},{},{:e},{:e},{:e}", r.0, r.1, r.2, r.3, r.4)?;
+    }
+    crate::weights::write_atomic(&run.file("candidates.csv"), csv.as_bytes())?;
+    let mut held = String::from("layer,channel,estimated_heldout,true\n");
+    for r in &rows {
+        writeln!(held, "{},{},{:e},{:e}", r.0, r.1, r.5, r.3)?;
+    }
+    crate::weights::write_atomic(&run.file("heldout.csv"), held.as_bytes())?;
+    let named: Vec<(String, Vec<usize>, &[f32])> = units
+        .iter()
+        .enumerate()
+        .map(|(l, u)| (format!("layers.{l}.theta"), vec![u.cout, u.cin, u.kernel, u.kernel], learned.theta[l].as_slice()))
+        .collect();
+    save_tensors(&run.file("thetas.safetensors"), &named, &[("arch", serde_json::to_string(&arch)?)])?;
+
+    let corr = |sel: &dyn Fn(&(usize, usize, f64, f64, f64, f64)) -> bool, est: &dyn Fn(&(usize, usize, f64, f64, f64, f64)) -> f64| {
+        let pts: Vec<_> = rows.iter().filter(|r| sel(r)).collect();
+        let e: Vec<f64> = pts.iter().map(|r| est(r)).collect();
+        let t: Vec<f64> = pts.iter().map(|r| r.3).collect();
+        json!({"candidates": pts.len(), "pearson": pearson(&e, &t), "spearman": spearman(&e, &t)})
+    };
+    let ema = |r: &(usize, usize, f64, f64, f64, f64)| r.2;
+    let hel = |r: &(usize, usize, f64, f64, f64, f64)| r.5;
+    let per_layer: Vec<_> = (0..units.len())
+        .map(|l| json!({"layer": l, "ema": corr(&|r| r.0 == l, &ema), "heldout": corr(&|r| r.0 == l, &hel)}))
+        .collect();
+    let summary = json!({
+        "base_heldout_loss": base,
+        "overall": corr(&|_| true, &ema),
+        "overall_heldout_estimate": corr(&|_| true, &hel),
+        "per_layer": per_layer,
+    });
+    run.write_json("summary.json", &summary)?;
+    let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.3, r.2)).collect();
+    crate::plots::scatter_estimated_vs_true(&run.file("scatter-all.svg"), "all layers: estimated (EMA) vs true ΔL", &pts)?;
+    for l in 0..units.len() {
+        let pts: Vec<(f64, f64)> = rows.iter().filter(|r| r.0 == l).map(|r| (r.3, r.2)).collect();
+        crate::plots::scatter_estimated_vs_true(&run.file(&format!("scatter-layer-{:02}.svg", l + 1)), &format!("layer {}: estimated vs true ΔL", l + 1), &pts)?;
+    }
+    let o = &summary["overall"];
+    let h = &summary["overall_heldout_estimate"];
+    println!(
+        "{} candidates: EMA estimate vs truth Pearson {:.3} Spearman {:.3}; held-out estimate Pearson {:.3} Spearman {:.3}",
+        rows.len(),
+        o["pearson"].as_f64().unwrap_or(f64::NAN),
+        o["spearman"].as_f64().unwrap_or(f64::NAN),
+        h["pearson"].as_f64().unwrap_or(f64::NAN),
+        h["spearman"].as_f64().unwrap_or(f64::NAN)
+    );
+    for l in [0, 8, units.len() - 1] {
+        if l < units.len() {
+            let p = &summary["per_layer"][l];
+            println!(
+                "  layer {:>2}: EMA Spearman {:.3} (Pearson {:.3}); held-out Spearman {:.3}",
+                l + 1,
+                p["ema"]["spearman"].as_f64().unwrap_or(f64::NAN),
+                p["ema"]["pearson"].as_f64().unwrap_or(f64::NAN),
+                p["heldout"]["spearman"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    println!("wrote {}", run.path.display());
+    Ok(())
+}

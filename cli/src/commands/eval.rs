@@ -1,0 +1,318 @@
+//! `sprout eval`: test accuracy and loss of a run directory's model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use clap::ValueEnum;
+use sprout_core::backend::{Backend, BatchStats, CpuBackend};
+use sprout_core::data::{fill_batch, Dataset, Normalization};
+use sprout_core::rng::Rng;
+
+use crate::data::{self, DatasetName, Splits};
+use crate::weights::load_network;
+
+/// Name of the Fashion-MNIST subset compiled into the binary.
+pub const EMBEDDED: &str = "fashion-mnist-embedded";
+
+/// Flags of `sprout eval`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Run directory holding model.safetensors (and config.json).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Dataset to test on [default: the one in DIR/config.json]: fashion-mnist-embedded,
+    /// fashion-mnist, mnist, cifar10 or cifar100.
+    #[arg(long, value_name = "NAME")]
+    pub dataset: Option<String>,
+    /// Directory holding the dataset files [default: DIR/config.json's data_dir, then the dataset's default].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Images per evaluation batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+}
+
+/// Loads the dataset called `name` (`fashion-mnist-embedded` or a
+/// [`DatasetName`]) from `dir` or its default location.
+pub fn load_dataset(name: &str, dir: Option<&Path>) -> Result<Splits> {
+    if name == EMBEDDED || name == "embedded" {
+        return data::embedded();
+    }
+    let parsed = DatasetName::from_str(name, true).map_err(|_| {
+        let known: Vec<String> = DatasetName::value_variants()
+            .iter()
+            .map(|d| d.as_str().to_string())
+            .collect();
+        anyhow!(
+            "--dataset: unknown dataset '{name}' (expected {EMBEDDED}, {})",
+            known.join(", ")
+        )
+    })?;
+    data::load(parsed, dir)
+}
+
+/// What a run directory's config.json says about its data: the dataset name
+/// and directory, if present. `Ok(None)` when there is no config.json.
+pub fn run_dataset(run: &Path) -> Result<Option<(String, Option<PathBuf>)>> {
+    let path = run.join("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+    let name = match config.get("dataset") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(_) => bail!("{}: \"dataset\" must be a string", path.display()),
+        None => return Ok(None),
+    };
+    let dir = match config.get("data_dir") {
+        Some(serde_json::Value::String(s)) => Some(PathBuf::from(s)),
+        Some(serde_json::Value::Null) | None => None,
+        Some(_) => bail!("{}: \"data_dir\" must be a string or null", path.display()),
+    };
+    Ok(Some((name, dir)))
+}
+
+/// Loss and accuracy counts of `backend`'s loaded network on all of `ds`, in
+/// batches of at most `batch` images (BN in eval mode, no augmentation):
+/// `loss` is the mean over images, `correct` and `samples` the totals.
+pub fn evaluate_counts(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    norm: &Normalization,
+    batch: usize,
+) -> Result<BatchStats> {
+    if ds.is_empty() {
+        bail!("cannot evaluate on an empty dataset");
+    }
+    if batch == 0 {
+        bail!("--batch: must be at least 1");
+    }
+    let batch = batch.min(ds.len());
+    let mut images = vec![0f32; batch * ds.image_len()];
+    let mut labels = vec![0u32; batch];
+    let indices: Vec<usize> = (0..ds.len()).collect();
+    // Unused without augmentation.
+    let mut rng = Rng::new(0);
+    let (mut loss_sum, mut correct) = (0f64, 0usize);
+    for chunk in indices.chunks(batch) {
+        let n = chunk.len();
+        fill_batch(ds, norm, chunk, None, &mut rng, &mut images, &mut labels);
+        let stats = backend.eval_batch(&images, &labels, n)?;
+        loss_sum += f64::from(stats.loss) * n as f64;
+        correct += stats.correct;
+    }
+    Ok(BatchStats {
+        loss: (loss_sum / ds.len() as f64) as f32,
+        correct,
+        samples: ds.len(),
+    })
+}
+
+/// Mean loss and accuracy (in [0, 1]) of `backend`'s loaded network on `ds`;
+/// see [`evaluate_counts`].
+pub fn evaluate(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    norm: &Normalization,
+    batch: usize,
+) -> Result<(f32, f32)> {
+    let s = evaluate_counts(backend, ds, norm, batch)?;
+    Ok((s.loss, s.correct as f32 / s.samples as f32))
+}
+
+/// Checks that images of `ds` fit the network's input and its labels its classes.
+fn check_fits(ds: &Dataset, name: &str, arch: &sprout_core::Arch, model: &Path) -> Result<()> {
+    let [c, h, w] = arch.input;
+    if [ds.channels, ds.height, ds.width] != arch.input {
+        bail!(
+            "{name} has {}x{}x{} images but the model in {} expects {c}x{h}x{w}",
+            ds.channels,
+            ds.height,
+            ds.width,
+            model.display()
+        );
+    }
+    if ds.classes > arch.classes {
+        bail!(
+            "{name} has {} classes but the model in {} has {}",
+            ds.classes,
+            model.display(),
+            arch.classes
+        );
+    }
+    Ok(())
+}
+
+/// Test loss and accuracy counts of the model in `args.run`.
+pub fn eval_run(args: &EvalArgs) -> Result<(String, BatchStats)> {
+    if args.batch == 0 {
+        bail!("--batch: must be at least 1");
+    }
+    let model = args.run.join("model.safetensors");
+    let net = load_network(&model)?;
+    let from_config = run_dataset(&args.run)?;
+    let (name, dir) = match (&args.dataset, from_config) {
+        (Some(name), cfg) => {
+            // The config's data_dir only applies to the dataset it names.
+            let cfg_dir = cfg.filter(|(n, _)| n == name).and_then(|(_, d)| d);
+            (name.clone(), args.data.clone().or(cfg_dir))
+        }
+        (None, Some((name, dir))) => (name, args.data.clone().or(dir)),
+        (None, None) => bail!(
+            "{}: no dataset recorded (config.json missing or without \"dataset\"); pass --dataset NAME",
+            args.run.display()
+        ),
+    };
+    let splits = load_dataset(&name, dir.as_deref())?;
+    check_fits(&splits.test, &splits.name, &net.arch, &model)?;
+    let norm = Normalization::of(&splits.train);
+    let mut backend = CpuBackend::new(args.batch);
+    backend
+        .load(&net, None)
+        .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+    let stats = evaluate_counts(&mut backend, &splits.test, &norm, args.batch)?;
+    Ok((splits.name, stats))
+}
+
+/// Runs `sprout eval`.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let (name, s) = eval_run(args)?;
+    eprintln!(
+        "evaluated {} on the {name} test set",
+        args.run.join("model.safetensors").display()
+    );
+    println!(
+        "test accuracy: {:.2}% ({}/{}), loss {:.4}",
+        100.0 * s.correct as f64 / s.samples as f64,
+        s.correct,
+        s.samples,
+        s.loss
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::tests::TempDir;
+    use crate::weights::{save_network, write_atomic};
+    use sprout_core::{Arch, Network};
+
+    fn run_dir(dir: &Path, config: Option<&str>) {
+        let net = Network::init(&Arch::vgg19(8, [1, 32, 32], 10).unwrap(), 5);
+        save_network(&dir.join("model.safetensors"), &net, &[]).unwrap();
+        if let Some(c) = config {
+            write_atomic(&dir.join("config.json"), c.as_bytes()).unwrap();
+        }
+    }
+
+    fn args(dir: &Path, dataset: Option<&str>, batch: usize) -> EvalArgs {
+        EvalArgs {
+            run: dir.to_path_buf(),
+            dataset: dataset.map(str::to_string),
+            data: None,
+            batch,
+        }
+    }
+
+    #[test]
+    fn evaluates_a_run_directory() {
+        let dir = TempDir::new("eval");
+        run_dir(
+            &dir.0,
+            Some(r#"{"dataset": "fashion-mnist-embedded", "data_dir": null}"#),
+        );
+        let (name, s) = eval_run(&args(&dir.0, None, 256)).unwrap();
+        assert_eq!(name, EMBEDDED);
+        assert_eq!(s.samples, 1000);
+        assert!(s.correct <= 1000);
+        assert!(s.loss.is_finite() && s.loss > 0.0);
+        // Eval-mode BN: the batch size changes nothing but rounding.
+        let (_, s2) = eval_run(&args(&dir.0, None, 77)).unwrap();
+        assert_eq!(s2.correct, s.correct);
+        assert!(
+            (s2.loss - s.loss).abs() < 1e-4 * s.loss.max(1.0),
+            "{} vs {}",
+            s2.loss,
+            s.loss
+        );
+        run(&args(&dir.0, None, 500)).unwrap();
+    }
+
+    #[test]
+    fn evaluate_matches_one_big_batch() {
+        let splits = data::embedded().unwrap();
+        let ds = splits.test.subset(&(0..200).collect::<Vec<_>>());
+        let norm = Normalization::of(&splits.train);
+        let net = Network::init(&Arch::vgg19(8, [1, 32, 32], 10).unwrap(), 9);
+        let mut backend = CpuBackend::new(200);
+        backend.load(&net, None).unwrap();
+        let (loss, acc) = evaluate(&mut backend, &ds, &norm, 64).unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        let mut images = vec![0f32; 200 * ds.image_len()];
+        let mut labels = vec![0u32; 200];
+        let idx: Vec<usize> = (0..200).collect();
+        fill_batch(
+            &ds,
+            &norm,
+            &idx,
+            None,
+            &mut Rng::new(0),
+            &mut images,
+            &mut labels,
+        );
+        let whole = backend.eval_batch(&images, &labels, 200).unwrap();
+        assert!(
+            (whole.loss - loss).abs() < 1e-4 * loss.max(1.0),
+            "{} vs {loss}",
+            whole.loss
+        );
+        assert_eq!(whole.correct as f32 / 200.0, acc);
+        assert!(evaluate(&mut backend, &ds, &norm, 0).is_err());
+    }
+
+    #[test]
+    fn dataset_flag_and_errors() {
+        let dir = TempDir::new("eval");
+        run_dir(&dir.0, None);
+        let m = eval_run(&args(&dir.0, None, 64)).unwrap_err().to_string();
+        assert!(m.contains("--dataset"), "{m}");
+        let (name, s) = eval_run(&args(&dir.0, Some("fashion-mnist-embedded"), 500)).unwrap();
+        assert_eq!((name.as_str(), s.samples), (EMBEDDED, 1000));
+        let m = eval_run(&args(&dir.0, Some("imagenet"), 64))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.starts_with("--dataset: unknown dataset 'imagenet'"),
+            "{m}"
+        );
+        let m = eval_run(&args(&dir.0, Some(EMBEDDED), 0))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("--batch"), "{m}");
+
+        // A model for other images is refused with both shapes named.
+        let other = TempDir::new("eval");
+        let net = Network::init(&Arch::vgg19(4, [3, 32, 32], 10).unwrap(), 1);
+        save_network(&other.0.join("model.safetensors"), &net, &[]).unwrap();
+        let m = eval_run(&args(&other.0, Some(EMBEDDED), 64))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("1x32x32") && m.contains("3x32x32"), "{m}");
+
+        // Broken config and missing model name their files.
+        write_atomic(&dir.0.join("config.json"), b"{oops").unwrap();
+        let m = eval_run(&args(&dir.0, None, 64)).unwrap_err().to_string();
+        assert!(
+            m.contains("config.json") && m.contains("invalid JSON"),
+            "{m}"
+        );
+        let empty = TempDir::new("eval");
+        let m = eval_run(&args(&empty.0, Some(EMBEDDED), 64))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("model.safetensors"), "{m}");
+    }
+}

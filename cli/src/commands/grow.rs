@@ -1,0 +1,579 @@
+//! `sprout grow`: the paper's Algorithm 1 on real data, with a run directory
+//! that logs every phase and morphism, checkpoints atomically after every
+//! phase and resumes a killed run exactly.
+
+use crate::commands::eval::load_dataset;
+use crate::commands::info::arch_from_flags;
+use crate::data::{resolve, DatasetName, Splits};
+use crate::progress::bar;
+use crate::run_dir::{set_threads, RunDir};
+use crate::weights::{load_network, load_tensors, save_network, save_tensors};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sprout_core::backend::{Backend, CpuBackend};
+use sprout_core::data::{Augment, Dataset, Normalization};
+use sprout_core::grow::{run_phase, train_epochs, GrowConfig, GrowState, PhaseReport, Stage};
+use sprout_core::optim::{Adam, StepSchedule};
+use sprout_core::rng::Rng;
+use sprout_core::select::{Kind, SelectConfig};
+use sprout_core::train::{evaluate, Batches, PassStats};
+use sprout_core::{Arch, Network};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Flags of `sprout grow`. Options left unset take their defaults, or with
+/// `--resume` the values the run was started with.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GrowArgs {
+    /// Seed architecture: vgg19 or mobilenet-v1 [default: vgg19].
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Seed width of every layer [default: 16 for vgg19, 32 for mobilenet-v1].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Seed widths, comma-separated.
+    #[arg(long)]
+    pub widths: Option<String>,
+    /// Seed architecture from a JSON file.
+    #[arg(long)]
+    pub arch_file: Option<PathBuf>,
+    /// Dataset [default: the embedded Fashion-MNIST subset].
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetName>,
+    /// Directory of the dataset files.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Price per parameter, lambda_p [default: 3e-7].
+    #[arg(long)]
+    pub lambda_params: Option<f64>,
+    /// Price per multiply-accumulate, lambda_f (energy-aware growth) [default: 0].
+    #[arg(long)]
+    pub lambda_macs: Option<f64>,
+    /// Growth phases P [default: 4].
+    #[arg(long)]
+    pub phases: Option<usize>,
+    /// Training epochs per phase [default: 2].
+    #[arg(long)]
+    pub phase_epochs: Option<usize>,
+    /// Morphism-learning epochs per phase [default: --phase-epochs].
+    #[arg(long)]
+    pub morph_epochs: Option<usize>,
+    /// Training epochs after the last phase [default: --phase-epochs].
+    #[arg(long)]
+    pub final_epochs: Option<usize>,
+    /// Largest fraction of a layer's channels changed per phase [default: 0.3].
+    #[arg(long)]
+    pub grow_fraction: Option<f64>,
+    /// Consider splits only, never prunes.
+    #[arg(long)]
+    pub no_prune: bool,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// SGD learning rate [default: 0.05].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Training epochs (cumulative) at which the learning rate drops 10x.
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Option<Vec<usize>>,
+    /// Adam learning rate for theta [default: 0.01].
+    #[arg(long)]
+    pub theta_lr: Option<f32>,
+    /// Initial |theta| relative to |w_in| [default: 0.01].
+    #[arg(long)]
+    pub theta_init: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Re-initialise the final architecture and train it from scratch for this many epochs.
+    #[arg(long)]
+    pub retrain_epochs: Option<usize>,
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Use only the first N training images (class-balanced subsets are the caller's job).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Run directory [default: runs/grow].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+/// Everything that determines a growth run; stored as config.json.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    pub seed_arch: Arch,
+    pub dataset: String,
+    pub data_dir: Option<PathBuf>,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+    pub seed: u64,
+    pub retrain_epochs: usize,
+    pub grow: GrowConfig,
+}
+
+impl GrowArgs {
+    /// The configuration these flags ask for, on top of `base` (a resumed
+    /// run's stored configuration) or the defaults.
+    fn config(&self, splits: &Splits, base: Option<&RunConfig>) -> Result<RunConfig> {
+        let t = &splits.train;
+        let input = format!("{}x{}x{}", t.channels, t.height, t.width);
+        let arch_given = self.arch.is_some() || self.width.is_some() || self.widths.is_some() || self.arch_file.is_some();
+        let seed_arch = match base {
+            Some(b) if !arch_given => b.seed_arch.clone(),
+            _ => arch_from_flags(
+                self.arch.as_deref().unwrap_or("vgg19"),
+                self.width,
+                self.widths.as_deref(),
+                &input,
+                t.classes,
+                self.arch_file.as_deref(),
+            )?,
+        };
+        let g = base.map(|b| b.grow.clone());
+        let pick = |v: Option<usize>, b: Option<usize>, d: usize| v.or(b).unwrap_or(d);
+        let phase_epochs = pick(self.phase_epochs, g.as_ref().map(|g| g.train_epochs), 2);
+        let lr = self.lr.or(g.as_ref().map(|g| g.schedule.base)).unwrap_or(0.05);
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr must be a positive number, got {lr}");
+        }
+        let milestones = self.milestones.clone().or(g.as_ref().map(|g| g.schedule.milestones.clone())).unwrap_or_default();
+        let theta_lr = self.theta_lr.or(g.as_ref().map(|g| g.adam.lr)).unwrap_or(1e-2);
+        if !(theta_lr.is_finite() && theta_lr > 0.0) {
+            bail!("--theta-lr must be a positive number, got {theta_lr}");
+        }
+        let select = SelectConfig {
+            lambda_params: self.lambda_params.or(g.as_ref().map(|g| g.select.lambda_params)).unwrap_or(3e-7),
+            lambda_macs: self.lambda_macs.or(g.as_ref().map(|g| g.select.lambda_macs)).unwrap_or(0.0),
+            fraction: self.grow_fraction.or(g.as_ref().map(|g| g.select.fraction)).unwrap_or(0.3),
+            prune: if self.no_prune { false } else { g.as_ref().map(|g| g.select.prune).unwrap_or(true) },
+        };
+        let augment = if self.no_augment { None } else { g.as_ref().map(|g| g.augment).unwrap_or(Some(Augment::default())) };
+        let grow = GrowConfig {
+            phases: pick(self.phases, g.as_ref().map(|g| g.phases), 4),
+            train_epochs: phase_epochs,
+            morph_epochs: pick(self.morph_epochs, g.as_ref().map(|g| g.morph_epochs), phase_epochs),
+            final_epochs: pick(self.final_epochs, g.as_ref().map(|g| g.final_epochs), phase_epochs),
+            batch: pick(self.batch, g.as_ref().map(|g| g.batch), 64),
+            schedule: StepSchedule { base: lr, milestones, gamma: 0.1 },
+            weight_decay: 1e-4,
+            adam: Adam { lr: theta_lr, ..Adam::paper() },
+            ema_alpha: None,
+            theta_init: self.theta_init.or(g.as_ref().map(|g| g.theta_init)).unwrap_or(0.01),
+            select,
+            augment,
+        };
+        grow.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(RunConfig {
+            seed_arch,
+            dataset: splits.name.clone(),
+            data_dir: self.data.clone().or(base.and_then(|b| b.data_dir.clone())),
+            train_limit: self.train_limit.or(base.and_then(|b| b.train_limit)),
+            test_limit: self.test_limit.or(base.and_then(|b| b.test_limit)),
+            seed: self.seed.or(base.map(|b| b.seed)).unwrap_or(0),
+            retrain_epochs: pick(self.retrain_epochs, base.map(|b| b.retrain_epochs), 0),
+            grow,
+        })
+    }
+}
+
+/// A checkpoint's small state, beside its weight files.
+#[derive(Serialize, Deserialize, Debug)]
+struct CheckpointState {
+    phase: usize,
+    epochs_trained: usize,
+    rng: [u64; 4],
+    /// Whether the training after the last phase is done.
+    finished: bool,
+}
+
+const CHECKPOINT: &str = "checkpoint";
+
+/// Writes the checkpoint into a fresh directory and swaps it in, so a kill at
+/// any moment leaves either the old or the new checkpoint whole.
+fn save_checkpoint(run: &RunDir, state: &GrowState, finished: bool) -> Result<()> {
+    let tmp = run.file("checkpoint.tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    save_network(&tmp.join("model.safetensors"), &state.network, &[])?;
+    let specs = state.network.specs();
+    let named: Vec<(String, Vec<usize>, &[f32])> =
+        specs.iter().zip(&state.momentum).map(|(s, m)| (s.name.clone(), s.shape.clone(), m.as_slice())).collect();
+    save_tensors(&tmp.join("momentum.safetensors"), &named, &[])?;
+    let st = CheckpointState { phase: state.phase, epochs_trained: state.epochs_trained, rng: state.rng.state(), finished };
+    crate::weights::write_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(&st)?)?;
+    let cur = run.file(CHECKPOINT);
+    let old = run.file("checkpoint.old");
+    let _ = fs::remove_dir_all(&old);
+    if cur.exists() {
+        fs::rename(&cur, &old).with_context(|| format!("cannot move {}", cur.display()))?;
+    }
+    fs::rename(&tmp, &cur).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn load_checkpoint(run: &RunDir) -> Result<(GrowState, bool)> {
+    // A kill between the two renames leaves only checkpoint.old: it is whole.
+    let mut dir = run.file(CHECKPOINT);
+    if !dir.join("state.json").exists() && run.file("checkpoint.old").join("state.json").exists() {
+        dir = run.file("checkpoint.old");
+    }
+    let state_path = dir.join("state.json");
+    let bytes = fs::read(&state_path)
+        .with_context(|| format!("{}: no checkpoint to resume from (the run may not have finished a phase)", state_path.display()))?;
+    let st: CheckpointState = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a valid checkpoint", state_path.display()))?;
+    let network = load_network(&dir.join("model.safetensors"))?;
+    let (tensors, _) = load_tensors(&dir.join("momentum.safetensors"))?;
+    let mut momentum = network.zeros_like();
+    for (spec, m) in network.specs().iter().zip(momentum.iter_mut()) {
+        let t = tensors
+            .iter()
+            .find(|t| t.0 == spec.name)
+            .with_context(|| format!("{}: momentum for {} is missing", dir.display(), spec.name))?;
+        if t.2.len() != m.len() {
+            bail!("{}: momentum for {} has the wrong size", dir.display(), spec.name);
+        }
+        m.copy_from_slice(&t.2);
+    }
+    let state = GrowState { phase: st.phase, epochs_trained: st.epochs_trained, network, momentum, rng: Rng::from_state(st.rng) };
+    Ok((state, st.finished))
+}
+
+/// Keeps only the JSON lines of `name` whose `phase` is at most `phase`
+/// (lines a killed run wrote after its last checkpoint are dropped).
+fn truncate_log(run: &RunDir, name: &str, phase: usize) -> Result<()> {
+    let path = run.file(name);
+    let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["phase"].as_u64()).is_some_and(|p| p as usize <= phase))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::weights::write_atomic(&path, kept.as_bytes())
+}
+
+fn limited(ds: &Dataset, limit: Option<usize>) -> Dataset {
+    match limit {
+        Some(n) if n < ds.len() => ds.subset(&(0..n).collect::<Vec<_>>()),
+        _ => ds.clone(),
+    }
+}
+
+fn load_splits(cfg: &RunConfig) -> Result<(Dataset, Dataset)> {
+    let splits = load_dataset(&cfg.dataset, cfg.data_dir.as_deref())?;
+    Ok((limited(&splits.train, cfg.train_limit), limited(&splits.test, cfg.test_limit)))
+}
+
+/// Per channel of the phase's architecture: the gain of its best candidate,
+/// positive for a split, negative for a prune, `None` when neither is positive.
+pub fn channel_scores(report: &PhaseReport) -> Vec<Vec<Option<f32>>> {
+    let mut scores: Vec<Vec<Option<f32>>> = report.arch_before.widths.iter().map(|&w| vec![None; w]).collect();
+    for c in &report.candidates {
+        if c.gain <= 0.0 {
+            continue;
+        }
+        let s = &mut scores[c.layer][c.channel];
+        let v = if c.kind == Kind::Split { c.gain as f32 } else { -(c.gain as f32) };
+        if s.is_none_or(|old| v.abs() > old.abs()) {
+            *s = Some(v);
+        }
+    }
+    scores
+}
+
+fn progress_bar(stage: Stage, total: usize, phase: usize, phases: usize) -> indicatif::ProgressBar {
+    let what = match stage {
+        Stage::Train { epoch } => format!("p{phase}/{phases} train{}", epoch + 1),
+        Stage::Morph { epoch } => format!("p{phase}/{phases} morph{}", epoch + 1),
+        Stage::Final { epoch } => format!("final {}", epoch + 1),
+    };
+    bar(total as u64, &what)
+}
+
+/// A progress callback that draws one bar per pass.
+fn bars(phase: usize, phases: usize) -> impl FnMut(Stage, usize, usize, f32) {
+    let mut current: Option<(Stage, indicatif::ProgressBar)> = None;
+    move |stage, done, total, loss| {
+        if current.as_ref().map(|c| c.0) != Some(stage) {
+            if let Some((_, pb)) = current.take() {
+                pb.finish_and_clear();
+            }
+            current = Some((stage, progress_bar(stage, total, phase, phases)));
+        }
+        let pb = &current.as_ref().expect("bar just set").1;
+        pb.set_position(done as u64);
+        pb.set_message(format!("loss {loss:.4}"));
+        if done == total {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+pub fn run(args: &GrowArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let (run, cfg, mut state, mut finished) = match &args.resume {
+        Some(dir) => {
+            if let Some(out) = &args.out {
+                if out != dir {
+                    bail!("--out {} and --resume {} name different runs", out.display(), dir.display());
+                }
+            }
+            let cfg_path = dir.join("config.json");
+            let bytes = fs::read(&cfg_path).with_context(|| format!("--resume {}: no config.json, not a grow run directory", dir.display()))?;
+            let stored: RunConfig = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a grow configuration", cfg_path.display()))?;
+            let splits = load_dataset(&stored.dataset, args.data.as_deref().or(stored.data_dir.as_deref()))?;
+            let asked = args.config(&splits, Some(&stored))?;
+            if asked != stored {
+                bail!("--resume {}: the flags given differ from the run's configuration in config.json; start a new run with another --out", dir.display());
+            }
+            let run = RunDir { path: dir.clone() };
+            let (state, finished) = load_checkpoint(&run)?;
+            state.network.arch.validate().map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            truncate_log(&run, "metrics.jsonl", state.phase)?;
+            truncate_log(&run, "morphisms.jsonl", state.phase)?;
+            println!("resuming {} after phase {} of {}", dir.display(), state.phase, stored.grow.phases);
+            (run, stored, state, finished)
+        }
+        None => {
+            let splits = resolve(args.dataset, args.data.as_deref())?;
+            let cfg = args.config(&splits, None)?;
+            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/grow"));
+            if out.join(CHECKPOINT).exists() {
+                bail!("{} already holds a grow run: pass --resume {} to continue it, or choose another --out", out.display(), out.display());
+            }
+            let run = RunDir::create(&out)?;
+            run.write_json("config.json", &cfg)?;
+            for f in ["metrics.jsonl", "morphisms.jsonl"] {
+                let _ = fs::remove_file(run.file(f));
+            }
+            let state = GrowState::new(Network::init(&cfg.seed_arch, cfg.seed), cfg.seed ^ 0x6a09_e667);
+            (run, cfg, state, false)
+        }
+    };
+    let (train, test) = load_splits(&cfg)?;
+    let norm = Normalization::of(&train);
+    let g = &cfg.grow;
+    println!(
+        "growing {} on {} ({} train / {} test images): {} phases x ({} train + {} morph epochs), lambda_p {:e}, lambda_f {:e}",
+        cfg.seed_arch.family.name(),
+        cfg.dataset,
+        train.len(),
+        test.len(),
+        g.phases,
+        g.train_epochs,
+        g.morph_epochs,
+        g.select.lambda_params,
+        g.select.lambda_macs
+    );
+    let mut backend = CpuBackend::new(g.batch);
+    let mut last_report: Option<PhaseReport> = None;
+    while state.phase < g.phases {
+        let start = Instant::now();
+        let phase = state.phase + 1;
+        let mut progress = bars(phase, g.phases);
+        let report = run_phase(&mut backend, &mut state, g, &train, &test, &norm, &mut progress).map_err(|e| {
+            anyhow::anyhow!("phase {phase}: {e}; the last good checkpoint in {} is kept", run.path.display())
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        log_phase(&run, &report, secs)?;
+        save_checkpoint(&run, &state, false)?;
+        last_report = Some(report);
+    }
+    if !finished {
+        let mut progress = bars(g.phases, g.phases);
+        backend.load(&state.network, Some(&state.momentum))?;
+        let train_stats = train_epochs(&mut backend, &mut state, g, g.final_epochs, &train, &norm, true, &mut progress)?;
+        state.network = backend.network()?;
+        state.momentum = backend.momentum()?;
+        let test_stats = evaluate(&mut backend, &test, &norm, &mut Batches::new(&test, g.batch))?;
+        finished = true;
+        save_checkpoint(&run, &state, finished)?;
+        run.write_json(
+            "final.json",
+            &json!({
+                "train_loss": train_stats.loss,
+                "train_accuracy": train_stats.accuracy,
+                "test_loss": test_stats.loss,
+                "test_accuracy": test_stats.accuracy,
+                "params": state.network.arch.params(),
+                "macs": state.network.arch.macs(),
+                "widths": state.network.arch.widths,
+                "epochs_trained": state.epochs_trained,
+            }),
+        )?;
+        println!(
+            "final: test {:.2}%  params {}  MACs {}  widths {:?}",
+            100.0 * test_stats.accuracy,
+            state.network.arch.params(),
+            state.network.arch.macs(),
+            state.network.arch.widths
+        );
+    }
+    save_network(&run.file("model.safetensors"), &state.network, &[])?;
+    run.write_json("arch.json", &state.network.arch)?;
+    if cfg.retrain_epochs > 0 {
+        retrain(&run, &cfg, &state.network.arch, &train, &test, &norm)?;
+    }
+    write_figures(&run, last_report.as_ref())?;
+    println!("wrote {}", run.path.display());
+    Ok(())
+}
+
+fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
+    let splits = r.applied.iter().filter(|c| c.kind == Kind::Split).count();
+    let prunes = r.applied.len() - splits;
+    let sum_dl: f64 = r.applied.iter().map(|c| c.delta_loss as f64).sum();
+    println!(
+        "phase {:>2}  loss {:.4}  test {:6.2}%  params {} -> {}  MACs {}  +{} splits -{} prunes  est. dL {:+.4}  widths {:?}  ({:.0} s)",
+        r.phase,
+        r.train.loss,
+        100.0 * r.test.accuracy,
+        r.arch_before.params(),
+        r.arch_after.params(),
+        r.arch_after.macs(),
+        splits,
+        prunes,
+        sum_dl,
+        r.arch_after.widths,
+        secs
+    );
+    run.write_json(&format!("arch-phase-{:02}.json", r.phase), &r.arch_after)?;
+    run.append_jsonl(
+        "metrics.jsonl",
+        &json!({
+            "phase": r.phase,
+            "train_loss": r.train.loss,
+            "train_accuracy": r.train.accuracy,
+            "test_loss": r.test.loss,
+            "test_accuracy": r.test.accuracy,
+            "morph_loss": r.morph.loss,
+            "params_before": r.arch_before.params(),
+            "params": r.arch_after.params(),
+            "macs": r.arch_after.macs(),
+            "widths": r.arch_after.widths,
+            "splits": splits,
+            "prunes": prunes,
+            "sum_estimated_delta_loss": sum_dl,
+            "seconds": secs,
+        }),
+    )?;
+    for c in &r.applied {
+        run.append_jsonl(
+            "morphisms.jsonl",
+            &json!({
+                "phase": r.phase,
+                "layer": c.layer,
+                "channel": c.channel,
+                "kind": c.kind,
+                "estimated_delta_loss": c.delta_loss,
+                "gain": c.gain,
+                "delta_params": c.delta_params,
+                "widths_after": r.arch_after.widths,
+            }),
+        )?;
+    }
+    run.write_json(
+        &format!("candidates-phase-{:02}.json", r.phase),
+        &json!({"widths": r.arch_before.widths, "candidates": r.candidates, "theta_norms": r.theta_norms}),
+    )?;
+    Ok(())
+}
+
+/// The paper's protocol for reported accuracy: re-initialise the grown
+/// architecture and train it from scratch.
+fn retrain(run: &RunDir, cfg: &RunConfig, arch: &Arch, train: &Dataset, test: &Dataset, norm: &Normalization) -> Result<()> {
+    let g = &cfg.grow;
+    let mut state = GrowState::new(Network::init(arch, cfg.seed ^ 0x7e7a_1a17), cfg.seed ^ 0x3c6e_f372);
+    let mut backend = CpuBackend::new(g.batch);
+    backend.load(&state.network, None)?;
+    let mut progress = bars(0, 0);
+    let mut last = PassStats::default();
+    for _ in 0..cfg.retrain_epochs {
+        last = train_epochs(&mut backend, &mut state, g, 1, train, norm, true, &mut progress)?;
+    }
+    let t = evaluate(&mut backend, test, norm, &mut Batches::new(test, g.batch))?;
+    println!("retrained from scratch for {} epochs: test {:.2}%", cfg.retrain_epochs, 100.0 * t.accuracy);
+    save_network(&run.file("retrained.safetensors"), &backend.network()?, &[])?;
+    run.write_json(
+        "retrain.json",
+        &json!({"epochs": cfg.retrain_epochs, "train_loss": last.loss, "test_accuracy": t.accuracy, "test_loss": t.loss, "params": arch.params()}),
+    )
+}
+
+fn write_figures(run: &RunDir, last: Option<&PhaseReport>) -> Result<()> {
+    let text = fs::read_to_string(run.file("metrics.jsonl")).unwrap_or_default();
+    let mut points: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["params_before"].as_f64()?, 100.0 * v["test_accuracy"].as_f64()?)))
+        .collect();
+    if let Ok(f) = fs::read(run.file("final.json")) {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&f) {
+            if let (Some(p), Some(a)) = (v["params"].as_f64(), v["test_accuracy"].as_f64()) {
+                points.push((p, 100.0 * a));
+            }
+        }
+    }
+    crate::plots::accuracy_vs_params(&run.file("accuracy-vs-params.svg"), "test accuracy during growth", &[("grow".to_string(), points)])?;
+    let report = match last {
+        Some(r) => Some(r.clone()),
+        None => last_candidates(run)?,
+    };
+    if let Some(r) = report {
+        crate::plots::architecture_figure(
+            &run.file("architecture.svg"),
+            &format!("phase {}: channels by estimated gain", r.phase),
+            &r.arch_before.widths,
+            &channel_scores(&r),
+        )?;
+    }
+    Ok(())
+}
+
+/// The last phase's candidates from its JSON file (after a resume that ran no phase).
+fn last_candidates(run: &RunDir) -> Result<Option<PhaseReport>> {
+    let mut names: Vec<PathBuf> = fs::read_dir(&run.path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("candidates-phase-")))
+        .collect();
+    names.sort();
+    let Some(path) = names.last() else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(path)?)?;
+    let widths: Vec<usize> = serde_json::from_value(v["widths"].clone())?;
+    let candidates = serde_json::from_value(v["candidates"].clone())?;
+    let phase = phase_of(path);
+    let mut arch = Arch { family: sprout_core::Family::Vgg19, input: [1, 32, 32], classes: 10, widths };
+    if let Ok(a) = crate::weights::load_arch_json(&run.file("arch.json")) {
+        arch.family = a.family;
+        arch.input = a.input;
+        arch.classes = a.classes;
+    }
+    Ok(Some(PhaseReport {
+        phase,
+        train: PassStats::default(),
+        test: PassStats::default(),
+        morph: PassStats::default(),
+        arch_after: arch.clone(),
+        arch_before: arch,
+        candidates,
+        applied: Vec::new(),
+        theta_norms: Vec::new(),
+    }))
+}
+
+fn phase_of(path: &Path) -> usize {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.rsplit('-').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

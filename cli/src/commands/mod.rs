@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod estimate;
+pub mod eval;
+pub mod grow;
+pub mod info;
+pub mod train;

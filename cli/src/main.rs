@@ -1,0 +1,47 @@
+//! `sprout`: grow networks by learned morphisms, and the tools to check and show a run.
+
+use clap::{Parser, Subcommand};
+use sprout::commands;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "sprout", version, about = "Grow neural networks by learned morphisms chosen with a Gauss-Newton estimate of the loss change")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Grow a network from a seed by learned morphisms (the paper's Algorithm 1).
+    Grow(commands::grow::GrowArgs),
+    /// Estimated vs true loss change of every split candidate (the paper's Figure 3).
+    Estimate(commands::estimate::EstimateArgs),
+    /// Parameters, MACs and per-layer widths of an architecture.
+    Info(commands::info::InfoArgs),
+    /// Train a fixed architecture and write a run directory.
+    Train(commands::train::TrainArgs),
+    /// Reload a run and report its test accuracy.
+    Eval(commands::eval::EvalArgs),
+    /// Training and inference throughput of the seed networks.
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Grow(a) => commands::grow::run(a),
+        Command::Estimate(a) => commands::estimate::run(a),
+        Command::Info(a) => commands::info::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

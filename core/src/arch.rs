@@ -1,0 +1,458 @@
+//! Architectures: the VGG-19 and MobileNetV1 presets with per-layer widths.
+//!
+//! A network is a sequence of *units*, one per growable layer. Unit `l` is the
+//! growable conv and the channelwise map sigma that follows it up to the input
+//! of the next conv (DESIGN.md, "The estimator"):
+//!
+//! - VGG-19: conv3x3 -> BN -> ReLU [-> max-pool 2x2 after convs 2, 4, 8, 12, 16].
+//! - MobileNetV1: unit 0 is the first conv3x3 -> BN -> ReLU, unit `l >= 1` is the
+//!   pointwise conv of block `l` -> BN -> ReLU; every unit but the last then
+//!   carries the *next* block's depthwise3x3 -> BN -> ReLU, which is channelwise
+//!   in the unit's channels and so part of its sigma.
+//!
+//! The unit's output `a_l` is exactly what the next conv (or the head) reads.
+//! The head is flatten (VGG) or global average pool (MobileNet), then linear.
+
+use crate::error::{Error, Result};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// The preset family an architecture belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Family {
+    Vgg19,
+    MobilenetV1,
+}
+
+impl Family {
+    /// Number of growable layers.
+    pub fn layers(self) -> usize {
+        match self {
+            Family::Vgg19 => 16,
+            Family::MobilenetV1 => 14,
+        }
+    }
+
+    /// Parses `vgg19` or `mobilenet-v1` (also `mobilenet_v1`).
+    pub fn parse(s: &str) -> Result<Family> {
+        match s {
+            "vgg19" | "vgg-19" => Ok(Family::Vgg19),
+            "mobilenet-v1" | "mobilenet_v1" | "mobilenetv1" => Ok(Family::MobilenetV1),
+            _ => Err(Error::Arch(format!(
+                "unknown architecture '{s}' (expected vgg19 or mobilenet-v1)"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Vgg19 => "vgg19",
+            Family::MobilenetV1 => "mobilenet-v1",
+        }
+    }
+}
+
+/// What follows a unit's BN + ReLU before the next conv reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Post {
+    /// Nothing: `a = relu(bn(y))`.
+    None,
+    /// 2x2 max-pool, stride 2 (floor).
+    MaxPool,
+    /// The next block's depthwise 3x3 (pad 1) with this stride, then BN + ReLU.
+    Depthwise { stride: usize },
+}
+
+/// How the head reduces the last unit's output to features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    Flatten,
+    GlobalAverage,
+}
+
+/// Shapes of one unit, derived from an [`Arch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitShape {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    /// Input spatial size (height, width).
+    pub in_hw: (usize, usize),
+    /// Conv output (pre-activation) spatial size.
+    pub conv_hw: (usize, usize),
+    pub post: Post,
+    /// Spatial size of the unit output `a`.
+    pub out_hw: (usize, usize),
+}
+
+impl UnitShape {
+    pub fn in_len(&self) -> usize {
+        self.cin * self.in_hw.0 * self.in_hw.1
+    }
+    pub fn conv_len(&self) -> usize {
+        self.cout * self.conv_hw.0 * self.conv_hw.1
+    }
+    pub fn out_len(&self) -> usize {
+        self.cout * self.out_hw.0 * self.out_hw.1
+    }
+    /// Elements of the conv kernel `[cout, cin, k, k]`.
+    pub fn weight_len(&self) -> usize {
+        self.cout * self.cin * self.kernel * self.kernel
+    }
+    /// Elements of one channel's incoming kernel `[cin, k, k]`.
+    pub fn fan_in(&self) -> usize {
+        self.cin * self.kernel * self.kernel
+    }
+}
+
+/// Shape of the classifier head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadShape {
+    pub pool: Pool,
+    /// Channels of the last unit.
+    pub channels: usize,
+    /// Spatial positions per channel that the linear layer reads (1 after global pooling).
+    pub positions: usize,
+    pub classes: usize,
+}
+
+impl HeadShape {
+    pub fn features(&self) -> usize {
+        self.channels * self.positions
+    }
+}
+
+/// An architecture: family, input shape, class count and one width per growable layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Arch {
+    pub family: Family,
+    /// Input shape `[channels, height, width]`.
+    pub input: [usize; 3],
+    pub classes: usize,
+    /// Output channels of each growable layer.
+    pub widths: Vec<usize>,
+}
+
+const VGG_POOL_AFTER: [usize; 5] = [1, 3, 7, 11, 15];
+/// MobileNetV1 blocks (1-based) whose depthwise conv has stride 2 (CIFAR variant).
+const MOBILENET_STRIDE2_BLOCKS: [usize; 4] = [2, 4, 6, 12];
+
+/// Largest width accepted for any layer; guards against absurd flag values.
+pub const MAX_WIDTH: usize = 1 << 16;
+
+impl Arch {
+    /// Builds and validates an architecture.
+    pub fn new(family: Family, input: [usize; 3], classes: usize, widths: Vec<usize>) -> Result<Arch> {
+        let arch = Arch { family, input, classes, widths };
+        arch.validate()?;
+        Ok(arch)
+    }
+
+    /// VGG-19 with the same width in every conv (seed: 16).
+    pub fn vgg19(width: usize, input: [usize; 3], classes: usize) -> Result<Arch> {
+        Arch::new(Family::Vgg19, input, classes, vec![width; 16])
+    }
+
+    /// MobileNetV1 (CIFAR strides) with the same width everywhere (seed: 32).
+    pub fn mobilenet_v1(width: usize, input: [usize; 3], classes: usize) -> Result<Arch> {
+        Arch::new(Family::MobilenetV1, input, classes, vec![width; 14])
+    }
+
+    /// Checks widths, class count and that every spatial size stays positive.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.family.layers();
+        if self.widths.len() != n {
+            return Err(Error::Arch(format!(
+                "{} has {} growable layers but {} widths were given",
+                self.family.name(),
+                n,
+                self.widths.len()
+            )));
+        }
+        if let Some((i, w)) = self
+            .widths
+            .iter()
+            .enumerate()
+            .find(|(_, &w)| w == 0 || w > MAX_WIDTH)
+        {
+            return Err(Error::Arch(format!(
+                "width of layer {i} is {w}; widths must be between 1 and {MAX_WIDTH}"
+            )));
+        }
+        let [c, h, w] = self.input;
+        if c == 0 || h == 0 || w == 0 || c > 64 || h > 4096 || w > 4096 {
+            return Err(Error::Arch(format!(
+                "input shape {c}x{h}x{w} is not usable (need 1..64 channels, 1..4096 pixels)"
+            )));
+        }
+        if self.classes < 2 || self.classes > 100_000 {
+            return Err(Error::Arch(format!(
+                "{} classes: need between 2 and 100000",
+                self.classes
+            )));
+        }
+        let mut hw = (h, w);
+        for l in 0..n {
+            let (stride, post) = self.unit_kind(l);
+            hw = conv_out(hw, 3, stride, 1);
+            let out = post_out(hw, post);
+            if out.0 == 0 || out.1 == 0 {
+                return Err(Error::Arch(format!(
+                    "input {h}x{w} is too small for {}: layer {l} would have no pixels left",
+                    self.family.name()
+                )));
+            }
+            hw = out;
+        }
+        Ok(())
+    }
+
+    fn unit_kind(&self, l: usize) -> (usize, Post) {
+        match self.family {
+            Family::Vgg19 => {
+                let post = if VGG_POOL_AFTER.contains(&l) { Post::MaxPool } else { Post::None };
+                (1, post)
+            }
+            Family::MobilenetV1 => {
+                let post = if l + 1 < self.widths.len() {
+                    let next_block = l + 1;
+                    let stride = if MOBILENET_STRIDE2_BLOCKS.contains(&next_block) { 2 } else { 1 };
+                    Post::Depthwise { stride }
+                } else {
+                    Post::None
+                };
+                (1, post)
+            }
+        }
+    }
+
+    /// Number of growable layers.
+    pub fn layers(&self) -> usize {
+        self.widths.len()
+    }
+
+    /// Per-unit shapes, in order.
+    pub fn units(&self) -> Vec<UnitShape> {
+        let mut out = Vec::with_capacity(self.widths.len());
+        let mut hw = (self.input[1], self.input[2]);
+        let mut cin = self.input[0];
+        for l in 0..self.widths.len() {
+            let (stride, post) = self.unit_kind(l);
+            let kernel = match (self.family, l) {
+                (Family::MobilenetV1, l) if l > 0 => 1,
+                _ => 3,
+            };
+            let pad = kernel / 2;
+            let conv_hw = conv_out(hw, kernel, stride, pad);
+            let out_hw = post_out(conv_hw, post);
+            out.push(UnitShape {
+                cin,
+                cout: self.widths[l],
+                kernel,
+                stride,
+                pad,
+                in_hw: hw,
+                conv_hw,
+                post,
+                out_hw,
+            });
+            hw = out_hw;
+            cin = self.widths[l];
+        }
+        out
+    }
+
+    /// The classifier head's shape.
+    pub fn head(&self) -> HeadShape {
+        let last = *self.units().last().expect("an Arch has at least one unit");
+        let (pool, positions) = match self.family {
+            Family::Vgg19 => (Pool::Flatten, last.out_hw.0 * last.out_hw.1),
+            Family::MobilenetV1 => (Pool::GlobalAverage, 1),
+        };
+        HeadShape { pool, channels: last.cout, positions, classes: self.classes }
+    }
+
+    /// Learnable parameters: conv and depthwise kernels (no bias), BN affine
+    /// parameters (running statistics are not counted), linear weight and bias.
+    pub fn params(&self) -> u64 {
+        self.param_specs()
+            .iter()
+            .filter(|s| s.learnable)
+            .map(|s| s.len() as u64)
+            .sum()
+    }
+
+    /// Multiply-accumulates of one forward pass on one image: convs, depthwise
+    /// convs and the linear layer (BN, ReLU and pooling are not counted).
+    pub fn macs(&self) -> u64 {
+        let mut macs = 0u64;
+        for u in self.units() {
+            macs += (u.weight_len() * u.conv_hw.0 * u.conv_hw.1) as u64;
+            if let Post::Depthwise { .. } = u.post {
+                macs += (u.cout * 9 * u.out_hw.0 * u.out_hw.1) as u64;
+            }
+        }
+        let h = self.head();
+        macs + (h.features() * h.classes) as u64
+    }
+
+    /// Every parameter tensor, in storage order (see [`ParamSpec`]).
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        let mut specs = Vec::new();
+        for (l, u) in self.units().iter().enumerate() {
+            let p = format!("layers.{l}");
+            specs.push(ParamSpec::new(
+                format!("{p}.conv.weight"),
+                vec![u.cout, u.cin, u.kernel, u.kernel],
+                Role::ConvWeight { layer: l },
+            ));
+            push_bn(&mut specs, &format!("{p}.bn"), u.cout, l, false);
+            if let Post::Depthwise { .. } = u.post {
+                specs.push(ParamSpec::new(
+                    format!("{p}.next_depthwise.weight"),
+                    vec![u.cout, 1, 3, 3],
+                    Role::DepthwiseWeight { layer: l },
+                ));
+                push_bn(&mut specs, &format!("{p}.next_depthwise.bn"), u.cout, l, true);
+            }
+        }
+        let h = self.head();
+        specs.push(ParamSpec::new(
+            "head.weight".into(),
+            vec![h.classes, h.features()],
+            Role::HeadWeight,
+        ));
+        specs.push(ParamSpec::new("head.bias".into(), vec![h.classes], Role::HeadBias));
+        specs
+    }
+}
+
+fn push_bn(specs: &mut Vec<ParamSpec>, prefix: &str, c: usize, layer: usize, depthwise: bool) {
+    for (suffix, stat) in [
+        ("weight", BnPart::Gamma),
+        ("bias", BnPart::Beta),
+        ("running_mean", BnPart::RunningMean),
+        ("running_var", BnPart::RunningVar),
+    ] {
+        let mut s = ParamSpec::new(
+            format!("{prefix}.{suffix}"),
+            vec![c],
+            Role::BatchNorm { layer, part: stat, depthwise },
+        );
+        s.learnable = matches!(stat, BnPart::Gamma | BnPart::Beta);
+        specs.push(s);
+    }
+}
+
+/// Output size of a conv with kernel `k`, stride and padding.
+pub fn conv_out(hw: (usize, usize), k: usize, stride: usize, pad: usize) -> (usize, usize) {
+    let f = |n: usize| if n + 2 * pad < k { 0 } else { (n + 2 * pad - k) / stride + 1 };
+    (f(hw.0), f(hw.1))
+}
+
+fn post_out(hw: (usize, usize), post: Post) -> (usize, usize) {
+    match post {
+        Post::None => hw,
+        Post::MaxPool => (hw.0 / 2, hw.1 / 2),
+        Post::Depthwise { stride } => conv_out(hw, 3, stride, 1),
+    }
+}
+
+/// Which BN tensor a [`Role::BatchNorm`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnPart {
+    Gamma,
+    Beta,
+    RunningMean,
+    RunningVar,
+}
+
+/// What a parameter tensor is, and so how morphisms and optimizers treat it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `[cout, cin, k, k]` kernel of unit `layer`.
+    ConvWeight { layer: usize },
+    /// BN of unit `layer`'s conv output, or (depthwise) of its next-depthwise output.
+    BatchNorm { layer: usize, part: BnPart, depthwise: bool },
+    /// `[c, 1, 3, 3]` next-block depthwise kernel carried by unit `layer`.
+    DepthwiseWeight { layer: usize },
+    /// `[classes, features]`.
+    HeadWeight,
+    HeadBias,
+}
+
+/// A named parameter tensor of an architecture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// Name in exported weights, e.g. `layers.3.conv.weight`.
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: Role,
+    /// False for BN running statistics (state, not learned).
+    pub learnable: bool,
+}
+
+impl ParamSpec {
+    fn new(name: String, shape: Vec<usize>, role: Role) -> Self {
+        ParamSpec { name, shape, role, learnable: true }
+    }
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_vgg19_has_reference_parameter_count() {
+        let widths = vec![64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512];
+        let a = Arch::new(Family::Vgg19, [3, 32, 32], 10, widths).unwrap();
+        assert_eq!(a.params(), 20_035_018);
+    }
+
+    #[test]
+    fn vgg_seed_shapes() {
+        let a = Arch::vgg19(16, [1, 32, 32], 10).unwrap();
+        let u = a.units();
+        assert_eq!(u[0].in_hw, (32, 32));
+        assert_eq!(u[1].out_hw, (16, 16));
+        assert_eq!(u[15].out_hw, (1, 1));
+        assert_eq!(a.head().features(), 16);
+        // conv MACs by hand: 9*16*(1*1024 + 16*1024 + 2*16*256 + 4*16*64 + 4*16*16 + 4*16*4) + 160
+        let convs = 9 * 16 * (1024 + 16 * 1024 + 2 * 16 * 256 + 4 * 16 * 64 + 4 * 16 * 16 + 4 * 16 * 4);
+        assert_eq!(a.macs(), convs as u64 + 160);
+    }
+
+    #[test]
+    fn mobilenet_strides_reach_2x2() {
+        let a = Arch::mobilenet_v1(32, [3, 32, 32], 10).unwrap();
+        let u = a.units();
+        assert_eq!(u.len(), 14);
+        assert_eq!(u[0].kernel, 3);
+        assert_eq!(u[1].kernel, 1);
+        assert_eq!(u[1].post, Post::Depthwise { stride: 2 });
+        assert_eq!(u[13].post, Post::None);
+        assert_eq!(u[13].out_hw, (2, 2));
+        assert_eq!(a.head().features(), 32);
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert!(Arch::vgg19(16, [1, 16, 16], 10).is_err());
+        assert!(Arch::vgg19(0, [1, 32, 32], 10).is_err());
+        assert!(Arch::new(Family::Vgg19, [1, 32, 32], 10, vec![16; 3]).is_err());
+        assert!(Family::parse("resnet").is_err());
+    }
+}

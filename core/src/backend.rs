@@ -1,0 +1,201 @@
+//! The engine the training and growth loops drive, and its CPU implementation.
+
+use crate::error::{Error, Result};
+use crate::estimator::{prune_estimates, split_estimates, FrozenSigma, LayerBatch, Workspace};
+use crate::learn::{MorphConfig, MorphState};
+use crate::model::{Mode, Model};
+use crate::network::Network;
+use crate::optim::Sgd;
+use alloc::format;
+use alloc::vec::Vec;
+
+/// Loss and accuracy counts of one batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BatchStats {
+    /// Mean loss over the batch.
+    pub loss: f32,
+    pub correct: usize,
+    pub samples: usize,
+}
+
+/// What the training and growth loops need from an engine: load a network,
+/// train and evaluate batches, read the network back. Implemented by
+/// [`CpuBackend`] here and by the wgpu backend in sprout-gpu.
+pub trait Backend {
+    /// Loads `net` and its SGD momentum (zero when `None`), replacing what was loaded.
+    fn load(&mut self, net: &Network, momentum: Option<&[Vec<f32>]>) -> Result<()>;
+    /// One SGD step on `n` images (NCHW, normalised) with BN in train mode.
+    fn train_batch(&mut self, images: &[f32], labels: &[u32], n: usize, sgd: &Sgd) -> Result<BatchStats>;
+    /// Loss and accuracy on `n` images with BN in eval mode.
+    fn eval_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<BatchStats>;
+    /// The current network (weights and running statistics).
+    fn network(&mut self) -> Result<Network>;
+    /// The current SGD momentum buffers, shaped like the network's tensors.
+    fn momentum(&mut self) -> Result<Vec<Vec<f32>>>;
+    /// Starts a morphism-learning phase with `state` (the model stays fixed).
+    fn begin_morph(&mut self, state: MorphState) -> Result<()>;
+    /// One morphism-learning step on `n` images: BN in eval mode (frozen
+    /// sigma), the Gauss-Newton estimates of every split and prune, one Adam
+    /// step on theta and the EMA update. Returns the batch loss `L_hat`.
+    fn morph_batch(&mut self, images: &[f32], labels: &[u32], n: usize, cfg: &MorphConfig) -> Result<BatchStats>;
+    /// Ends the phase and hands back theta and the estimates.
+    fn end_morph(&mut self) -> Result<MorphState>;
+}
+
+/// The reference backend: sprout-core's kernels on the CPU, on all cores with `std`.
+#[derive(Debug)]
+pub struct CpuBackend {
+    capacity: usize,
+    state: Option<CpuState>,
+}
+
+#[derive(Debug)]
+struct CpuState {
+    net: Network,
+    model: Model,
+    grads: Vec<Vec<f32>>,
+    momentum: Vec<Vec<f32>>,
+    learnable: Vec<bool>,
+    morph: Option<MorphPhase>,
+}
+
+/// A running morphism-learning phase: the state, each layer's frozen sigma
+/// (fixed while the model is) and estimator buffers.
+#[derive(Debug)]
+struct MorphPhase {
+    state: MorphState,
+    sigmas: Vec<FrozenSigma>,
+    workspace: Workspace,
+    split: Vec<f32>,
+    prune: Vec<f32>,
+    grad: Vec<f32>,
+}
+
+impl CpuBackend {
+    /// A backend for batches of at most `batch_capacity` images.
+    pub fn new(batch_capacity: usize) -> CpuBackend {
+        CpuBackend { capacity: batch_capacity.max(1), state: None }
+    }
+
+    fn state(&mut self) -> Result<&mut CpuState> {
+        self.state.as_mut().ok_or_else(|| Error::Backend("no network loaded".into()))
+    }
+
+    /// The loaded network without copying it (CPU only).
+    pub fn network_ref(&self) -> Option<&Network> {
+        self.state.as_ref().map(|s| &s.net)
+    }
+
+    /// The forward/backward engine of the loaded network (CPU only), for the estimator.
+    pub fn parts_mut(&mut self) -> Option<(&Network, &mut Model)> {
+        self.state.as_mut().map(|s| (&s.net, &mut s.model))
+    }
+}
+
+fn check_batch(images: &[f32], labels: &[u32], n: usize, net: &Network, capacity: usize) -> Result<()> {
+    let len: usize = net.arch.input.iter().product();
+    if n == 0 || n > capacity || images.len() < n * len || labels.len() < n {
+        return Err(Error::Shape(format!(
+            "batch of {n} images (capacity {capacity}) with {} values and {} labels; each image needs {len}",
+            images.len(),
+            labels.len()
+        )));
+    }
+    if let Some(&bad) = labels[..n].iter().find(|&&l| l as usize >= net.arch.classes) {
+        return Err(Error::Shape(format!("label {bad} out of range for {} classes", net.arch.classes)));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    fn load(&mut self, net: &Network, momentum: Option<&[Vec<f32>]>) -> Result<()> {
+        let net = Network::from_tensors(net.arch.clone(), net.tensors.clone())?;
+        let momentum = match momentum {
+            Some(m) => {
+                if m.len() != net.tensors.len() || m.iter().zip(&net.tensors).any(|(a, b)| a.len() != b.len()) {
+                    return Err(Error::Shape("momentum buffers do not match the network's tensors".into()));
+                }
+                m.to_vec()
+            }
+            None => net.zeros_like(),
+        };
+        let model = match self.state.take() {
+            Some(s) if s.model.arch() == &net.arch => s.model,
+            _ => Model::new(&net.arch, self.capacity),
+        };
+        let learnable = net.specs().iter().map(|s| s.learnable).collect();
+        self.state = Some(CpuState { grads: net.zeros_like(), net, model, momentum, learnable, morph: None });
+        Ok(())
+    }
+
+    fn train_batch(&mut self, images: &[f32], labels: &[u32], n: usize, sgd: &Sgd) -> Result<BatchStats> {
+        let capacity = self.capacity;
+        let s = self.state()?;
+        check_batch(images, labels, n, &s.net, capacity)?;
+        s.model.forward(&s.net, images, n, Mode::Train);
+        let (loss, correct) = s.model.loss(labels);
+        if !loss.is_finite() {
+            return Err(Error::NonFinite(format!("training loss is {loss}")));
+        }
+        s.model.backward(&s.net, &mut s.grads);
+        s.model.update_running_stats(&mut s.net);
+        sgd.step_all(&mut s.net.tensors, &s.grads, &mut s.momentum, &s.learnable);
+        Ok(BatchStats { loss, correct, samples: n })
+    }
+
+    fn eval_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<BatchStats> {
+        let capacity = self.capacity;
+        let s = self.state()?;
+        check_batch(images, labels, n, &s.net, capacity)?;
+        s.model.forward(&s.net, images, n, Mode::Eval);
+        let (loss, correct) = s.model.loss(labels);
+        Ok(BatchStats { loss, correct, samples: n })
+    }
+
+    fn network(&mut self) -> Result<Network> {
+        Ok(self.state()?.net.clone())
+    }
+
+    fn momentum(&mut self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.state()?.momentum.clone())
+    }
+
+    fn begin_morph(&mut self, state: MorphState) -> Result<()> {
+        let s = self.state()?;
+        state.check(&s.net)?;
+        let sigmas = (0..s.net.arch.layers()).map(|l| FrozenSigma::of(&s.net, l)).collect();
+        s.morph = Some(MorphPhase { state, sigmas, workspace: Workspace::default(), split: Vec::new(), prune: Vec::new(), grad: Vec::new() });
+        Ok(())
+    }
+
+    fn morph_batch(&mut self, images: &[f32], labels: &[u32], n: usize, cfg: &MorphConfig) -> Result<BatchStats> {
+        let capacity = self.capacity;
+        let s = self.state()?;
+        check_batch(images, labels, n, &s.net, capacity)?;
+        let phase = s.morph.as_mut().ok_or_else(|| Error::Backend("morph_batch outside a morphism phase".into()))?;
+        s.model.forward(&s.net, images, n, Mode::Eval);
+        let (loss, correct) = s.model.loss(labels);
+        if !(loss.is_finite() && loss > 0.0) {
+            return Err(Error::NonFinite(format!("morphism-phase loss is {loss}")));
+        }
+        s.model.backward(&s.net, &mut s.grads);
+        for (l, u) in s.model.units().iter().enumerate() {
+            phase.split.resize(u.cout, 0.0);
+            phase.prune.resize(u.cout, 0.0);
+            phase.grad.resize(u.weight_len(), 0.0);
+            let batch = LayerBatch::from_model(&s.model, l, phase.sigmas[l].view(), loss);
+            split_estimates(&batch, &phase.state.theta[l], &mut phase.workspace, &mut phase.split, Some(&mut phase.grad));
+            prune_estimates(&batch, &mut phase.prune);
+            phase.state.update_ema(l, &phase.split, &phase.prune, cfg.ema_alpha);
+            phase.state.adam_step(l, &phase.grad, &cfg.adam);
+        }
+        phase.state.steps += 1;
+        Ok(BatchStats { loss, correct, samples: n })
+    }
+
+    fn end_morph(&mut self) -> Result<MorphState> {
+        let s = self.state()?;
+        let phase = s.morph.take().ok_or_else(|| Error::Backend("end_morph outside a morphism phase".into()))?;
+        Ok(phase.state)
+    }
+}

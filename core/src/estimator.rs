@@ -1,0 +1,346 @@
+//! The Gauss-Newton estimate of the loss change of channel morphisms (paper
+//! section 3.2, DESIGN.md "The estimator"), for every channel of a layer at once.
+//!
+//! For a split of channel `c` with parameters `theta` (shaped like `w_in[c]`),
+//! `d = conv(x, theta)` and, with `sigma` the frozen channelwise map,
+//!
+//! ```text
+//! Delta_a = sigma(y + d) + sigma(y - d) - 2 sigma(y)
+//! u_s     = 1/2 * sum(Delta_a_s * G_s)                 (G_s = S * dL/da_s)
+//! DeltaL  = 1/S * sum_s [u_s + u_s^2 / (4 L_hat)]       (eq. 1)
+//! ```
+//!
+//! For a prune `Delta_a = -a` and `u_s = -sum(a_s * G_s)`. The next layer is
+//! linear in `a`, so `Delta_z . g = Delta_a . W^T g = Delta_a . G`: the
+//! expanded network is never built and the next conv never runs again.
+//!
+//! Conventions (DESIGN.md): sigma is frozen — BN uses the running statistics
+//! of the original channel, shared by both halves — and per-sample gradients
+//! are the batch-mean gradients times `S`.
+//!
+//! ```
+//! use sprout_core::arch::Arch;
+//! use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
+//! use sprout_core::model::{Mode, Model};
+//! use sprout_core::Network;
+//!
+//! let arch = Arch::vgg19(4, [1, 32, 32], 10).unwrap();
+//! let net = Network::init(&arch, 0);
+//! let (n, layer) = (2, 3);
+//! let images = vec![0.5f32; n * 32 * 32];
+//! let mut model = Model::new(&arch, n);
+//! model.forward(&net, &images, n, Mode::Eval);
+//! let (loss, _) = model.loss(&[1, 7]);
+//! let mut grads = net.zeros_like();
+//! model.backward(&net, &mut grads);
+//!
+//! let sigma = FrozenSigma::of(&net, layer);
+//! let batch = LayerBatch::from_model(&model, layer, sigma.view(), loss);
+//! let theta = vec![0.01f32; arch.units()[layer].weight_len()];
+//! let mut delta_l = vec![0.0; 4];
+//! let mut grad_theta = vec![0.0; theta.len()];
+//! split_estimates(&batch, &theta, &mut Workspace::default(), &mut delta_l, Some(&mut grad_theta));
+//! assert!(delta_l.iter().all(|d| d.is_finite() && *d >= -loss));
+//! ```
+
+use crate::arch::{Post, UnitShape};
+use crate::kernels::batchnorm::BN_EPS;
+use crate::kernels::conv::{conv2d_backward, conv2d_forward};
+use crate::kernels::depthwise::{depthwise_backward, depthwise_forward, DwGeom};
+use crate::kernels::pool::{maxpool_backward, maxpool_forward};
+use crate::kernels::Scratch;
+use crate::model::{conv_geom, Model};
+use crate::network::Network;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// What follows BN + ReLU in the frozen sigma.
+#[derive(Clone, Copy, Debug)]
+pub enum SigmaPost<'a> {
+    None,
+    MaxPool,
+    /// Next block's depthwise conv (kernel `[c, 1, 3, 3]`) and its frozen BN, then ReLU.
+    Depthwise { stride: usize, kernel: &'a [f32], scale: &'a [f32], shift: &'a [f32] },
+}
+
+/// The frozen channelwise map of a unit: `relu(scale * y + shift)`, then `post`.
+#[derive(Clone, Copy, Debug)]
+pub struct Sigma<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub post: SigmaPost<'a>,
+}
+
+/// A depthwise conv and its BN folded to `scale`/`shift` at running statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrozenDepthwise {
+    pub stride: usize,
+    pub kernel: Vec<f32>,
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+/// Owned frozen-sigma parameters of one unit, folded from BN running statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrozenSigma {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    /// The next block's depthwise conv and its frozen BN (MobileNet units).
+    pub depthwise: Option<FrozenDepthwise>,
+    pub maxpool: bool,
+}
+
+fn fold_running(net: &Network, bn: [usize; 4]) -> (Vec<f32>, Vec<f32>) {
+    let t = &net.tensors;
+    let (g, b, m, v) = (&t[bn[0]], &t[bn[1]], &t[bn[2]], &t[bn[3]]);
+    let scale: Vec<f32> = g.iter().zip(v).map(|(g, v)| g / libm::sqrtf(v + BN_EPS)).collect();
+    let shift = b.iter().zip(m).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    (scale, shift)
+}
+
+impl FrozenSigma {
+    /// Sigma of unit `layer` with BN at its running statistics.
+    pub fn of(net: &Network, layer: usize) -> FrozenSigma {
+        let idx = net.index().units[layer];
+        let u = net.arch.units()[layer];
+        let (scale, shift) = fold_running(net, idx.bn);
+        let depthwise = match (u.post, idx.depthwise) {
+            (Post::Depthwise { stride }, Some((k, dbn))) => {
+                let (scale, shift) = fold_running(net, dbn);
+                Some(FrozenDepthwise { stride, kernel: net.tensors[k].clone(), scale, shift })
+            }
+            _ => None,
+        };
+        FrozenSigma { scale, shift, depthwise, maxpool: u.post == Post::MaxPool }
+    }
+
+    pub fn view(&self) -> Sigma<'_> {
+        let post = match &self.depthwise {
+            Some(d) => SigmaPost::Depthwise { stride: d.stride, kernel: &d.kernel, scale: &d.scale, shift: &d.shift },
+            None if self.maxpool => SigmaPost::MaxPool,
+            None => SigmaPost::None,
+        };
+        Sigma { scale: &self.scale, shift: &self.shift, post }
+    }
+}
+
+/// One layer's view of a mini-batch: what the estimator reads.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerBatch<'a> {
+    pub unit: UnitShape,
+    /// Samples `S`.
+    pub n: usize,
+    /// Layer input `[n, cin, H, W]`.
+    pub x: &'a [f32],
+    /// Pre-activation `[n, cout, Hc, Wc]`.
+    pub y: &'a [f32],
+    /// Unit output `sigma(y)` under the frozen convention (eval mode).
+    pub a: &'a [f32],
+    /// Gradient of the mean mini-batch loss with respect to `a`.
+    pub grad_a: &'a [f32],
+    pub sigma: Sigma<'a>,
+    /// Current training loss `L_hat` (the mini-batch loss).
+    pub loss: f32,
+}
+
+impl<'a> LayerBatch<'a> {
+    /// The layer's buffers from a model after an eval-mode forward and backward.
+    pub fn from_model(model: &'a Model, layer: usize, sigma: Sigma<'a>, loss: f32) -> LayerBatch<'a> {
+        LayerBatch {
+            unit: model.units()[layer],
+            n: model.batch(),
+            x: model.unit_input(layer),
+            y: model.pre_activation(layer),
+            a: model.unit_output(layer),
+            grad_a: model.output_grad(layer),
+            sigma,
+            loss,
+        }
+    }
+}
+
+/// Eq. (1) for one sample: `u + u^2 / (4 L_hat)`.
+#[inline]
+pub fn gauss_newton(u: f32, loss: f32) -> f32 {
+    u + u * u / (4.0 * loss)
+}
+
+/// Reusable buffers of the estimator.
+#[derive(Clone, Debug, Default)]
+pub struct Workspace {
+    d: Vec<f32>,
+    h: [Vec<f32>; 2],
+    z: [Vec<f32>; 2],
+    a: [Vec<f32>; 2],
+    g: Vec<f32>,
+    gh: Vec<f32>,
+    gz: Vec<f32>,
+    dd: Vec<f32>,
+    u: Vec<f32>,
+    scratch: Option<Scratch>,
+}
+
+impl Workspace {
+    /// `u[s * cout + c]` of the last [`split_estimates`] call: the first-order
+    /// term `Delta_z_s . g_s` of each sample and channel.
+    pub fn last_u(&self, n: usize, channels: usize) -> &[f32] {
+        &self.u[..n * channels]
+    }
+}
+
+fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+/// Forward of the frozen sigma: `h = relu(scale * y + shift)`, then `a = post(h)`
+/// (with the depthwise output kept in `z`).
+fn sigma_forward(u: &UnitShape, n: usize, s: &Sigma, y: &[f32], h: &mut [f32], z: &mut [f32], a: &mut [f32]) {
+    let (c, pc) = (u.cout, u.conv_hw.0 * u.conv_hw.1);
+    for p in 0..n * c {
+        let ch = p % c;
+        for (o, v) in h[p * pc..(p + 1) * pc].iter_mut().zip(&y[p * pc..(p + 1) * pc]) {
+            *o = (s.scale[ch] * v + s.shift[ch]).max(0.0);
+        }
+    }
+    match s.post {
+        SigmaPost::None => a.copy_from_slice(&h[..a.len()]),
+        SigmaPost::MaxPool => maxpool_forward(n * c, u.conv_hw, h, a),
+        SigmaPost::Depthwise { stride, kernel, scale, shift } => {
+            let g = DwGeom { channels: c, stride, in_hw: u.conv_hw, out_hw: u.out_hw };
+            depthwise_forward(&g, n, h, kernel, z);
+            let po = u.out_hw.0 * u.out_hw.1;
+            for p in 0..n * c {
+                let ch = p % c;
+                for (o, v) in a[p * po..(p + 1) * po].iter_mut().zip(&z[p * po..(p + 1) * po]) {
+                    *o = (scale[ch] * v + shift[ch]).max(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Backward of [`sigma_forward`] given `ga = dL/da`: writes `dL/dy` into `gy`
+/// (`gh`, `gz` are scratch).
+#[allow(clippy::too_many_arguments)]
+fn sigma_backward(
+    u: &UnitShape,
+    n: usize,
+    s: &Sigma,
+    h: &[f32],
+    a: &[f32],
+    ga: &[f32],
+    gh: &mut [f32],
+    gz: &mut [f32],
+    gy: &mut [f32],
+) {
+    let (c, pc) = (u.cout, u.conv_hw.0 * u.conv_hw.1);
+    let gh: &[f32] = match s.post {
+        SigmaPost::None => ga,
+        SigmaPost::MaxPool => {
+            maxpool_backward(n * c, u.conv_hw, h, ga, gh);
+            gh
+        }
+        SigmaPost::Depthwise { stride, kernel, scale, .. } => {
+            let po = u.out_hw.0 * u.out_hw.1;
+            for p in 0..n * c {
+                let ch = p % c;
+                for i in p * po..(p + 1) * po {
+                    gz[i] = if a[i] > 0.0 { ga[i] * scale[ch] } else { 0.0 };
+                }
+            }
+            let g = DwGeom { channels: c, stride, in_hw: u.conv_hw, out_hw: u.out_hw };
+            let mut dk = vec![0.0; c * 9];
+            depthwise_backward(&g, n, h, kernel, gz, Some(gh), &mut dk);
+            gh
+        }
+    };
+    for p in 0..n * c {
+        let ch = p % c;
+        for i in p * pc..(p + 1) * pc {
+            gy[i] = if h[i] > 0.0 { gh[i] * s.scale[ch] } else { 0.0 };
+        }
+    }
+}
+
+/// Split estimates for every channel of the layer: `delta_l[c]` gets eq. (1)
+/// for the split of channel `c` with `theta[c]` (`theta` is `[cout, cin, k, k]`,
+/// stacked like the layer's kernel), and `grad_theta`, when given, gets
+/// `dDeltaL[c] / dtheta[c]` for every channel.
+pub fn split_estimates(b: &LayerBatch, theta: &[f32], ws: &mut Workspace, delta_l: &mut [f32], grad_theta: Option<&mut [f32]>) {
+    let u = b.unit;
+    let (n, c) = (b.n, u.cout);
+    let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
+    let po = u.out_hw.0 * u.out_hw.1;
+    let geom = conv_geom(&u);
+    let scratch = ws.scratch.get_or_insert_with(Scratch::new);
+    let d = sized(&mut ws.d, conv_len);
+    conv2d_forward(&geom, n, b.x, theta, d, scratch);
+    // sigma(y + d) and sigma(y - d).
+    for (k, sign) in [1.0f32, -1.0].into_iter().enumerate() {
+        let yd = sized(&mut ws.dd, conv_len);
+        for ((o, y), d) in yd.iter_mut().zip(b.y).zip(ws.d.iter()) {
+            *o = y + sign * d;
+        }
+        let h = sized(&mut ws.h[k], conv_len);
+        let z = sized(&mut ws.z[k], if matches!(b.sigma.post, SigmaPost::Depthwise { .. }) { out_len } else { 0 });
+        let a = sized(&mut ws.a[k], out_len);
+        sigma_forward(&u, n, &b.sigma, &ws.dd[..conv_len], h, z, a);
+    }
+    // u[s, c] = (S / 2) * sum_p Delta_a * dL/da.
+    let us = sized(&mut ws.u, n * c);
+    let half_s = 0.5 * n as f32;
+    for p in 0..n * c {
+        let r = p * po..(p + 1) * po;
+        let mut acc = 0.0f32;
+        for i in r {
+            acc += (ws.a[0][i] + ws.a[1][i] - 2.0 * b.a[i]) * b.grad_a[i];
+        }
+        us[p] = half_s * acc;
+    }
+    let inv_s = 1.0 / n as f32;
+    for ch in 0..c {
+        delta_l[ch] = (0..n).map(|s| gauss_newton(us[s * c + ch], b.loss)).sum::<f32>() * inv_s;
+    }
+    let Some(grad_theta) = grad_theta else { return };
+    // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * dL/da.
+    let g = sized(&mut ws.g, out_len);
+    for p in 0..n * c {
+        let coef = 0.5 * (1.0 + us[p] / (2.0 * b.loss));
+        for i in p * po..(p + 1) * po {
+            g[i] = coef * b.grad_a[i];
+        }
+    }
+    // dd = sigma'(y + d)^T g - sigma'(y - d)^T g.
+    let gh = sized(&mut ws.gh, conv_len);
+    let gz = sized(&mut ws.gz, out_len);
+    let dd = sized(&mut ws.dd, conv_len);
+    sigma_backward(&u, n, &b.sigma, &ws.h[0][..conv_len], &ws.a[0][..out_len], g, gh, gz, dd);
+    let dplus = sized(&mut ws.d, conv_len);
+    dplus.copy_from_slice(&ws.dd[..conv_len]);
+    let dd = sized(&mut ws.dd, conv_len);
+    sigma_backward(&u, n, &b.sigma, &ws.h[1][..conv_len], &ws.a[1][..out_len], &ws.g[..out_len], &mut ws.gh[..conv_len], &mut ws.gz[..out_len], dd);
+    for (p, m) in ws.d[..conv_len].iter_mut().zip(&ws.dd[..conv_len]) {
+        *p -= m;
+    }
+    conv2d_backward(&geom, n, b.x, theta, &ws.d[..conv_len], None, grad_theta, scratch);
+}
+
+/// Prune estimates for every channel: `Delta_a = -a`, `u_s = -sum(a_s * G_s)`.
+pub fn prune_estimates(b: &LayerBatch, delta_l: &mut [f32]) {
+    let u = b.unit;
+    let (n, c) = (b.n, u.cout);
+    let po = u.out_hw.0 * u.out_hw.1;
+    let s = n as f32;
+    for ch in 0..c {
+        let mut total = 0.0f32;
+        for smp in 0..n {
+            let p = smp * c + ch;
+            let dot: f32 = b.a[p * po..(p + 1) * po].iter().zip(&b.grad_a[p * po..(p + 1) * po]).map(|(a, g)| a * g).sum();
+            total += gauss_newton(-s * dot, b.loss);
+        }
+        delta_l[ch] = total / s;
+    }
+}

@@ -1,0 +1,210 @@
+//! The growth loop (paper Algorithm 1), written once against [`Backend`]:
+//! per phase, train the model, learn morphism parameters with the model fixed
+//! while the estimates average, then select and apply morphisms.
+
+use crate::arch::Arch;
+use crate::backend::Backend;
+use crate::data::{Augment, Dataset, Normalization};
+use crate::error::{Error, Result};
+use crate::learn::{MorphConfig, MorphState};
+use crate::morph;
+use crate::network::Network;
+use crate::optim::{Adam, Sgd, StepSchedule};
+use crate::rng::Rng;
+use crate::select::{candidates, select, to_morphisms, Candidate, SelectConfig};
+use crate::train::{evaluate, shuffled_pass, train_epoch, Batches, PassStats};
+use alloc::vec::Vec;
+
+/// Everything that defines a growth run besides data and seed.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GrowConfig {
+    pub phases: usize,
+    /// Training epochs per phase (n_phase).
+    pub train_epochs: usize,
+    /// Morphism-learning epochs per phase (n_phase in the paper too).
+    pub morph_epochs: usize,
+    /// Training epochs after the last phase's morphisms are applied.
+    pub final_epochs: usize,
+    pub batch: usize,
+    /// Learning rate by cumulative training epoch.
+    pub schedule: StepSchedule,
+    pub weight_decay: f32,
+    pub adam: Adam,
+    /// EMA weight; `None` is the paper's `(S / N) / 2`.
+    pub ema_alpha: Option<f32>,
+    /// Initial `|theta[c]| / |w_in[c]|`.
+    pub theta_init: f32,
+    pub select: SelectConfig,
+    pub augment: Option<Augment>,
+}
+
+impl GrowConfig {
+    /// Checks every setting, naming the flag that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        use alloc::format;
+        if self.phases == 0 {
+            return Err(Error::Config("--phases must be at least 1".into()));
+        }
+        if self.train_epochs == 0 || self.morph_epochs == 0 {
+            return Err(Error::Config("--phase-epochs must be at least 1".into()));
+        }
+        if self.batch == 0 {
+            return Err(Error::Config("--batch must be at least 1".into()));
+        }
+        if !(self.theta_init.is_finite() && self.theta_init > 0.0) {
+            return Err(Error::Config(format!("--theta-init must be positive, got {}", self.theta_init)));
+        }
+        if let Some(a) = self.ema_alpha {
+            if !(a > 0.0 && a <= 1.0) {
+                return Err(Error::Config(format!("--ema-alpha must be in (0, 1], got {a}")));
+            }
+        }
+        self.select.validate()
+    }
+}
+
+/// What a checkpoint holds: enough to continue a run exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrowState {
+    /// Phases completed.
+    pub phase: usize,
+    /// Training epochs run so far (drives the learning-rate schedule).
+    pub epochs_trained: usize,
+    pub network: Network,
+    pub momentum: Vec<Vec<f32>>,
+    pub rng: Rng,
+}
+
+impl GrowState {
+    /// The start of a run from a seed network.
+    pub fn new(network: Network, seed: u64) -> GrowState {
+        let momentum = network.zeros_like();
+        GrowState { phase: 0, epochs_trained: 0, network, momentum, rng: Rng::new(seed) }
+    }
+}
+
+/// Which part of a phase a progress callback reports on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Train { epoch: usize },
+    Morph { epoch: usize },
+    Final { epoch: usize },
+}
+
+/// The outcome of one phase.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseReport {
+    /// 1-based phase number.
+    pub phase: usize,
+    /// Last training epoch of the phase.
+    pub train: PassStats,
+    /// Test set after training, before the morphisms.
+    pub test: PassStats,
+    /// Mean loss over the morphism-learning batches.
+    pub morph: PassStats,
+    pub arch_before: Arch,
+    pub arch_after: Arch,
+    /// Every candidate with its final EMA estimate and gain.
+    pub candidates: Vec<Candidate>,
+    pub applied: Vec<Candidate>,
+    /// Learned theta norms per layer and channel (for plots).
+    pub theta_norms: Vec<Vec<f32>>,
+}
+
+/// Progress callback: stage, batches done, batches in the pass, batch loss.
+pub type Progress<'a> = &'a mut dyn FnMut(Stage, usize, usize, f32);
+
+/// Trains `epochs` epochs from `state`, advancing its counters and RNG.
+#[allow(clippy::too_many_arguments)]
+pub fn train_epochs(
+    backend: &mut dyn Backend,
+    state: &mut GrowState,
+    cfg: &GrowConfig,
+    epochs: usize,
+    train: &Dataset,
+    norm: &Normalization,
+    final_stage: bool,
+    progress: Progress,
+) -> Result<PassStats> {
+    let mut buffers = Batches::new(train, cfg.batch);
+    let mut last = PassStats::default();
+    for e in 0..epochs {
+        let sgd = Sgd { weight_decay: cfg.weight_decay, ..Sgd::paper(cfg.schedule.lr_at(state.epochs_trained)) };
+        let stage = if final_stage { Stage::Final { epoch: e } } else { Stage::Train { epoch: e } };
+        last = train_epoch(backend, train, norm, &mut buffers, cfg.augment.as_ref(), &sgd, &mut state.rng, &mut |d, t, s| {
+            progress(stage, d, t, s.loss)
+        })?;
+        state.epochs_trained += 1;
+    }
+    Ok(last)
+}
+
+/// One phase of Algorithm 1. On success `state` holds the grown network; on
+/// error it is unchanged except for its RNG, so the caller keeps its last
+/// checkpoint.
+pub fn run_phase(
+    backend: &mut dyn Backend,
+    state: &mut GrowState,
+    cfg: &GrowConfig,
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalization,
+    progress: Progress,
+) -> Result<PhaseReport> {
+    cfg.validate()?;
+    let mut next = state.clone();
+    backend.load(&next.network, Some(&next.momentum))?;
+    let train_stats = train_epochs(backend, &mut next, cfg, cfg.train_epochs, train, norm, false, progress)?;
+    let test_stats = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
+    let trained = backend.network()?;
+    let mut momentum = backend.momentum()?;
+
+    // Morphism learning: model fixed, BN frozen, Adam on theta, EMA of eq. (1).
+    let mcfg = MorphConfig {
+        adam: cfg.adam,
+        ema_alpha: cfg.ema_alpha.unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
+    };
+    let mut theta_rng = next.rng.fork();
+    backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
+    let mut buffers = Batches::new(train, cfg.batch);
+    let mut morph_stats = PassStats::default();
+    for e in 0..cfg.morph_epochs {
+        morph_stats = shuffled_pass(
+            train,
+            norm,
+            &mut buffers,
+            cfg.augment.as_ref(),
+            &mut next.rng,
+            &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg),
+            &mut |d, t, s| progress(Stage::Morph { epoch: e }, d, t, s.loss),
+        )?;
+    }
+    let learned = backend.end_morph()?;
+
+    let arch_before = trained.arch.clone();
+    let cands = candidates(&arch_before, &learned, &cfg.select);
+    let applied = select(&arch_before, &cands, &cfg.select);
+    let morphisms = to_morphisms(&arch_before, &applied, &learned);
+    let mut extra = [core::mem::take(&mut momentum)];
+    let grown = morph::apply(&trained, &morphisms, &mut extra)?;
+    let [momentum] = extra;
+    let theta_norms = (0..arch_before.layers())
+        .map(|l| (0..arch_before.widths[l]).map(|c| learned.theta_norm(l, c)).collect())
+        .collect();
+    next.network = grown;
+    next.momentum = momentum;
+    next.phase += 1;
+    *state = next;
+    Ok(PhaseReport {
+        phase: state.phase,
+        train: train_stats,
+        test: test_stats,
+        morph: morph_stats,
+        arch_after: state.network.arch.clone(),
+        arch_before,
+        candidates: cands,
+        applied,
+        theta_norms,
+    })
+}

@@ -1,0 +1,121 @@
+//! Morphism parameters being learned (theta per layer, Adam moments) and the
+//! exponential moving averages of their estimated loss changes (paper 3.3, 4.1).
+
+use crate::error::{Error, Result};
+use crate::network::Network;
+use crate::optim::Adam;
+use crate::rng::Rng;
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// Settings of the morphism-learning phase.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct MorphConfig {
+    /// Optimizer of theta (the paper: Adam, learning rate 1e-2).
+    pub adam: Adam,
+    /// EMA weight of each new mini-batch estimate; the paper's default is
+    /// `(S / N) / 2`, about the last two epochs.
+    pub ema_alpha: f32,
+}
+
+impl MorphConfig {
+    /// Paper settings for batches of `batch` out of `dataset` samples.
+    pub fn paper(batch: usize, dataset: usize) -> MorphConfig {
+        MorphConfig { adam: Adam::paper(), ema_alpha: (batch as f32 / dataset.max(1) as f32) / 2.0 }
+    }
+}
+
+/// Theta, its Adam state and the running estimates of every candidate.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct MorphState {
+    /// Per layer, `[cout, cin, k, k]`: channel `c`'s split parameters.
+    pub theta: Vec<Vec<f32>>,
+    pub adam_m: Vec<Vec<f32>>,
+    pub adam_v: Vec<Vec<f32>>,
+    /// Adam steps taken.
+    pub steps: u32,
+    /// Per layer and channel: EMA of the estimated Delta L of splitting it.
+    pub split_ema: Vec<Vec<f32>>,
+    /// Per layer and channel: EMA of the estimated Delta L of pruning it.
+    pub prune_ema: Vec<Vec<f32>>,
+}
+
+impl MorphState {
+    /// Fresh theta for every channel of `net`: Gaussian noise with norm
+    /// `init_scale * |w_in[c]|` (theta = 0 has zero gradient since Delta_a is
+    /// even in d, so the search starts from a small random point).
+    pub fn new(net: &Network, init_scale: f32, rng: &mut Rng) -> MorphState {
+        let idx = net.index();
+        let units = net.arch.units();
+        let mut theta = Vec::with_capacity(units.len());
+        for (l, u) in units.iter().enumerate() {
+            let w = &net.tensors[idx.units[l].conv];
+            let fan = u.fan_in();
+            let mut t = vec![0.0f32; w.len()];
+            for c in 0..u.cout {
+                let wc = &w[c * fan..(c + 1) * fan];
+                let norm = libm::sqrtf(wc.iter().map(|v| v * v).sum::<f32>()).max(1e-12);
+                let noise: Vec<f32> = (0..fan).map(|_| rng.normal()).collect();
+                let nn = libm::sqrtf(noise.iter().map(|v| v * v).sum::<f32>()).max(1e-12);
+                for (o, z) in t[c * fan..(c + 1) * fan].iter_mut().zip(&noise) {
+                    *o = init_scale * norm * z / nn;
+                }
+            }
+            theta.push(t);
+        }
+        let zeros = |v: &Vec<Vec<f32>>| v.iter().map(|t| vec![0.0; t.len()]).collect::<Vec<_>>();
+        MorphState {
+            adam_m: zeros(&theta),
+            adam_v: zeros(&theta),
+            steps: 0,
+            split_ema: units.iter().map(|u| vec![0.0; u.cout]).collect(),
+            prune_ema: units.iter().map(|u| vec![0.0; u.cout]).collect(),
+            theta,
+        }
+    }
+
+    /// Checks that the state belongs to `net`'s architecture.
+    pub fn check(&self, net: &Network) -> Result<()> {
+        let units = net.arch.units();
+        let ok = self.theta.len() == units.len()
+            && units.iter().enumerate().all(|(l, u)| {
+                self.theta[l].len() == u.weight_len()
+                    && self.adam_m[l].len() == u.weight_len()
+                    && self.adam_v[l].len() == u.weight_len()
+                    && self.split_ema[l].len() == u.cout
+                    && self.prune_ema[l].len() == u.cout
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Shape(format!("morphism state does not match the architecture (widths {:?})", net.arch.widths)))
+        }
+    }
+
+    /// Folds one mini-batch's estimates into the moving averages; the first
+    /// batch initialises them (so early averages are not biased toward zero).
+    pub fn update_ema(&mut self, layer: usize, split: &[f32], prune: &[f32], alpha: f32) {
+        let first = self.steps == 0;
+        for (e, v) in self.split_ema[layer].iter_mut().zip(split) {
+            *e = if first { *v } else { (1.0 - alpha) * *e + alpha * v };
+        }
+        for (e, v) in self.prune_ema[layer].iter_mut().zip(prune) {
+            *e = if first { *v } else { (1.0 - alpha) * *e + alpha * v };
+        }
+    }
+
+    /// One Adam step on layer `layer`'s theta, descending the estimated Delta L.
+    pub fn adam_step(&mut self, layer: usize, grad: &[f32], adam: &Adam) {
+        adam.step(self.steps + 1, &mut self.theta[layer], grad, &mut self.adam_m[layer], &mut self.adam_v[layer]);
+    }
+
+    /// Norm of channel `c`'s theta in layer `layer`.
+    pub fn theta_norm(&self, layer: usize, c: usize) -> f32 {
+        let n = self.split_ema[layer].len();
+        let fan = self.theta[layer].len() / n;
+        libm::sqrtf(self.theta[layer][c * fan..(c + 1) * fan].iter().map(|v| v * v).sum())
+    }
+}

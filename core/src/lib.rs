@@ -1,0 +1,41 @@
+//! # sprout-core
+//!
+//! Grows convolutional networks from a small seed by learned network
+//! morphisms, choosing where to grow with a Gauss-Newton estimate of the loss
+//! change (Lawton, Galstyan, Ver Steeg: "Learning Morphisms with Gauss-Newton
+//! Approximation for Growing Networks").
+//!
+//! This crate is `no_std` + `alloc` and does no I/O: architectures
+//! ([`arch`]), parameters ([`network`]), reference CPU kernels with backward
+//! passes ([`kernels`]), the whole-network engine ([`model`]), optimizers
+//! ([`optim`]), the [`backend::Backend`] trait with its CPU implementation,
+//! and dataset parsing from bytes ([`data`]). The default `std` feature adds
+//! runtime SIMD detection in the GEMM and data parallelism on all cores.
+#![no_std]
+#![warn(missing_debug_implementations)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod arch;
+pub mod backend;
+pub mod data;
+pub mod error;
+pub mod grow;
+pub mod estimator;
+pub mod kernels;
+pub mod learn;
+pub mod model;
+pub mod morph;
+pub mod network;
+pub mod optim;
+pub mod par;
+pub mod rng;
+pub mod select;
+pub mod train;
+
+pub use arch::{Arch, Family};
+pub use backend::{Backend, BatchStats, CpuBackend};
+pub use error::{Error, Result};
+pub use network::Network;

@@ -40,7 +40,11 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync + Send) {
 /// Splits `0..n` into one contiguous range per worker state in `states` and
 /// runs `f(range, state)` for each, in parallel where possible. Use it to give
 /// every worker its own scratch buffers or gradient accumulators.
-pub fn for_each_part<S: Send>(n: usize, states: &mut [S], f: impl Fn(Range<usize>, &mut S) + Sync + Send) {
+pub fn for_each_part<S: Send>(
+    n: usize,
+    states: &mut [S],
+    f: impl Fn(Range<usize>, &mut S) + Sync + Send,
+) {
     let parts = states.len().min(n).max(1);
     #[cfg(feature = "std")]
     {

@@ -35,7 +35,11 @@ fn masked_sums(y: &[f32], a: &[f32], g: &[f32], mu: f32) -> (f32, f32) {
     let n = y.len();
     let (a, g) = (&a[..n], &g[..n]);
     let muv = f32x8::splat(mu);
-    let s1 = simd::sum(n, |i| simd::relu_mask(load(a, i), load(g, i)), |i| if a[i] > 0.0 { g[i] } else { 0.0 });
+    let s1 = simd::sum(
+        n,
+        |i| simd::relu_mask(load(a, i), load(g, i)),
+        |i| if a[i] > 0.0 { g[i] } else { 0.0 },
+    );
     let s2 = simd::sum(
         n,
         |i| simd::relu_mask(load(a, i), load(g, i)) * (load(y, i) - muv),
@@ -88,7 +92,14 @@ pub fn batch_stats(g: &BnGeom, y: &[f32], mean: &mut [f32], var: &mut [f32]) {
 }
 
 /// Folds BN into `scale`/`shift` for the given mean and variance.
-pub fn fold(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], scale: &mut [f32], shift: &mut [f32]) {
+pub fn fold(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    scale: &mut [f32],
+    shift: &mut [f32],
+) {
     for i in 0..gamma.len() {
         let inv = 1.0 / libm::sqrtf(var[i] + BN_EPS);
         scale[i] = gamma[i] * inv;
@@ -97,7 +108,13 @@ pub fn fold(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], scale: &mut 
 }
 
 /// Moves running statistics toward the batch statistics (unbiased variance).
-pub fn update_running(g: &BnGeom, mean: &[f32], var: &[f32], run_mean: &mut [f32], run_var: &mut [f32]) {
+pub fn update_running(
+    g: &BnGeom,
+    mean: &[f32],
+    var: &[f32],
+    run_mean: &mut [f32],
+    run_var: &mut [f32],
+) {
     let m = g.count() as f32;
     let unbias = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
     for i in 0..g.channels {
@@ -118,7 +135,11 @@ pub fn scale_shift_relu(g: &BnGeom, y: &[f32], scale: &[f32], shift: &[f32], a: 
         let out = unsafe { ap.slice(p * pl, pl) };
         let yp = &y[p * pl..(p + 1) * pl];
         let (scv, shv) = (f32x8::splat(sc), f32x8::splat(sh));
-        simd::map(out, |i| (load(yp, i) * scv + shv).max(f32x8::ZERO), |i| (yp[i] * sc + sh).max(0.0));
+        simd::map(
+            out,
+            |i| (load(yp, i) * scv + shv).max(f32x8::ZERO),
+            |i| (yp[i] * sc + sh).max(0.0),
+        );
     });
 }
 
@@ -209,7 +230,11 @@ pub fn backward_eval(
             let out = unsafe { dyp.slice(o, pl) };
             let (yp, ap, gp) = (&y[o..o + pl], &a[o..o + pl], &da[o..o + pl]);
             let scv = f32x8::splat(sc);
-            simd::map(out, |i| simd::relu_mask(load(ap, i), load(gp, i)) * scv, |i| if ap[i] > 0.0 { gp[i] * sc } else { 0.0 });
+            simd::map(
+                out,
+                |i| simd::relu_mask(load(ap, i), load(gp, i)) * scv,
+                |i| if ap[i] > 0.0 { gp[i] * sc } else { 0.0 },
+            );
             if grads.is_some() {
                 let (s1, s2) = masked_sums(yp, ap, gp, mu);
                 sg += s1 as f64;
@@ -235,24 +260,33 @@ mod tests {
 
     fn loss(g: &BnGeom, y: &[f32], gamma: &[f32], beta: &[f32], wts: &[f32]) -> f64 {
         let c = g.channels;
-        let (mut m, mut v, mut sc, mut sh) = (vec![0.0; c], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        let (mut m, mut v, mut sc, mut sh) =
+            (vec![0.0; c], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
         batch_stats(g, y, &mut m, &mut v);
         fold(gamma, beta, &m, &v, &mut sc, &mut sh);
         let mut a = vec![0.0; y.len()];
         scale_shift_relu(g, y, &sc, &sh, &mut a);
-        a.iter().zip(wts).map(|(a, w)| (*a as f64) * (*w as f64)).sum()
+        a.iter()
+            .zip(wts)
+            .map(|(a, w)| (*a as f64) * (*w as f64))
+            .sum()
     }
 
     #[test]
     fn train_backward_matches_finite_differences() {
-        let g = BnGeom { n: 4, channels: 2, plane: 25 };
+        let g = BnGeom {
+            n: 4,
+            channels: 2,
+            plane: 25,
+        };
         let len = g.n * g.channels * g.plane;
         let mut r = Rng::new(1);
         let mut y: Vec<f32> = (0..len).map(|_| r.normal()).collect();
         let wts: Vec<f32> = (0..len).map(|_| r.normal()).collect();
         let gamma = [1.3, 0.7];
         let beta = [0.1, -0.2];
-        let (mut m, mut v, mut sc, mut sh) = (vec![0.0; 2], vec![0.0; 2], vec![0.0; 2], vec![0.0; 2]);
+        let (mut m, mut v, mut sc, mut sh) =
+            (vec![0.0; 2], vec![0.0; 2], vec![0.0; 2], vec![0.0; 2]);
         batch_stats(&g, &y, &mut m, &mut v);
         fold(&gamma, &beta, &m, &v, &mut sc, &mut sh);
         let mut a = vec![0.0; len];
@@ -268,10 +302,16 @@ mod tests {
             y[i] = o;
             let fd = (lp - lm) / 2e-3;
             // Skip elements within the finite-difference step of the ReLU kink.
-            if (a[i] > 0.0 && a[i] < 0.01) || (a[i] == 0.0 && (y[i] * sc[i % 50 / 25] + sh[i % 50 / 25]).abs() < 0.01) {
+            if (a[i] > 0.0 && a[i] < 0.01)
+                || (a[i] == 0.0 && (y[i] * sc[i % 50 / 25] + sh[i % 50 / 25]).abs() < 0.01)
+            {
                 continue;
             }
-            assert!((fd - dy[i] as f64).abs() < 2e-2 * (1.0 + fd.abs()), "dy[{i}]: {fd} vs {}", dy[i]);
+            assert!(
+                (fd - dy[i] as f64).abs() < 2e-2 * (1.0 + fd.abs()),
+                "dy[{i}]: {fd} vs {}",
+                dy[i]
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! 2-D convolution (groups = 1, no bias), NCHW, by im2col and GEMM per sample,
 //! samples spread over workers. Forward and backward side by side.
 
+use super::conv3x3;
 use super::gemm::gemm;
 use super::Scratch;
 use crate::par::{self, SharedMut};
@@ -32,9 +33,16 @@ impl ConvGeom {
     fn is_pointwise(&self) -> bool {
         self.kernel == 1 && self.stride == 1 && self.pad == 0
     }
-    /// A 3x3, stride-1, pad-1 conv runs the direct kernels of [`super::conv3x3`].
+    /// A 3x3, stride-1, pad-1 conv runs the direct kernels of [`super::conv3x3`],
+    /// except on tiny planes with many channels, where the direct kernels'
+    /// border columns cost more than im2col and GEMM (measured: direct is
+    /// ahead at 64 channels on 16x16, even at 128 on 8x8, behind at 256 on 4x4).
     fn is_direct3x3(&self) -> bool {
-        self.kernel == 3 && self.stride == 1 && self.pad == 1 && self.out_hw == self.in_hw
+        self.kernel == 3
+            && self.stride == 1
+            && self.pad == 1
+            && self.out_hw == self.in_hw
+            && !(self.in_plane() <= 16 && self.cin * self.cout >= 128 * 128)
     }
 }
 
@@ -136,7 +144,11 @@ pub fn conv2d_forward(
     y: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    forward_im2col(g, n, x, w, y, scratch);
+    if g.is_direct3x3() {
+        conv3x3::forward(g.cin, g.cout, g.in_hw, n, x, w, y, scratch);
+    } else {
+        forward_im2col(g, n, x, w, y, scratch);
+    }
 }
 
 /// [`conv2d_forward`] by im2col and GEMM, for any geometry.
@@ -182,7 +194,11 @@ pub fn conv2d_backward(
     dw: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    backward_im2col(g, n, x, w, dy, dx, dw, scratch);
+    if g.is_direct3x3() {
+        conv3x3::backward(g.cin, g.cout, g.in_hw, n, x, w, dy, dx, dw, scratch);
+    } else {
+        backward_im2col(g, n, x, w, dy, dx, dw, scratch);
+    }
 }
 
 /// [`conv2d_backward`] by im2col and GEMM, for any geometry.

@@ -17,9 +17,24 @@ pub fn gemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    assert!(a.len() >= m * k, "gemm: a has {} elements, needs {}", a.len(), m * k);
-    assert!(b.len() >= k * n, "gemm: b has {} elements, needs {}", b.len(), k * n);
-    assert!(c.len() >= m * n, "gemm: c has {} elements, needs {}", c.len(), m * n);
+    assert!(
+        a.len() >= m * k,
+        "gemm: a has {} elements, needs {}",
+        a.len(),
+        m * k
+    );
+    assert!(
+        b.len() >= k * n,
+        "gemm: b has {} elements, needs {}",
+        b.len(),
+        k * n
+    );
+    assert!(
+        c.len() >= m * n,
+        "gemm: c has {} elements, needs {}",
+        c.len(),
+        m * n
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -29,8 +44,16 @@ pub fn gemm(
         }
         return;
     }
-    let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-    let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+    let (rsa, csa) = if trans_a {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (rsb, csb) = if trans_b {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
     // SAFETY: the asserts above guarantee every index the strides reach is in bounds.
     unsafe {
         matrixmultiply::sgemm(
@@ -57,7 +80,15 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    fn naive(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool) -> alloc::vec::Vec<f32> {
+    fn naive(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        ta: bool,
+        b: &[f32],
+        tb: bool,
+    ) -> alloc::vec::Vec<f32> {
         let mut c = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {

@@ -3,7 +3,15 @@
 use super::gemm::gemm;
 
 /// Forward for `n` rows of `features`.
-pub fn linear_forward(n: usize, features: usize, classes: usize, f: &[f32], w: &[f32], b: &[f32], out: &mut [f32]) {
+pub fn linear_forward(
+    n: usize,
+    features: usize,
+    classes: usize,
+    f: &[f32],
+    w: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+) {
     for r in 0..n {
         out[r * classes..(r + 1) * classes].copy_from_slice(&b[..classes]);
     }

@@ -3,7 +3,13 @@
 /// Loss and gradient of the mean softmax cross-entropy of `n` rows of logits.
 /// Writes `dlogits = (softmax - onehot) / n` and returns `(mean loss, correct)`,
 /// where `correct` counts rows whose arg-max is the label.
-pub fn softmax_cross_entropy(n: usize, classes: usize, logits: &[f32], labels: &[u32], dlogits: &mut [f32]) -> (f32, usize) {
+pub fn softmax_cross_entropy(
+    n: usize,
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    dlogits: &mut [f32],
+) -> (f32, usize) {
     let mut total = 0.0f64;
     let mut correct = 0;
     for r in 0..n {
@@ -34,7 +40,13 @@ pub fn softmax_cross_entropy(n: usize, classes: usize, logits: &[f32], labels: &
 }
 
 /// Per-row losses (for brute-force evaluation), without gradients.
-pub fn cross_entropy_rows(n: usize, classes: usize, logits: &[f32], labels: &[u32], out: &mut [f32]) {
+pub fn cross_entropy_rows(
+    n: usize,
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    out: &mut [f32],
+) {
     for r in 0..n {
         let z = &logits[r * classes..(r + 1) * classes];
         let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

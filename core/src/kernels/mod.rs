@@ -3,6 +3,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod conv3x3;
 pub mod depthwise;
 pub mod gemm;
 pub mod linear;

@@ -16,7 +16,9 @@ pub fn maxpool_forward(planes: usize, hw: (usize, usize), h: &[f32], a: &mut [f3
             let r0 = &x[2 * oy * hw.1..];
             let r1 = &x[(2 * oy + 1) * hw.1..];
             for ox in 0..ow {
-                let m = r0[2 * ox].max(r0[2 * ox + 1]).max(r1[2 * ox].max(r1[2 * ox + 1]));
+                let m = r0[2 * ox]
+                    .max(r0[2 * ox + 1])
+                    .max(r1[2 * ox].max(r1[2 * ox + 1]));
                 out[oy * ow + ox] = m;
             }
         }
@@ -100,7 +102,11 @@ mod tests {
             let m = f(&h);
             h[i] = o;
             let fd = (p - m) / 2e-3;
-            assert!((fd - dh[i] as f64).abs() < 1e-3, "dh[{i}]: {fd} vs {}", dh[i]);
+            assert!(
+                (fd - dh[i] as f64).abs() < 1e-3,
+                "dh[{i}]: {fd} vs {}",
+                dh[i]
+            );
         }
     }
 }

@@ -149,8 +149,18 @@ pub const MAX_WIDTH: usize = 1 << 16;
 
 impl Arch {
     /// Builds and validates an architecture.
-    pub fn new(family: Family, input: [usize; 3], classes: usize, widths: Vec<usize>) -> Result<Arch> {
-        let arch = Arch { family, input, classes, widths };
+    pub fn new(
+        family: Family,
+        input: [usize; 3],
+        classes: usize,
+        widths: Vec<usize>,
+    ) -> Result<Arch> {
+        let arch = Arch {
+            family,
+            input,
+            classes,
+            widths,
+        };
         arch.validate()?;
         Ok(arch)
     }
@@ -217,13 +227,21 @@ impl Arch {
     fn unit_kind(&self, l: usize) -> (usize, Post) {
         match self.family {
             Family::Vgg19 => {
-                let post = if VGG_POOL_AFTER.contains(&l) { Post::MaxPool } else { Post::None };
+                let post = if VGG_POOL_AFTER.contains(&l) {
+                    Post::MaxPool
+                } else {
+                    Post::None
+                };
                 (1, post)
             }
             Family::MobilenetV1 => {
                 let post = if l + 1 < self.widths.len() {
                     let next_block = l + 1;
-                    let stride = if MOBILENET_STRIDE2_BLOCKS.contains(&next_block) { 2 } else { 1 };
+                    let stride = if MOBILENET_STRIDE2_BLOCKS.contains(&next_block) {
+                        2
+                    } else {
+                        1
+                    };
                     Post::Depthwise { stride }
                 } else {
                     Post::None
@@ -276,7 +294,12 @@ impl Arch {
             Family::Vgg19 => (Pool::Flatten, last.out_hw.0 * last.out_hw.1),
             Family::MobilenetV1 => (Pool::GlobalAverage, 1),
         };
-        HeadShape { pool, channels: last.cout, positions, classes: self.classes }
+        HeadShape {
+            pool,
+            channels: last.cout,
+            positions,
+            classes: self.classes,
+        }
     }
 
     /// Learnable parameters: conv and depthwise kernels (no bias), BN affine
@@ -320,7 +343,13 @@ impl Arch {
                     vec![u.cout, 1, 3, 3],
                     Role::DepthwiseWeight { layer: l },
                 ));
-                push_bn(&mut specs, &format!("{p}.next_depthwise.bn"), u.cout, l, true);
+                push_bn(
+                    &mut specs,
+                    &format!("{p}.next_depthwise.bn"),
+                    u.cout,
+                    l,
+                    true,
+                );
             }
         }
         let h = self.head();
@@ -329,7 +358,11 @@ impl Arch {
             vec![h.classes, h.features()],
             Role::HeadWeight,
         ));
-        specs.push(ParamSpec::new("head.bias".into(), vec![h.classes], Role::HeadBias));
+        specs.push(ParamSpec::new(
+            "head.bias".into(),
+            vec![h.classes],
+            Role::HeadBias,
+        ));
         specs
     }
 }
@@ -344,7 +377,11 @@ fn push_bn(specs: &mut Vec<ParamSpec>, prefix: &str, c: usize, layer: usize, dep
         let mut s = ParamSpec::new(
             format!("{prefix}.{suffix}"),
             vec![c],
-            Role::BatchNorm { layer, part: stat, depthwise },
+            Role::BatchNorm {
+                layer,
+                part: stat,
+                depthwise,
+            },
         );
         s.learnable = matches!(stat, BnPart::Gamma | BnPart::Beta);
         specs.push(s);
@@ -353,7 +390,13 @@ fn push_bn(specs: &mut Vec<ParamSpec>, prefix: &str, c: usize, layer: usize, dep
 
 /// Output size of a conv with kernel `k`, stride and padding.
 pub fn conv_out(hw: (usize, usize), k: usize, stride: usize, pad: usize) -> (usize, usize) {
-    let f = |n: usize| if n + 2 * pad < k { 0 } else { (n + 2 * pad - k) / stride + 1 };
+    let f = |n: usize| {
+        if n + 2 * pad < k {
+            0
+        } else {
+            (n + 2 * pad - k) / stride + 1
+        }
+    };
     (f(hw.0), f(hw.1))
 }
 
@@ -378,11 +421,19 @@ pub enum BnPart {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// `[cout, cin, k, k]` kernel of unit `layer`.
-    ConvWeight { layer: usize },
+    ConvWeight {
+        layer: usize,
+    },
     /// BN of unit `layer`'s conv output, or (depthwise) of its next-depthwise output.
-    BatchNorm { layer: usize, part: BnPart, depthwise: bool },
+    BatchNorm {
+        layer: usize,
+        part: BnPart,
+        depthwise: bool,
+    },
     /// `[c, 1, 3, 3]` next-block depthwise kernel carried by unit `layer`.
-    DepthwiseWeight { layer: usize },
+    DepthwiseWeight {
+        layer: usize,
+    },
     /// `[classes, features]`.
     HeadWeight,
     HeadBias,
@@ -401,7 +452,12 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     fn new(name: String, shape: Vec<usize>, role: Role) -> Self {
-        ParamSpec { name, shape, role, learnable: true }
+        ParamSpec {
+            name,
+            shape,
+            role,
+            learnable: true,
+        }
     }
     pub fn len(&self) -> usize {
         self.shape.iter().product()
@@ -417,7 +473,9 @@ mod tests {
 
     #[test]
     fn full_vgg19_has_reference_parameter_count() {
-        let widths = vec![64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512];
+        let widths = vec![
+            64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512,
+        ];
         let a = Arch::new(Family::Vgg19, [3, 32, 32], 10, widths).unwrap();
         assert_eq!(a.params(), 20_035_018);
     }
@@ -431,7 +489,8 @@ mod tests {
         assert_eq!(u[15].out_hw, (1, 1));
         assert_eq!(a.head().features(), 16);
         // conv MACs by hand: 9*16*(1*1024 + 16*1024 + 2*16*256 + 4*16*64 + 4*16*16 + 4*16*4) + 160
-        let convs = 9 * 16 * (1024 + 16 * 1024 + 2 * 16 * 256 + 4 * 16 * 64 + 4 * 16 * 16 + 4 * 16 * 4);
+        let convs =
+            9 * 16 * (1024 + 16 * 1024 + 2 * 16 * 256 + 4 * 16 * 64 + 4 * 16 * 16 + 4 * 16 * 4);
         assert_eq!(a.macs(), convs as u64 + 160);
     }
 

@@ -25,7 +25,13 @@ pub trait Backend {
     /// Loads `net` and its SGD momentum (zero when `None`), replacing what was loaded.
     fn load(&mut self, net: &Network, momentum: Option<&[Vec<f32>]>) -> Result<()>;
     /// One SGD step on `n` images (NCHW, normalised) with BN in train mode.
-    fn train_batch(&mut self, images: &[f32], labels: &[u32], n: usize, sgd: &Sgd) -> Result<BatchStats>;
+    fn train_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        sgd: &Sgd,
+    ) -> Result<BatchStats>;
     /// Loss and accuracy on `n` images with BN in eval mode.
     fn eval_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<BatchStats>;
     /// The current network (weights and running statistics).
@@ -37,7 +43,13 @@ pub trait Backend {
     /// One morphism-learning step on `n` images: BN in eval mode (frozen
     /// sigma), the Gauss-Newton estimates of every split and prune, one Adam
     /// step on theta and the EMA update. Returns the batch loss `L_hat`.
-    fn morph_batch(&mut self, images: &[f32], labels: &[u32], n: usize, cfg: &MorphConfig) -> Result<BatchStats>;
+    fn morph_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        cfg: &MorphConfig,
+    ) -> Result<BatchStats>;
     /// Ends the phase and hands back theta and the estimates.
     fn end_morph(&mut self) -> Result<MorphState>;
 }
@@ -74,11 +86,16 @@ struct MorphPhase {
 impl CpuBackend {
     /// A backend for batches of at most `batch_capacity` images.
     pub fn new(batch_capacity: usize) -> CpuBackend {
-        CpuBackend { capacity: batch_capacity.max(1), state: None }
+        CpuBackend {
+            capacity: batch_capacity.max(1),
+            state: None,
+        }
     }
 
     fn state(&mut self) -> Result<&mut CpuState> {
-        self.state.as_mut().ok_or_else(|| Error::Backend("no network loaded".into()))
+        self.state
+            .as_mut()
+            .ok_or_else(|| Error::Backend("no network loaded".into()))
     }
 
     /// The loaded network without copying it (CPU only).
@@ -92,7 +109,13 @@ impl CpuBackend {
     }
 }
 
-fn check_batch(images: &[f32], labels: &[u32], n: usize, net: &Network, capacity: usize) -> Result<()> {
+fn check_batch(
+    images: &[f32],
+    labels: &[u32],
+    n: usize,
+    net: &Network,
+    capacity: usize,
+) -> Result<()> {
     let len: usize = net.arch.input.iter().product();
     if n == 0 || n > capacity || images.len() < n * len || labels.len() < n {
         return Err(Error::Shape(format!(
@@ -101,8 +124,14 @@ fn check_batch(images: &[f32], labels: &[u32], n: usize, net: &Network, capacity
             labels.len()
         )));
     }
-    if let Some(&bad) = labels[..n].iter().find(|&&l| l as usize >= net.arch.classes) {
-        return Err(Error::Shape(format!("label {bad} out of range for {} classes", net.arch.classes)));
+    if let Some(&bad) = labels[..n]
+        .iter()
+        .find(|&&l| l as usize >= net.arch.classes)
+    {
+        return Err(Error::Shape(format!(
+            "label {bad} out of range for {} classes",
+            net.arch.classes
+        )));
     }
     Ok(())
 }
@@ -112,8 +141,12 @@ impl Backend for CpuBackend {
         let net = Network::from_tensors(net.arch.clone(), net.tensors.clone())?;
         let momentum = match momentum {
             Some(m) => {
-                if m.len() != net.tensors.len() || m.iter().zip(&net.tensors).any(|(a, b)| a.len() != b.len()) {
-                    return Err(Error::Shape("momentum buffers do not match the network's tensors".into()));
+                if m.len() != net.tensors.len()
+                    || m.iter().zip(&net.tensors).any(|(a, b)| a.len() != b.len())
+                {
+                    return Err(Error::Shape(
+                        "momentum buffers do not match the network's tensors".into(),
+                    ));
                 }
                 m.to_vec()
             }
@@ -124,11 +157,24 @@ impl Backend for CpuBackend {
             _ => Model::new(&net.arch, self.capacity),
         };
         let learnable = net.specs().iter().map(|s| s.learnable).collect();
-        self.state = Some(CpuState { grads: net.zeros_like(), net, model, momentum, learnable, morph: None });
+        self.state = Some(CpuState {
+            grads: net.zeros_like(),
+            net,
+            model,
+            momentum,
+            learnable,
+            morph: None,
+        });
         Ok(())
     }
 
-    fn train_batch(&mut self, images: &[f32], labels: &[u32], n: usize, sgd: &Sgd) -> Result<BatchStats> {
+    fn train_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        sgd: &Sgd,
+    ) -> Result<BatchStats> {
         let capacity = self.capacity;
         let s = self.state()?;
         check_batch(images, labels, n, &s.net, capacity)?;
@@ -140,7 +186,11 @@ impl Backend for CpuBackend {
         s.model.backward(&s.net, &mut s.grads);
         s.model.update_running_stats(&mut s.net);
         sgd.step_all(&mut s.net.tensors, &s.grads, &mut s.momentum, &s.learnable);
-        Ok(BatchStats { loss, correct, samples: n })
+        Ok(BatchStats {
+            loss,
+            correct,
+            samples: n,
+        })
     }
 
     fn eval_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<BatchStats> {
@@ -149,7 +199,11 @@ impl Backend for CpuBackend {
         check_batch(images, labels, n, &s.net, capacity)?;
         s.model.forward(&s.net, images, n, Mode::Eval);
         let (loss, correct) = s.model.loss(labels);
-        Ok(BatchStats { loss, correct, samples: n })
+        Ok(BatchStats {
+            loss,
+            correct,
+            samples: n,
+        })
     }
 
     fn network(&mut self) -> Result<Network> {
@@ -163,16 +217,34 @@ impl Backend for CpuBackend {
     fn begin_morph(&mut self, state: MorphState) -> Result<()> {
         let s = self.state()?;
         state.check(&s.net)?;
-        let sigmas = (0..s.net.arch.layers()).map(|l| FrozenSigma::of(&s.net, l)).collect();
-        s.morph = Some(MorphPhase { state, sigmas, workspace: Workspace::default(), split: Vec::new(), prune: Vec::new(), grad: Vec::new() });
+        let sigmas = (0..s.net.arch.layers())
+            .map(|l| FrozenSigma::of(&s.net, l))
+            .collect();
+        s.morph = Some(MorphPhase {
+            state,
+            sigmas,
+            workspace: Workspace::default(),
+            split: Vec::new(),
+            prune: Vec::new(),
+            grad: Vec::new(),
+        });
         Ok(())
     }
 
-    fn morph_batch(&mut self, images: &[f32], labels: &[u32], n: usize, cfg: &MorphConfig) -> Result<BatchStats> {
+    fn morph_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        cfg: &MorphConfig,
+    ) -> Result<BatchStats> {
         let capacity = self.capacity;
         let s = self.state()?;
         check_batch(images, labels, n, &s.net, capacity)?;
-        let phase = s.morph.as_mut().ok_or_else(|| Error::Backend("morph_batch outside a morphism phase".into()))?;
+        let phase = s
+            .morph
+            .as_mut()
+            .ok_or_else(|| Error::Backend("morph_batch outside a morphism phase".into()))?;
         s.model.forward(&s.net, images, n, Mode::Eval);
         let (loss, correct) = s.model.loss(labels);
         if !(loss.is_finite() && loss > 0.0) {
@@ -184,18 +256,33 @@ impl Backend for CpuBackend {
             phase.prune.resize(u.cout, 0.0);
             phase.grad.resize(u.weight_len(), 0.0);
             let batch = LayerBatch::from_model(&s.model, l, phase.sigmas[l].view(), loss);
-            split_estimates(&batch, &phase.state.theta[l], &mut phase.workspace, &mut phase.split, Some(&mut phase.grad));
+            split_estimates(
+                &batch,
+                &phase.state.theta[l],
+                &mut phase.workspace,
+                &mut phase.split,
+                Some(&mut phase.grad),
+            );
             prune_estimates(&batch, &mut phase.prune);
-            phase.state.update_ema(l, &phase.split, &phase.prune, cfg.ema_alpha);
+            phase
+                .state
+                .update_ema(l, &phase.split, &phase.prune, cfg.ema_alpha);
             phase.state.adam_step(l, &phase.grad, &cfg.adam);
         }
         phase.state.steps += 1;
-        Ok(BatchStats { loss, correct, samples: n })
+        Ok(BatchStats {
+            loss,
+            correct,
+            samples: n,
+        })
     }
 
     fn end_morph(&mut self) -> Result<MorphState> {
         let s = self.state()?;
-        let phase = s.morph.take().ok_or_else(|| Error::Backend("end_morph outside a morphism phase".into()))?;
+        let phase = s
+            .morph
+            .take()
+            .ok_or_else(|| Error::Backend("end_morph outside a morphism phase".into()))?;
         Ok(phase.state)
     }
 }

@@ -44,7 +44,7 @@
 //! ```
 
 use crate::arch::{Post, UnitShape};
-use crate::kernels::batchnorm::BN_EPS;
+use crate::kernels::batchnorm::fold;
 use crate::kernels::conv::{conv2d_backward, conv2d_forward};
 use crate::kernels::depthwise::{depthwise_backward, depthwise_forward, DwGeom};
 use crate::kernels::pool::{maxpool_backward, maxpool_forward};
@@ -60,7 +60,12 @@ pub enum SigmaPost<'a> {
     None,
     MaxPool,
     /// Next block's depthwise conv (kernel `[c, 1, 3, 3]`) and its frozen BN, then ReLU.
-    Depthwise { stride: usize, kernel: &'a [f32], scale: &'a [f32], shift: &'a [f32] },
+    Depthwise {
+        stride: usize,
+        kernel: &'a [f32],
+        scale: &'a [f32],
+        shift: &'a [f32],
+    },
 }
 
 /// The frozen channelwise map of a unit: `relu(scale * y + shift)`, then `post`.
@@ -90,11 +95,16 @@ pub struct FrozenSigma {
     pub maxpool: bool,
 }
 
+/// BN at its running statistics as `scale`/`shift`, with the same arithmetic
+/// as the model's eval-mode forward, so that at theta = 0 sigma(y) is the
+/// model's `a` bit for bit and every estimate is exactly zero.
 fn fold_running(net: &Network, bn: [usize; 4]) -> (Vec<f32>, Vec<f32>) {
     let t = &net.tensors;
-    let (g, b, m, v) = (&t[bn[0]], &t[bn[1]], &t[bn[2]], &t[bn[3]]);
-    let scale: Vec<f32> = g.iter().zip(v).map(|(g, v)| g / libm::sqrtf(v + BN_EPS)).collect();
-    let shift = b.iter().zip(m).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    let c = t[bn[0]].len();
+    let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
+    fold(
+        &t[bn[0]], &t[bn[1]], &t[bn[2]], &t[bn[3]], &mut scale, &mut shift,
+    );
     (scale, shift)
 }
 
@@ -107,20 +117,39 @@ impl FrozenSigma {
         let depthwise = match (u.post, idx.depthwise) {
             (Post::Depthwise { stride }, Some((k, dbn))) => {
                 let (scale, shift) = fold_running(net, dbn);
-                Some(FrozenDepthwise { stride, kernel: net.tensors[k].clone(), scale, shift })
+                Some(FrozenDepthwise {
+                    stride,
+                    kernel: net.tensors[k].clone(),
+                    scale,
+                    shift,
+                })
             }
             _ => None,
         };
-        FrozenSigma { scale, shift, depthwise, maxpool: u.post == Post::MaxPool }
+        FrozenSigma {
+            scale,
+            shift,
+            depthwise,
+            maxpool: u.post == Post::MaxPool,
+        }
     }
 
     pub fn view(&self) -> Sigma<'_> {
         let post = match &self.depthwise {
-            Some(d) => SigmaPost::Depthwise { stride: d.stride, kernel: &d.kernel, scale: &d.scale, shift: &d.shift },
+            Some(d) => SigmaPost::Depthwise {
+                stride: d.stride,
+                kernel: &d.kernel,
+                scale: &d.scale,
+                shift: &d.shift,
+            },
             None if self.maxpool => SigmaPost::MaxPool,
             None => SigmaPost::None,
         };
-        Sigma { scale: &self.scale, shift: &self.shift, post }
+        Sigma {
+            scale: &self.scale,
+            shift: &self.shift,
+            post,
+        }
     }
 }
 
@@ -145,7 +174,12 @@ pub struct LayerBatch<'a> {
 
 impl<'a> LayerBatch<'a> {
     /// The layer's buffers from a model after an eval-mode forward and backward.
-    pub fn from_model(model: &'a Model, layer: usize, sigma: Sigma<'a>, loss: f32) -> LayerBatch<'a> {
+    pub fn from_model(
+        model: &'a Model,
+        layer: usize,
+        sigma: Sigma<'a>,
+        loss: f32,
+    ) -> LayerBatch<'a> {
         LayerBatch {
             unit: model.units()[layer],
             n: model.batch(),
@@ -197,24 +231,48 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Forward of the frozen sigma: `h = relu(scale * y + shift)`, then `a = post(h)`
 /// (with the depthwise output kept in `z`).
-fn sigma_forward(u: &UnitShape, n: usize, s: &Sigma, y: &[f32], h: &mut [f32], z: &mut [f32], a: &mut [f32]) {
+fn sigma_forward(
+    u: &UnitShape,
+    n: usize,
+    s: &Sigma,
+    y: &[f32],
+    h: &mut [f32],
+    z: &mut [f32],
+    a: &mut [f32],
+) {
     let (c, pc) = (u.cout, u.conv_hw.0 * u.conv_hw.1);
     for p in 0..n * c {
         let ch = p % c;
-        for (o, v) in h[p * pc..(p + 1) * pc].iter_mut().zip(&y[p * pc..(p + 1) * pc]) {
+        for (o, v) in h[p * pc..(p + 1) * pc]
+            .iter_mut()
+            .zip(&y[p * pc..(p + 1) * pc])
+        {
             *o = (s.scale[ch] * v + s.shift[ch]).max(0.0);
         }
     }
     match s.post {
         SigmaPost::None => a.copy_from_slice(&h[..a.len()]),
         SigmaPost::MaxPool => maxpool_forward(n * c, u.conv_hw, h, a),
-        SigmaPost::Depthwise { stride, kernel, scale, shift } => {
-            let g = DwGeom { channels: c, stride, in_hw: u.conv_hw, out_hw: u.out_hw };
+        SigmaPost::Depthwise {
+            stride,
+            kernel,
+            scale,
+            shift,
+        } => {
+            let g = DwGeom {
+                channels: c,
+                stride,
+                in_hw: u.conv_hw,
+                out_hw: u.out_hw,
+            };
             depthwise_forward(&g, n, h, kernel, z);
             let po = u.out_hw.0 * u.out_hw.1;
             for p in 0..n * c {
                 let ch = p % c;
-                for (o, v) in a[p * po..(p + 1) * po].iter_mut().zip(&z[p * po..(p + 1) * po]) {
+                for (o, v) in a[p * po..(p + 1) * po]
+                    .iter_mut()
+                    .zip(&z[p * po..(p + 1) * po])
+                {
                     *o = (scale[ch] * v + shift[ch]).max(0.0);
                 }
             }
@@ -243,7 +301,12 @@ fn sigma_backward(
             maxpool_backward(n * c, u.conv_hw, h, ga, gh);
             gh
         }
-        SigmaPost::Depthwise { stride, kernel, scale, .. } => {
+        SigmaPost::Depthwise {
+            stride,
+            kernel,
+            scale,
+            ..
+        } => {
             let po = u.out_hw.0 * u.out_hw.1;
             for p in 0..n * c {
                 let ch = p % c;
@@ -251,7 +314,12 @@ fn sigma_backward(
                     gz[i] = if a[i] > 0.0 { ga[i] * scale[ch] } else { 0.0 };
                 }
             }
-            let g = DwGeom { channels: c, stride, in_hw: u.conv_hw, out_hw: u.out_hw };
+            let g = DwGeom {
+                channels: c,
+                stride,
+                in_hw: u.conv_hw,
+                out_hw: u.out_hw,
+            };
             let mut dk = vec![0.0; c * 9];
             depthwise_backward(&g, n, h, kernel, gz, Some(gh), &mut dk);
             gh
@@ -269,7 +337,13 @@ fn sigma_backward(
 /// for the split of channel `c` with `theta[c]` (`theta` is `[cout, cin, k, k]`,
 /// stacked like the layer's kernel), and `grad_theta`, when given, gets
 /// `dDeltaL[c] / dtheta[c]` for every channel.
-pub fn split_estimates(b: &LayerBatch, theta: &[f32], ws: &mut Workspace, delta_l: &mut [f32], grad_theta: Option<&mut [f32]>) {
+pub fn split_estimates(
+    b: &LayerBatch,
+    theta: &[f32],
+    ws: &mut Workspace,
+    delta_l: &mut [f32],
+    grad_theta: Option<&mut [f32]>,
+) {
     let u = b.unit;
     let (n, c) = (b.n, u.cout);
     let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
@@ -285,7 +359,14 @@ pub fn split_estimates(b: &LayerBatch, theta: &[f32], ws: &mut Workspace, delta_
             *o = y + sign * d;
         }
         let h = sized(&mut ws.h[k], conv_len);
-        let z = sized(&mut ws.z[k], if matches!(b.sigma.post, SigmaPost::Depthwise { .. }) { out_len } else { 0 });
+        let z = sized(
+            &mut ws.z[k],
+            if matches!(b.sigma.post, SigmaPost::Depthwise { .. }) {
+                out_len
+            } else {
+                0
+            },
+        );
         let a = sized(&mut ws.a[k], out_len);
         sigma_forward(&u, n, &b.sigma, &ws.dd[..conv_len], h, z, a);
     }
@@ -302,7 +383,10 @@ pub fn split_estimates(b: &LayerBatch, theta: &[f32], ws: &mut Workspace, delta_
     }
     let inv_s = 1.0 / n as f32;
     for ch in 0..c {
-        delta_l[ch] = (0..n).map(|s| gauss_newton(us[s * c + ch], b.loss)).sum::<f32>() * inv_s;
+        delta_l[ch] = (0..n)
+            .map(|s| gauss_newton(us[s * c + ch], b.loss))
+            .sum::<f32>()
+            * inv_s;
     }
     let Some(grad_theta) = grad_theta else { return };
     // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * dL/da.
@@ -317,15 +401,44 @@ pub fn split_estimates(b: &LayerBatch, theta: &[f32], ws: &mut Workspace, delta_
     let gh = sized(&mut ws.gh, conv_len);
     let gz = sized(&mut ws.gz, out_len);
     let dd = sized(&mut ws.dd, conv_len);
-    sigma_backward(&u, n, &b.sigma, &ws.h[0][..conv_len], &ws.a[0][..out_len], g, gh, gz, dd);
+    sigma_backward(
+        &u,
+        n,
+        &b.sigma,
+        &ws.h[0][..conv_len],
+        &ws.a[0][..out_len],
+        g,
+        gh,
+        gz,
+        dd,
+    );
     let dplus = sized(&mut ws.d, conv_len);
     dplus.copy_from_slice(&ws.dd[..conv_len]);
     let dd = sized(&mut ws.dd, conv_len);
-    sigma_backward(&u, n, &b.sigma, &ws.h[1][..conv_len], &ws.a[1][..out_len], &ws.g[..out_len], &mut ws.gh[..conv_len], &mut ws.gz[..out_len], dd);
+    sigma_backward(
+        &u,
+        n,
+        &b.sigma,
+        &ws.h[1][..conv_len],
+        &ws.a[1][..out_len],
+        &ws.g[..out_len],
+        &mut ws.gh[..conv_len],
+        &mut ws.gz[..out_len],
+        dd,
+    );
     for (p, m) in ws.d[..conv_len].iter_mut().zip(&ws.dd[..conv_len]) {
         *p -= m;
     }
-    conv2d_backward(&geom, n, b.x, theta, &ws.d[..conv_len], None, grad_theta, scratch);
+    conv2d_backward(
+        &geom,
+        n,
+        b.x,
+        theta,
+        &ws.d[..conv_len],
+        None,
+        grad_theta,
+        scratch,
+    );
 }
 
 /// Prune estimates for every channel: `Delta_a = -a`, `u_s = -sum(a_s * G_s)`.
@@ -338,7 +451,11 @@ pub fn prune_estimates(b: &LayerBatch, delta_l: &mut [f32]) {
         let mut total = 0.0f32;
         for smp in 0..n {
             let p = smp * c + ch;
-            let dot: f32 = b.a[p * po..(p + 1) * po].iter().zip(&b.grad_a[p * po..(p + 1) * po]).map(|(a, g)| a * g).sum();
+            let dot: f32 = b.a[p * po..(p + 1) * po]
+                .iter()
+                .zip(&b.grad_a[p * po..(p + 1) * po])
+                .map(|(a, g)| a * g)
+                .sum();
             total += gauss_newton(-s * dot, b.loss);
         }
         delta_l[ch] = total / s;

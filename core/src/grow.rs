@@ -53,11 +53,16 @@ impl GrowConfig {
             return Err(Error::Config("--batch must be at least 1".into()));
         }
         if !(self.theta_init.is_finite() && self.theta_init > 0.0) {
-            return Err(Error::Config(format!("--theta-init must be positive, got {}", self.theta_init)));
+            return Err(Error::Config(format!(
+                "--theta-init must be positive, got {}",
+                self.theta_init
+            )));
         }
         if let Some(a) = self.ema_alpha {
             if !(a > 0.0 && a <= 1.0) {
-                return Err(Error::Config(format!("--ema-alpha must be in (0, 1], got {a}")));
+                return Err(Error::Config(format!(
+                    "--ema-alpha must be in (0, 1], got {a}"
+                )));
             }
         }
         self.select.validate()
@@ -80,7 +85,13 @@ impl GrowState {
     /// The start of a run from a seed network.
     pub fn new(network: Network, seed: u64) -> GrowState {
         let momentum = network.zeros_like();
-        GrowState { phase: 0, epochs_trained: 0, network, momentum, rng: Rng::new(seed) }
+        GrowState {
+            phase: 0,
+            epochs_trained: 0,
+            network,
+            momentum,
+            rng: Rng::new(seed),
+        }
     }
 }
 
@@ -130,11 +141,25 @@ pub fn train_epochs(
     let mut buffers = Batches::new(train, cfg.batch);
     let mut last = PassStats::default();
     for e in 0..epochs {
-        let sgd = Sgd { weight_decay: cfg.weight_decay, ..Sgd::paper(cfg.schedule.lr_at(state.epochs_trained)) };
-        let stage = if final_stage { Stage::Final { epoch: e } } else { Stage::Train { epoch: e } };
-        last = train_epoch(backend, train, norm, &mut buffers, cfg.augment.as_ref(), &sgd, &mut state.rng, &mut |d, t, s| {
-            progress(stage, d, t, s.loss)
-        })?;
+        let sgd = Sgd {
+            weight_decay: cfg.weight_decay,
+            ..Sgd::paper(cfg.schedule.lr_at(state.epochs_trained))
+        };
+        let stage = if final_stage {
+            Stage::Final { epoch: e }
+        } else {
+            Stage::Train { epoch: e }
+        };
+        last = train_epoch(
+            backend,
+            train,
+            norm,
+            &mut buffers,
+            cfg.augment.as_ref(),
+            &sgd,
+            &mut state.rng,
+            &mut |d, t, s| progress(stage, d, t, s.loss),
+        )?;
         state.epochs_trained += 1;
     }
     Ok(last)
@@ -155,7 +180,16 @@ pub fn run_phase(
     cfg.validate()?;
     let mut next = state.clone();
     backend.load(&next.network, Some(&next.momentum))?;
-    let train_stats = train_epochs(backend, &mut next, cfg, cfg.train_epochs, train, norm, false, progress)?;
+    let train_stats = train_epochs(
+        backend,
+        &mut next,
+        cfg,
+        cfg.train_epochs,
+        train,
+        norm,
+        false,
+        progress,
+    )?;
     let test_stats = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
     let trained = backend.network()?;
     let mut momentum = backend.momentum()?;
@@ -163,7 +197,9 @@ pub fn run_phase(
     // Morphism learning: model fixed, BN frozen, Adam on theta, EMA of eq. (1).
     let mcfg = MorphConfig {
         adam: cfg.adam,
-        ema_alpha: cfg.ema_alpha.unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
+        ema_alpha: cfg
+            .ema_alpha
+            .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
     };
     let mut theta_rng = next.rng.fork();
     backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
@@ -190,7 +226,11 @@ pub fn run_phase(
     let grown = morph::apply(&trained, &morphisms, &mut extra)?;
     let [momentum] = extra;
     let theta_norms = (0..arch_before.layers())
-        .map(|l| (0..arch_before.widths[l]).map(|c| learned.theta_norm(l, c)).collect())
+        .map(|l| {
+            (0..arch_before.widths[l])
+                .map(|c| learned.theta_norm(l, c))
+                .collect()
+        })
         .collect();
     next.network = grown;
     next.momentum = momentum;

@@ -23,7 +23,10 @@ pub struct MorphConfig {
 impl MorphConfig {
     /// Paper settings for batches of `batch` out of `dataset` samples.
     pub fn paper(batch: usize, dataset: usize) -> MorphConfig {
-        MorphConfig { adam: Adam::paper(), ema_alpha: (batch as f32 / dataset.max(1) as f32) / 2.0 }
+        MorphConfig {
+            adam: Adam::paper(),
+            ema_alpha: (batch as f32 / dataset.max(1) as f32) / 2.0,
+        }
     }
 }
 
@@ -91,7 +94,10 @@ impl MorphState {
         if ok {
             Ok(())
         } else {
-            Err(Error::Shape(format!("morphism state does not match the architecture (widths {:?})", net.arch.widths)))
+            Err(Error::Shape(format!(
+                "morphism state does not match the architecture (widths {:?})",
+                net.arch.widths
+            )))
         }
     }
 
@@ -100,22 +106,41 @@ impl MorphState {
     pub fn update_ema(&mut self, layer: usize, split: &[f32], prune: &[f32], alpha: f32) {
         let first = self.steps == 0;
         for (e, v) in self.split_ema[layer].iter_mut().zip(split) {
-            *e = if first { *v } else { (1.0 - alpha) * *e + alpha * v };
+            *e = if first {
+                *v
+            } else {
+                (1.0 - alpha) * *e + alpha * v
+            };
         }
         for (e, v) in self.prune_ema[layer].iter_mut().zip(prune) {
-            *e = if first { *v } else { (1.0 - alpha) * *e + alpha * v };
+            *e = if first {
+                *v
+            } else {
+                (1.0 - alpha) * *e + alpha * v
+            };
         }
     }
 
     /// One Adam step on layer `layer`'s theta, descending the estimated Delta L.
     pub fn adam_step(&mut self, layer: usize, grad: &[f32], adam: &Adam) {
-        adam.step(self.steps + 1, &mut self.theta[layer], grad, &mut self.adam_m[layer], &mut self.adam_v[layer]);
+        adam.step(
+            self.steps + 1,
+            &mut self.theta[layer],
+            grad,
+            &mut self.adam_m[layer],
+            &mut self.adam_v[layer],
+        );
     }
 
     /// Norm of channel `c`'s theta in layer `layer`.
     pub fn theta_norm(&self, layer: usize, c: usize) -> f32 {
         let n = self.split_ema[layer].len();
         let fan = self.theta[layer].len() / n;
-        libm::sqrtf(self.theta[layer][c * fan..(c + 1) * fan].iter().map(|v| v * v).sum())
+        libm::sqrtf(
+            self.theta[layer][c * fan..(c + 1) * fan]
+                .iter()
+                .map(|v| v * v)
+                .sum(),
+        )
     }
 }

@@ -89,8 +89,16 @@ impl Model {
                 UnitBuffers {
                     y: vec![0.0; cap * u.conv_len()],
                     h: vec![0.0; cap * u.conv_len()],
-                    z: if has_dw { vec![0.0; cap * u.out_len()] } else { Vec::new() },
-                    a: if has_a { vec![0.0; cap * u.out_len()] } else { Vec::new() },
+                    z: if has_dw {
+                        vec![0.0; cap * u.out_len()]
+                    } else {
+                        Vec::new()
+                    },
+                    a: if has_a {
+                        vec![0.0; cap * u.out_len()]
+                    } else {
+                        Vec::new()
+                    },
                     da: vec![0.0; cap * u.out_len()],
                     dy: vec![0.0; cap * u.conv_len()],
                     mean: vec![0.0; u.cout],
@@ -185,8 +193,15 @@ impl Model {
     /// Forward pass on `n` images (NCHW). In train mode BN uses batch
     /// statistics; call [`Model::update_running_stats`] to fold them into the network.
     pub fn forward(&mut self, net: &Network, images: &[f32], n: usize, mode: Mode) {
-        assert!(n <= self.capacity, "batch of {n} exceeds model capacity {}", self.capacity);
-        assert_eq!(net.arch, self.arch, "network architecture differs from the model's");
+        assert!(
+            n <= self.capacity,
+            "batch of {n} exceeds model capacity {}",
+            self.capacity
+        );
+        assert_eq!(
+            net.arch, self.arch,
+            "network architecture differs from the model's"
+        );
         self.n = n;
         self.mode = mode;
         let in_len = self.units[0].in_len();
@@ -215,18 +230,62 @@ impl Model {
             }
         };
         let geom = conv_geom(&u);
-        conv2d_forward(&geom, n, x, &net.tensors[p.conv], &mut cur.y, &mut self.scratch);
-        let g = BnGeom { n, channels: u.cout, plane: u.conv_hw.0 * u.conv_hw.1 };
-        bn_relu(self.mode, &g, net, p.bn, &cur.y, &mut cur.mean, &mut cur.var, &mut self.scale, &mut self.shift, &mut cur.h);
+        conv2d_forward(
+            &geom,
+            n,
+            x,
+            &net.tensors[p.conv],
+            &mut cur.y,
+            &mut self.scratch,
+        );
+        let g = BnGeom {
+            n,
+            channels: u.cout,
+            plane: u.conv_hw.0 * u.conv_hw.1,
+        };
+        bn_relu(
+            self.mode,
+            &g,
+            net,
+            p.bn,
+            &cur.y,
+            &mut cur.mean,
+            &mut cur.var,
+            &mut self.scale,
+            &mut self.shift,
+            &mut cur.h,
+        );
         match u.post {
             Post::None => {}
             Post::MaxPool => maxpool_forward(n * u.cout, u.conv_hw, &cur.h, &mut cur.a),
             Post::Depthwise { stride } => {
-                let (dk, dbn) = p.depthwise.expect("depthwise unit has depthwise parameters");
-                let dg = DwGeom { channels: u.cout, stride, in_hw: u.conv_hw, out_hw: u.out_hw };
+                let (dk, dbn) = p
+                    .depthwise
+                    .expect("depthwise unit has depthwise parameters");
+                let dg = DwGeom {
+                    channels: u.cout,
+                    stride,
+                    in_hw: u.conv_hw,
+                    out_hw: u.out_hw,
+                };
                 depthwise_forward(&dg, n, &cur.h, &net.tensors[dk], &mut cur.z);
-                let g2 = BnGeom { n, channels: u.cout, plane: u.out_hw.0 * u.out_hw.1 };
-                bn_relu(self.mode, &g2, net, dbn, &cur.z, &mut cur.dw_mean, &mut cur.dw_var, &mut self.scale, &mut self.shift, &mut cur.a);
+                let g2 = BnGeom {
+                    n,
+                    channels: u.cout,
+                    plane: u.out_hw.0 * u.out_hw.1,
+                };
+                bn_relu(
+                    self.mode,
+                    &g2,
+                    net,
+                    dbn,
+                    &cur.z,
+                    &mut cur.dw_mean,
+                    &mut cur.dw_var,
+                    &mut self.scale,
+                    &mut self.shift,
+                    &mut cur.a,
+                );
             }
         }
     }
@@ -236,7 +295,11 @@ impl Model {
         let last = self.units.len() - 1;
         let u = self.units[last];
         let h = self.head;
-        let out: &[f32] = if u.post == Post::None { &self.bufs[last].h } else { &self.bufs[last].a };
+        let out: &[f32] = if u.post == Post::None {
+            &self.bufs[last].h
+        } else {
+            &self.bufs[last].a
+        };
         let f: &[f32] = match h.pool {
             Pool::Flatten => out,
             Pool::GlobalAverage => {
@@ -244,14 +307,23 @@ impl Model {
                 &self.features
             }
         };
-        let (w, b) = (&net.tensors[self.index.head_weight], &net.tensors[self.index.head_bias]);
+        let (w, b) = (
+            &net.tensors[self.index.head_weight],
+            &net.tensors[self.index.head_bias],
+        );
         linear_forward(n, h.features(), h.classes, f, w, b, &mut self.logits);
     }
 
     /// Mean cross-entropy of the last forward pass against `labels`; keeps
     /// `dL/dlogits` for [`Model::backward`]. Returns `(loss, correct)`.
     pub fn loss(&mut self, labels: &[u32]) -> (f32, usize) {
-        softmax_cross_entropy(self.n, self.head.classes, &self.logits, labels, &mut self.dlogits)
+        softmax_cross_entropy(
+            self.n,
+            self.head.classes,
+            &self.logits,
+            labels,
+            &mut self.dlogits,
+        )
     }
 
     /// Folds the batch statistics of the last train-mode forward into the
@@ -261,11 +333,19 @@ impl Model {
         for (l, u) in self.units.iter().enumerate() {
             let p = self.index.units[l];
             let b = &self.bufs[l];
-            let g = BnGeom { n: self.n, channels: u.cout, plane: u.conv_hw.0 * u.conv_hw.1 };
+            let g = BnGeom {
+                n: self.n,
+                channels: u.cout,
+                plane: u.conv_hw.0 * u.conv_hw.1,
+            };
             let (rm, rv) = two_mut(&mut net.tensors, p.bn[2], p.bn[3]);
             bn::update_running(&g, &b.mean, &b.var, rm, rv);
             if let Some((_, dbn)) = p.depthwise {
-                let g2 = BnGeom { n: self.n, channels: u.cout, plane: u.out_hw.0 * u.out_hw.1 };
+                let g2 = BnGeom {
+                    n: self.n,
+                    channels: u.cout,
+                    plane: u.out_hw.0 * u.out_hw.1,
+                };
                 let (rm, rv) = two_mut(&mut net.tensors, dbn[2], dbn[3]);
                 bn::update_running(&g2, &b.dw_mean, &b.dw_var, rm, rv);
             }
@@ -282,19 +362,38 @@ impl Model {
         let h = self.head;
         let idx = &self.index;
         {
-            let out: &[f32] = if lu.post == Post::None { &self.bufs[last].h } else { &self.bufs[last].a };
+            let out: &[f32] = if lu.post == Post::None {
+                &self.bufs[last].h
+            } else {
+                &self.bufs[last].a
+            };
             let f: &[f32] = match h.pool {
                 Pool::Flatten => out,
                 Pool::GlobalAverage => &self.features,
             };
             let (gw, gb) = two_mut(grads, idx.head_weight, idx.head_bias);
             let w = &net.tensors[idx.head_weight];
-            linear_backward(n, h.features(), h.classes, f, w, &self.dlogits, Some(&mut self.dfeatures), gw, gb);
+            linear_backward(
+                n,
+                h.features(),
+                h.classes,
+                f,
+                w,
+                &self.dlogits,
+                Some(&mut self.dfeatures),
+                gw,
+                gb,
+            );
         }
         let olen = n * lu.out_len();
         match h.pool {
             Pool::Flatten => self.bufs[last].da[..olen].copy_from_slice(&self.dfeatures[..olen]),
-            Pool::GlobalAverage => gap_backward(n * lu.cout, lu.out_hw.0 * lu.out_hw.1, &self.dfeatures, &mut self.bufs[last].da),
+            Pool::GlobalAverage => gap_backward(
+                n * lu.cout,
+                lu.out_hw.0 * lu.out_hw.1,
+                &self.dfeatures,
+                &mut self.bufs[last].da,
+            ),
         }
         for l in (0..self.units.len()).rev() {
             self.backward_unit(net, grads, l);
@@ -316,30 +415,97 @@ impl Model {
                 &self.tmp_dh
             }
             Post::Depthwise { stride } => {
-                let (dk, dbn) = p.depthwise.expect("depthwise unit has depthwise parameters");
-                let g2 = BnGeom { n, channels: u.cout, plane: u.out_hw.0 * u.out_hw.1 };
+                let (dk, dbn) = p
+                    .depthwise
+                    .expect("depthwise unit has depthwise parameters");
+                let g2 = BnGeom {
+                    n,
+                    channels: u.cout,
+                    plane: u.out_hw.0 * u.out_hw.1,
+                };
                 {
                     let (gg, gb) = two_mut(grads, dbn[0], dbn[1]);
-                    bn_relu_backward(self.mode, &g2, net, dbn, &cur.z, &cur.a, &cur.da, &cur.dw_mean, &cur.dw_var, &mut self.tmp_dz, gg, gb);
+                    bn_relu_backward(
+                        self.mode,
+                        &g2,
+                        net,
+                        dbn,
+                        &cur.z,
+                        &cur.a,
+                        &cur.da,
+                        &cur.dw_mean,
+                        &cur.dw_var,
+                        &mut self.tmp_dz,
+                        gg,
+                        gb,
+                    );
                 }
-                let dg = DwGeom { channels: u.cout, stride, in_hw: u.conv_hw, out_hw: u.out_hw };
-                depthwise_backward(&dg, n, &cur.h, &net.tensors[dk], &self.tmp_dz, Some(&mut self.tmp_dh), &mut grads[dk]);
+                let dg = DwGeom {
+                    channels: u.cout,
+                    stride,
+                    in_hw: u.conv_hw,
+                    out_hw: u.out_hw,
+                };
+                depthwise_backward(
+                    &dg,
+                    n,
+                    &cur.h,
+                    &net.tensors[dk],
+                    &self.tmp_dz,
+                    Some(&mut self.tmp_dh),
+                    &mut grads[dk],
+                );
                 &self.tmp_dh
             }
         };
-        let g = BnGeom { n, channels: u.cout, plane: conv_plane };
+        let g = BnGeom {
+            n,
+            channels: u.cout,
+            plane: conv_plane,
+        };
         {
             let (gg, gb) = two_mut(grads, p.bn[0], p.bn[1]);
-            bn_relu_backward(self.mode, &g, net, p.bn, &cur.y, &cur.h, dh, &cur.mean, &cur.var, &mut cur.dy, gg, gb);
+            bn_relu_backward(
+                self.mode,
+                &g,
+                net,
+                p.bn,
+                &cur.y,
+                &cur.h,
+                dh,
+                &cur.mean,
+                &cur.var,
+                &mut cur.dy,
+                gg,
+                gb,
+            );
         }
         let geom = conv_geom(&u);
         if l == 0 {
-            conv2d_backward(&geom, n, &self.input, &net.tensors[p.conv], &cur.dy, None, &mut grads[p.conv], &mut self.scratch);
+            conv2d_backward(
+                &geom,
+                n,
+                &self.input,
+                &net.tensors[p.conv],
+                &cur.dy,
+                None,
+                &mut grads[p.conv],
+                &mut self.scratch,
+            );
         } else {
             let pu = self.units[l - 1];
             let pb = &mut prev[l - 1];
             let x: &[f32] = if pu.post == Post::None { &pb.h } else { &pb.a };
-            conv2d_backward(&geom, n, x, &net.tensors[p.conv], &cur.dy, Some(&mut pb.da), &mut grads[p.conv], &mut self.scratch);
+            conv2d_backward(
+                &geom,
+                n,
+                x,
+                &net.tensors[p.conv],
+                &cur.dy,
+                Some(&mut pb.da),
+                &mut grads[p.conv],
+                &mut self.scratch,
+            );
         }
     }
 }
@@ -378,7 +544,14 @@ fn bn_relu(
             var.copy_from_slice(&net.tensors[bn_idx[3]]);
         }
     }
-    bn::fold(&net.tensors[bn_idx[0]], &net.tensors[bn_idx[1]], mean, var, &mut scale[..c], &mut shift[..c]);
+    bn::fold(
+        &net.tensors[bn_idx[0]],
+        &net.tensors[bn_idx[1]],
+        mean,
+        var,
+        &mut scale[..c],
+        &mut shift[..c],
+    );
     bn::scale_shift_relu(g, y, &scale[..c], &shift[..c], out);
 }
 
@@ -422,7 +595,14 @@ mod tests {
     use crate::arch::Family;
     use crate::rng::Rng;
 
-    fn loss_of(model: &mut Model, net: &Network, x: &[f32], labels: &[u32], n: usize, mode: Mode) -> f64 {
+    fn loss_of(
+        model: &mut Model,
+        net: &Network,
+        x: &[f32],
+        labels: &[u32],
+        n: usize,
+        mode: Mode,
+    ) -> f64 {
         model.forward(net, x, n, mode);
         model.loss(labels).0 as f64
     }
@@ -437,7 +617,11 @@ mod tests {
                 for v in t.iter_mut() {
                     // A positive shift keeps most ReLUs away from their kink, where
                     // finite differences of a deep network stop being informative.
-                    let shift = if spec.name.ends_with("bn.bias") { 2.0 } else { 0.0 };
+                    let shift = if spec.name.ends_with("bn.bias") {
+                        2.0
+                    } else {
+                        0.0
+                    };
                     *v += 0.2 * rng.uniform() + shift;
                 }
             }
@@ -473,7 +657,11 @@ mod tests {
                 worst = worst.max(err);
                 // Max-pool windows whose two largest entries are within the step flip;
                 // the per-kernel tests check tightly, this one checks the wiring.
-                assert!(err < 0.1, "{} [{i}]: finite difference {fd} vs backward {an}", spec.name);
+                assert!(
+                    err < 0.1,
+                    "{} [{i}]: finite difference {fd} vs backward {an}",
+                    spec.name
+                );
             }
         }
         assert!(worst < 0.05, "worst {worst}");

@@ -18,7 +18,9 @@ use alloc::vec::Vec;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Morphism {
     /// Split with `theta` (shaped like the channel's incoming kernel, `cin * k * k`).
-    Split { theta: Vec<f32> },
+    Split {
+        theta: Vec<f32>,
+    },
     Prune,
 }
 
@@ -45,7 +47,11 @@ impl ChannelMap {
     /// The map for `width` channels: splits put the second half right after
     /// the first; pruned channels disappear.
     pub fn new(width: usize, splits: &[usize], prunes: &[usize]) -> ChannelMap {
-        let mut m = ChannelMap { from: Vec::new(), sign: Vec::new(), out_scale: Vec::new() };
+        let mut m = ChannelMap {
+            from: Vec::new(),
+            sign: Vec::new(),
+            out_scale: Vec::new(),
+        };
         for c in 0..width {
             if prunes.contains(&c) {
                 continue;
@@ -80,7 +86,13 @@ struct Axis {
 /// Rewrites `t` (laid out as `axis`) through `map`. `scale` applies
 /// `out_scale`; `theta`, when given, adds `sign * theta[from]` (an `inner`-long
 /// block per old channel, only for `outer == 1` incoming kernels).
-fn remap(t: &[f32], axis: Axis, map: &ChannelMap, scale: bool, theta: Option<&[Vec<f32>]>) -> Vec<f32> {
+fn remap(
+    t: &[f32],
+    axis: Axis,
+    map: &ChannelMap,
+    scale: bool,
+    theta: Option<&[Vec<f32>]>,
+) -> Vec<f32> {
     let w = map.width();
     let mut out = Vec::with_capacity(axis.outer * w * axis.inner);
     for o in 0..axis.outer {
@@ -107,16 +119,51 @@ fn channel_axes(arch: &Arch, l: usize) -> Vec<(usize, Axis, bool)> {
     for (i, spec) in arch.param_specs().iter().enumerate() {
         let c = units[l].cout;
         let ax = match spec.role {
-            Role::ConvWeight { layer } if layer == l => Some((Axis { outer: 1, channels: c, inner: units[l].fan_in() }, false)),
-            Role::BatchNorm { layer, .. } if layer == l => Some((Axis { outer: 1, channels: c, inner: 1 }, false)),
-            Role::DepthwiseWeight { layer } if layer == l => Some((Axis { outer: 1, channels: c, inner: 9 }, false)),
+            Role::ConvWeight { layer } if layer == l => Some((
+                Axis {
+                    outer: 1,
+                    channels: c,
+                    inner: units[l].fan_in(),
+                },
+                false,
+            )),
+            Role::BatchNorm { layer, .. } if layer == l => Some((
+                Axis {
+                    outer: 1,
+                    channels: c,
+                    inner: 1,
+                },
+                false,
+            )),
+            Role::DepthwiseWeight { layer } if layer == l => Some((
+                Axis {
+                    outer: 1,
+                    channels: c,
+                    inner: 9,
+                },
+                false,
+            )),
             Role::ConvWeight { layer } if layer == l + 1 => {
                 let k = units[layer].kernel;
-                Some((Axis { outer: units[layer].cout, channels: c, inner: k * k }, true))
+                Some((
+                    Axis {
+                        outer: units[layer].cout,
+                        channels: c,
+                        inner: k * k,
+                    },
+                    true,
+                ))
             }
             Role::HeadWeight if l + 1 == units.len() => {
                 let h = arch.head();
-                Some((Axis { outer: h.classes, channels: c, inner: h.positions }, true))
+                Some((
+                    Axis {
+                        outer: h.classes,
+                        channels: c,
+                        inner: h.positions,
+                    },
+                    true,
+                ))
             }
             _ => None,
         };
@@ -134,12 +181,24 @@ pub fn channel_maps(arch: &Arch, morphisms: &[ChannelMorphism]) -> Result<Vec<Ch
     let mut splits: Vec<Vec<usize>> = alloc::vec![Vec::new(); units.len()];
     let mut prunes: Vec<Vec<usize>> = alloc::vec![Vec::new(); units.len()];
     for m in morphisms {
-        let u = units.get(m.layer).ok_or_else(|| Error::Config(format!("morphism names layer {} of {}", m.layer, units.len())))?;
+        let u = units.get(m.layer).ok_or_else(|| {
+            Error::Config(format!(
+                "morphism names layer {} of {}",
+                m.layer,
+                units.len()
+            ))
+        })?;
         if m.channel >= u.cout {
-            return Err(Error::Config(format!("morphism names channel {} of layer {} with {} channels", m.channel, m.layer, u.cout)));
+            return Err(Error::Config(format!(
+                "morphism names channel {} of layer {} with {} channels",
+                m.channel, m.layer, u.cout
+            )));
         }
         if splits[m.layer].contains(&m.channel) || prunes[m.layer].contains(&m.channel) {
-            return Err(Error::Config(format!("two morphisms for channel {} of layer {}", m.channel, m.layer)));
+            return Err(Error::Config(format!(
+                "two morphisms for channel {} of layer {}",
+                m.channel, m.layer
+            )));
         }
         match &m.morphism {
             Morphism::Split { theta } => {
@@ -162,7 +221,9 @@ pub fn channel_maps(arch: &Arch, morphisms: &[ChannelMorphism]) -> Result<Vec<Ch
         .map(|(l, u)| {
             let map = ChannelMap::new(u.cout, &splits[l], &prunes[l]);
             if map.width() == 0 {
-                return Err(Error::Config(format!("pruning would leave layer {l} with no channels")));
+                return Err(Error::Config(format!(
+                    "pruning would leave layer {l} with no channels"
+                )));
             }
             Ok(map)
         })
@@ -172,19 +233,26 @@ pub fn channel_maps(arch: &Arch, morphisms: &[ChannelMorphism]) -> Result<Vec<Ch
 /// Applies morphisms to a network, and to optimizer buffers shaped like its
 /// tensors (`extra`, e.g. SGD momentum: copied to new channels, outgoing
 /// entries halved like the weights, no theta). Returns the new network.
-pub fn apply(net: &Network, morphisms: &[ChannelMorphism], extra: &mut [Vec<Vec<f32>>]) -> Result<Network> {
+pub fn apply(
+    net: &Network,
+    morphisms: &[ChannelMorphism],
+    extra: &mut [Vec<Vec<f32>>],
+) -> Result<Network> {
     let maps = channel_maps(&net.arch, morphisms)?;
     let mut arch = net.arch.clone();
     let mut tensors = net.tensors.clone();
     for e in extra.iter() {
         if e.len() != tensors.len() {
-            return Err(Error::Shape("optimizer state does not match the network".into()));
+            return Err(Error::Shape(
+                "optimizer state does not match the network".into(),
+            ));
         }
     }
     // Last layer first: a layer's thetas are shaped by its input width, which
     // the morphisms of the layer before it change.
     for (l, map) in maps.iter().enumerate().rev() {
-        let identity = map.from.iter().enumerate().all(|(j, &f)| j == f) && map.width() == arch.widths[l];
+        let identity =
+            map.from.iter().enumerate().all(|(j, &f)| j == f) && map.width() == arch.widths[l];
         if identity {
             continue;
         }
@@ -195,9 +263,19 @@ pub fn apply(net: &Network, morphisms: &[ChannelMorphism], extra: &mut [Vec<Vec<
             }
         }
         for (i, axis, outgoing) in channel_axes(&arch, l) {
-            let th = if outgoing { None } else { Some(thetas.as_slice()) };
+            let th = if outgoing {
+                None
+            } else {
+                Some(thetas.as_slice())
+            };
             let is_kernel = matches!(net.specs()[i].role, Role::ConvWeight { layer } if layer == l);
-            tensors[i] = remap(&tensors[i], axis, map, outgoing, if is_kernel { th } else { None });
+            tensors[i] = remap(
+                &tensors[i],
+                axis,
+                map,
+                outgoing,
+                if is_kernel { th } else { None },
+            );
             for e in extra.iter_mut() {
                 e[i] = remap(&e[i], axis, map, outgoing, None);
             }

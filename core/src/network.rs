@@ -32,24 +32,46 @@ impl ParamIndex {
         let mut units: Vec<UnitParams> = arch
             .units()
             .iter()
-            .map(|_| UnitParams { conv: usize::MAX, bn: [usize::MAX; 4], depthwise: None })
+            .map(|_| UnitParams {
+                conv: usize::MAX,
+                bn: [usize::MAX; 4],
+                depthwise: None,
+            })
             .collect();
         let (mut hw, mut hb) = (usize::MAX, usize::MAX);
         for (i, s) in specs.iter().enumerate() {
             match s.role {
                 Role::ConvWeight { layer } => units[layer].conv = i,
-                Role::BatchNorm { layer, part, depthwise: false } => units[layer].bn[part as usize] = i,
-                Role::BatchNorm { layer, part, depthwise: true } => {
-                    units[layer].depthwise.get_or_insert((usize::MAX, [usize::MAX; 4])).1[part as usize] = i
+                Role::BatchNorm {
+                    layer,
+                    part,
+                    depthwise: false,
+                } => units[layer].bn[part as usize] = i,
+                Role::BatchNorm {
+                    layer,
+                    part,
+                    depthwise: true,
+                } => {
+                    units[layer]
+                        .depthwise
+                        .get_or_insert((usize::MAX, [usize::MAX; 4]))
+                        .1[part as usize] = i
                 }
                 Role::DepthwiseWeight { layer } => {
-                    units[layer].depthwise.get_or_insert((usize::MAX, [usize::MAX; 4])).0 = i
+                    units[layer]
+                        .depthwise
+                        .get_or_insert((usize::MAX, [usize::MAX; 4]))
+                        .0 = i
                 }
                 Role::HeadWeight => hw = i,
                 Role::HeadBias => hb = i,
             }
         }
-        ParamIndex { units, head_weight: hw, head_bias: hb }
+        ParamIndex {
+            units,
+            head_weight: hw,
+            head_bias: hb,
+        }
     }
 }
 
@@ -75,7 +97,10 @@ impl Network {
             .iter()
             .map(|s| init_tensor(s, features, &mut rng))
             .collect();
-        Network { arch: arch.clone(), tensors }
+        Network {
+            arch: arch.clone(),
+            tensors,
+        }
     }
 
     /// Builds a network from tensors, checking count and every shape.
@@ -100,7 +125,10 @@ impl Network {
                 )));
             }
             if t.iter().any(|v| !v.is_finite()) {
-                return Err(Error::Shape(format!("tensor {} holds NaN or infinite values", s.name)));
+                return Err(Error::Shape(format!(
+                    "tensor {} holds NaN or infinite values",
+                    s.name
+                )));
             }
         }
         Ok(Network { arch, tensors })

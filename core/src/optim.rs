@@ -17,7 +17,12 @@ pub struct Sgd {
 impl Sgd {
     /// The paper's settings: Nesterov momentum 0.9, weight decay 1e-4.
     pub fn paper(lr: f32) -> Sgd {
-        Sgd { lr, momentum: 0.9, weight_decay: 1e-4, nesterov: true }
+        Sgd {
+            lr,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            nesterov: true,
+        }
     }
 
     /// One step on one tensor with its momentum buffer.
@@ -32,7 +37,13 @@ impl Sgd {
     }
 
     /// One step on every learnable tensor.
-    pub fn step_all(&self, params: &mut [Vec<f32>], grads: &[Vec<f32>], bufs: &mut [Vec<f32>], learnable: &[bool]) {
+    pub fn step_all(
+        &self,
+        params: &mut [Vec<f32>],
+        grads: &[Vec<f32>],
+        bufs: &mut [Vec<f32>],
+        learnable: &[bool],
+    ) {
         for i in 0..params.len() {
             if learnable[i] {
                 self.step(&mut params[i], &grads[i], &mut bufs[i]);
@@ -54,7 +65,12 @@ pub struct Adam {
 impl Adam {
     /// The paper's morphism optimizer: Adam with learning rate 1e-2.
     pub fn paper() -> Adam {
-        Adam { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Adam {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 
     /// One step at (1-based) step count `t` on one tensor with moments `m`, `v`.
@@ -82,7 +98,11 @@ pub struct StepSchedule {
 
 impl StepSchedule {
     pub fn constant(lr: f32) -> Self {
-        StepSchedule { base: lr, milestones: Vec::new(), gamma: 1.0 }
+        StepSchedule {
+            base: lr,
+            milestones: Vec::new(),
+            gamma: 1.0,
+        }
     }
     /// Learning rate for 0-based `epoch`.
     pub fn lr_at(&self, epoch: usize) -> f32 {
@@ -97,7 +117,12 @@ mod tests {
 
     #[test]
     fn nesterov_matches_hand_computation() {
-        let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.01, nesterov: true };
+        let sgd = Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+            nesterov: true,
+        };
         let mut p = [1.0f32];
         let mut b = [0.0f32];
         sgd.step(&mut p, &[0.5], &mut b);
@@ -119,7 +144,11 @@ mod tests {
 
     #[test]
     fn schedule_steps_at_milestones() {
-        let s = StepSchedule { base: 0.1, milestones: alloc::vec![2, 4], gamma: 0.1 };
+        let s = StepSchedule {
+            base: 0.1,
+            milestones: alloc::vec![2, 4],
+            gamma: 0.1,
+        };
         assert!((s.lr_at(1) - 0.1).abs() < 1e-7);
         assert!((s.lr_at(2) - 0.01).abs() < 1e-7);
         assert!((s.lr_at(5) - 0.001).abs() < 1e-8);

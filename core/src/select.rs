@@ -52,13 +52,21 @@ pub struct SelectConfig {
 impl SelectConfig {
     /// Checks ranges: lambdas finite and non-negative, fraction in (0, 1].
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [("lambda-params", self.lambda_params), ("lambda-macs", self.lambda_macs)] {
+        for (name, v) in [
+            ("lambda-params", self.lambda_params),
+            ("lambda-macs", self.lambda_macs),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::Config(format!("--{name} must be a finite number >= 0, got {v}")));
+                return Err(Error::Config(format!(
+                    "--{name} must be a finite number >= 0, got {v}"
+                )));
             }
         }
         if !(self.fraction > 0.0 && self.fraction <= 1.0) {
-            return Err(Error::Config(format!("--grow-fraction must be in (0, 1], got {}", self.fraction)));
+            return Err(Error::Config(format!(
+                "--grow-fraction must be in (0, 1], got {}",
+                self.fraction
+            )));
         }
         Ok(())
     }
@@ -68,7 +76,10 @@ impl SelectConfig {
 pub fn channel_cost(arch: &Arch, layer: usize, delta: i64) -> (i64, i64) {
     let mut other = arch.clone();
     other.widths[layer] = (other.widths[layer] as i64 + delta).max(1) as usize;
-    (other.params() as i64 - arch.params() as i64, other.macs() as i64 - arch.macs() as i64)
+    (
+        other.params() as i64 - arch.params() as i64,
+        other.macs() as i64 - arch.macs() as i64,
+    )
 }
 
 /// Every split and prune candidate with its gain.
@@ -79,8 +90,17 @@ pub fn candidates(arch: &Arch, state: &MorphState, cfg: &SelectConfig) -> Vec<Ca
         let (pp, pm) = channel_cost(arch, l, -1);
         for c in 0..arch.widths[l] {
             let mut push = |kind, dl: f32, dp: i64, dm: i64| {
-                let gain = -(dl as f64) - cfg.lambda_params * dp as f64 - cfg.lambda_macs * dm as f64;
-                out.push(Candidate { layer: l, channel: c, kind, delta_loss: dl, delta_params: dp, delta_macs: dm, gain });
+                let gain =
+                    -(dl as f64) - cfg.lambda_params * dp as f64 - cfg.lambda_macs * dm as f64;
+                out.push(Candidate {
+                    layer: l,
+                    channel: c,
+                    kind,
+                    delta_loss: dl,
+                    delta_params: dp,
+                    delta_macs: dm,
+                    gain,
+                });
             };
             push(Kind::Split, state.split_ema[l][c], sp, sm);
             if cfg.prune && arch.widths[l] > 1 {
@@ -109,7 +129,7 @@ pub fn select(arch: &Arch, cands: &[Candidate], cfg: &SelectConfig) -> Vec<Candi
             }
         }
         best.sort_by(|a, b| b.gain.total_cmp(&a.gain).then(a.channel.cmp(&b.channel)));
-        let budget = ((cfg.fraction * w as f64).floor() as usize).max(1);
+        let budget = (libm::floor(cfg.fraction * w as f64) as usize).max(1);
         let mut prunes = 0;
         for k in best.into_iter().take(budget) {
             if k.kind == Kind::Prune {
@@ -133,11 +153,18 @@ pub fn to_morphisms(arch: &Arch, chosen: &[Candidate], state: &MorphState) -> Ve
             let morphism = match k.kind {
                 Kind::Split => {
                     let fan = units[k.layer].fan_in();
-                    Morphism::Split { theta: state.theta[k.layer][k.channel * fan..(k.channel + 1) * fan].to_vec() }
+                    Morphism::Split {
+                        theta: state.theta[k.layer][k.channel * fan..(k.channel + 1) * fan]
+                            .to_vec(),
+                    }
                 }
                 Kind::Prune => Morphism::Prune,
             };
-            ChannelMorphism { layer: k.layer, channel: k.channel, morphism }
+            ChannelMorphism {
+                layer: k.layer,
+                channel: k.channel,
+                morphism,
+            }
         })
         .collect()
 }

@@ -28,7 +28,11 @@ pub struct Batches {
 
 impl Batches {
     pub fn new(ds: &Dataset, batch: usize) -> Batches {
-        Batches { batch, images: vec![0.0; batch * ds.image_len()], labels: vec![0; batch] }
+        Batches {
+            batch,
+            images: vec![0.0; batch * ds.image_len()],
+            labels: vec![0; batch],
+        }
     }
 }
 
@@ -40,8 +44,15 @@ fn accumulate(total: &mut (f64, usize, usize), s: &BatchStats) {
 
 fn finish(total: (f64, usize, usize)) -> PassStats {
     let n = total.2.max(1);
-    PassStats { loss: (total.0 / n as f64) as f32, accuracy: total.1 as f32 / n as f32, samples: total.2 }
+    PassStats {
+        loss: (total.0 / n as f64) as f32,
+        accuracy: total.1 as f32 / n as f32,
+        samples: total.2,
+    }
 }
+
+/// One mini-batch step: images, labels, count.
+pub type BatchStep<'a> = &'a mut dyn FnMut(&[f32], &[u32], usize) -> Result<BatchStats>;
 
 /// One pass over `ds` in a seeded shuffled order (the last batch may be
 /// smaller), calling `step(images, labels, n)` per batch and
@@ -53,7 +64,7 @@ pub fn shuffled_pass(
     buffers: &mut Batches,
     augment: Option<&Augment>,
     rng: &mut Rng,
-    step: &mut dyn FnMut(&[f32], &[u32], usize) -> Result<BatchStats>,
+    step: BatchStep,
     progress: &mut dyn FnMut(usize, usize, &BatchStats),
 ) -> Result<PassStats> {
     if ds.is_empty() {
@@ -62,7 +73,15 @@ pub fn shuffled_pass(
     let plan = BatchPlan::new(ds.len(), buffers.batch, true, false, rng);
     let mut total = (0.0f64, 0usize, 0usize);
     for (b, idx) in plan.iter().enumerate() {
-        fill_batch(ds, norm, idx, augment, rng, &mut buffers.images, &mut buffers.labels);
+        fill_batch(
+            ds,
+            norm,
+            idx,
+            augment,
+            rng,
+            &mut buffers.images,
+            &mut buffers.labels,
+        );
         let s = step(&buffers.images, &buffers.labels, idx.len()).map_err(|e| match e {
             Error::NonFinite(m) => Error::NonFinite(format!("{m} at batch {b}")),
             e => e,
@@ -85,16 +104,37 @@ pub fn train_epoch(
     rng: &mut Rng,
     progress: &mut dyn FnMut(usize, usize, &BatchStats),
 ) -> Result<PassStats> {
-    shuffled_pass(ds, norm, buffers, augment, rng, &mut |x, y, n| backend.train_batch(x, y, n, sgd), progress)
+    shuffled_pass(
+        ds,
+        norm,
+        buffers,
+        augment,
+        rng,
+        &mut |x, y, n| backend.train_batch(x, y, n, sgd),
+        progress,
+    )
 }
 
 /// Loss and accuracy over `ds` with BN in eval mode, in file order.
-pub fn evaluate(backend: &mut dyn Backend, ds: &Dataset, norm: &Normalization, buffers: &mut Batches) -> Result<PassStats> {
+pub fn evaluate(
+    backend: &mut dyn Backend,
+    ds: &Dataset,
+    norm: &Normalization,
+    buffers: &mut Batches,
+) -> Result<PassStats> {
     let mut rng = Rng::new(0);
     let plan = BatchPlan::new(ds.len(), buffers.batch, false, false, &mut rng);
     let mut total = (0.0f64, 0usize, 0usize);
     for idx in plan.iter() {
-        fill_batch(ds, norm, idx, None, &mut rng, &mut buffers.images, &mut buffers.labels);
+        fill_batch(
+            ds,
+            norm,
+            idx,
+            None,
+            &mut rng,
+            &mut buffers.images,
+            &mut buffers.labels,
+        );
         let s = backend.eval_batch(&buffers.images, &buffers.labels, idx.len())?;
         accumulate(&mut total, &s);
     }

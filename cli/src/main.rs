@@ -5,7 +5,11 @@ use sprout::commands;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "sprout", version, about = "Grow neural networks by learned morphisms chosen with a Gauss-Newton estimate of the loss change")]
+#[command(
+    name = "sprout",
+    version,
+    about = "Grow neural networks by learned morphisms chosen with a Gauss-Newton estimate of the loss change"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,7 +18,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Grow a network from a seed by learned morphisms (the paper's Algorithm 1).
-    Grow(commands::grow::GrowArgs),
+    Grow(Box<commands::grow::GrowArgs>),
     /// Estimated vs true loss change of every split candidate (the paper's Figure 3).
     Estimate(commands::estimate::EstimateArgs),
     /// Parameters, MACs and per-layer widths of an architecture.

@@ -16,9 +16,9 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 const FONT: &str = "sans-serif";
-const TITLE_SIZE: u32 = 22;
-const DESC_SIZE: u32 = 16;
-const LABEL_SIZE: u32 = 13;
+const TITLE_SIZE: u32 = 26;
+const DESC_SIZE: u32 = 19;
+const LABEL_SIZE: u32 = 16;
 
 /// Cell colour of a channel whose score is missing or near zero.
 const NEUTRAL: RGBColor = RGBColor(225, 225, 225);
@@ -88,7 +88,7 @@ fn fmt_num(v: f64, span: f64) -> String {
         return String::new();
     }
     let step = if span.is_finite() && span > 0.0 {
-        span / 10.0
+        span / 20.0
     } else {
         v.abs().max(1.0)
     };
@@ -96,10 +96,13 @@ fn fmt_num(v: f64, span: f64) -> String {
         return "0".to_string();
     }
     if step < 1e-4 || v.abs() >= 1e7 {
-        return format!("{v:.1e}");
+        return format!("{v:.1e}").replace(".0e", "e");
     }
     let decimals = (-step.log10()).ceil().clamp(0.0, 6.0) as usize;
-    let s = format!("{v:.decimals$}");
+    let mut s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
     if s.trim_start_matches('-')
         .chars()
         .all(|c| c == '0' || c == '.')
@@ -217,8 +220,8 @@ fn draw_architecture(
         .fold(0.0f32, |m, s| m.max(s.abs()));
 
     // Roughly a pixel per channel for wide layers, within sane bounds.
-    let plot_h = (max_width as u32).clamp(420, 1100);
-    let img_w = (140 + 46 * layers as u32).clamp(720, 1600);
+    let plot_h = (max_width.min(1100) as u32).max(420);
+    let img_w = (140 + 46 * layers.min(40) as u32).clamp(720, 1600);
     let img_h = plot_h + 180;
     let root = SVGBackend::new(path, (img_w, img_h)).into_drawing_area();
     root.fill(&WHITE).map_err(drawing)?;
@@ -227,7 +230,7 @@ fn draw_architecture(
         .map_err(drawing)?
         .margin(0, 10, 10, 20);
     let (_, body_h) = body.dim_in_pixel();
-    let (chart_area, legend_area) = body.split_vertically(body_h.saturating_sub(44));
+    let (chart_area, legend_area) = body.split_vertically(body_h.saturating_sub(56));
 
     let x_range = 0.5..(layers.max(1) as f64 + 0.5);
     let y_top = (max_width.max(1) as f64) * 1.06;
@@ -274,7 +277,7 @@ fn draw_architecture(
         let gap = if px_per_channel >= 6.0 { 0.08 } else { 0.0 };
         let half = 0.36;
         let empty: Vec<Option<f32>> = Vec::new();
-        let mut cells = Vec::with_capacity(widths.iter().sum());
+        let mut cells = Vec::new();
         for (l, &w) in widths.iter().enumerate() {
             let scores = channel_scores.get(l).unwrap_or(&empty);
             let x = l as f64 + 1.0;
@@ -306,7 +309,7 @@ fn draw_architecture(
                     Text::new(
                         w.to_string(),
                         (l as f64 + 1.0, w as f64 + y_top * 0.005),
-                        font(11).pos(Pos::new(HPos::Center, VPos::Bottom)),
+                        font(LABEL_SIZE - 2).pos(Pos::new(HPos::Center, VPos::Bottom)),
                     )
                 }))
                 .map_err(drawing)?;
@@ -320,7 +323,9 @@ fn draw_architecture(
 /// The colour key under the architecture figure: a blue-grey-red ramp from
 /// -max to +max |score| and what the colours mean.
 fn draw_score_legend(area: &Area<'_>, max_abs: f32) -> Result<()> {
-    let (x0, y0, bar_w, bar_h) = (74, 14, 240, 14);
+    let (w, _) = area.dim_in_pixel();
+    let (bar_w, bar_h) = (240, 14);
+    let (x0, y0) = (w as i32 / 2 - bar_w / 2, 12);
     let steps = 48;
     for i in 0..steps {
         let s = -1.0 + 2.0 * (i as f32 + 0.5) / steps as f32;
@@ -337,28 +342,34 @@ fn draw_score_legend(area: &Area<'_>, max_abs: f32) -> Result<()> {
         RGBColor(90, 90, 90),
     ))
     .map_err(drawing)?;
-    let m = f64::from(max_abs);
-    let span = 2.0 * m;
     let small = font(LABEL_SIZE);
-    let right = Pos::new(HPos::Right, VPos::Center);
-    let left = Pos::new(HPos::Left, VPos::Center);
     let mid = y0 + bar_h / 2;
+    let has_scores = max_abs.is_finite() && max_abs > 0.0;
+    if has_scores {
+        let m = f64::from(max_abs);
+        let label = fmt_num(m, m);
+        area.draw(&Text::new(
+            format!("-{label}"),
+            (x0 - 6, mid),
+            small.clone().pos(Pos::new(HPos::Right, VPos::Center)),
+        ))
+        .map_err(drawing)?;
+        area.draw(&Text::new(
+            format!("+{label}"),
+            (x0 + bar_w + 6, mid),
+            small.clone().pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(drawing)?;
+    }
+    let key = if has_scores {
+        "red: split gain, blue: prune gain (darker = larger, grey = near zero)"
+    } else {
+        "no channel scores (red: split gain, blue: prune gain)"
+    };
     area.draw(&Text::new(
-        format!("-{}", fmt_num(m, span)),
-        (x0 - 6, mid),
-        small.clone().pos(right),
-    ))
-    .map_err(drawing)?;
-    area.draw(&Text::new(
-        format!("+{}", fmt_num(m, span)),
-        (x0 + bar_w + 6, mid),
-        small.clone().pos(left),
-    ))
-    .map_err(drawing)?;
-    area.draw(&Text::new(
-        "red: split gain, blue: prune gain (darker = larger; grey: near zero)",
-        (x0 + bar_w + 90, mid),
-        small.pos(left),
+        key,
+        (w as i32 / 2, y0 + bar_h + 8),
+        small.pos(Pos::new(HPos::Center, VPos::Top)),
     ))
     .map_err(drawing)?;
     Ok(())
@@ -395,7 +406,11 @@ fn draw_accuracy(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)])
         .filter(|(_, p)| !p.is_empty())
         .collect();
     let all = || clean.iter().flat_map(|(_, p)| p.iter());
-    let x_range = padded_range(all().map(|p| p.0), 0.05, 0.0..1.0);
+    let mut x_range = padded_range(all().map(|p| p.0), 0.05, 0.0..1.0);
+    // Parameter counts are never negative: no ticks below zero.
+    if all().all(|p| p.0 >= 0.0) && x_range.start < 0.0 {
+        x_range.start = 0.0;
+    }
     let y_range = padded_range(all().map(|p| p.1), 0.08, 0.0..100.0);
     let y_span = y_range.end - y_range.start;
 
@@ -557,7 +572,8 @@ fn draw_bars(
     });
     let y_span = y_range.end - y_range.start;
 
-    let img_w = (200 + 14 * n_groups * n_series.max(1)).clamp(800, 1800) as u32;
+    let bars = n_groups.saturating_mul(n_series.max(1));
+    let img_w = (200 + 14 * bars.min(100)).clamp(800, 1400) as u32;
     let root = SVGBackend::new(path, (img_w, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(drawing)?;
     let x_range = -0.5..(n_groups.max(1) as f64 - 0.5);
@@ -565,7 +581,7 @@ fn draw_bars(
         .caption(title, font(TITLE_SIZE))
         .margin(16)
         .x_label_area_size(44)
-        .y_label_area_size(72)
+        .y_label_area_size(60)
         .build_cartesian_2d(x_range, y_range.clone())
         .map_err(drawing)?;
 
@@ -590,7 +606,6 @@ fn draw_bars(
         .y_labels(8)
         .x_label_formatter(&group_label)
         .y_label_formatter(&|y: &f64| fmt_num(*y, y_span))
-        .y_desc("value")
         .axis_desc_style(font(DESC_SIZE))
         .label_style(font(LABEL_SIZE))
         .draw()
@@ -665,6 +680,9 @@ mod tests {
 
     fn read(path: &Path) -> String {
         let s = std::fs::read_to_string(path).unwrap();
+        if let Some(dir) = path.parent() {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
         assert!(
             s.starts_with("<svg"),
             "not an SVG: {}",
@@ -672,6 +690,11 @@ mod tests {
         );
         assert!(s.trim_end().ends_with("</svg>"));
         s
+    }
+
+    /// How SVG text content appears in the file: on a line of its own.
+    fn text(t: &str) -> String {
+        format!("\n{t}\n")
     }
 
     fn count(s: &str, pat: &str) -> usize {
@@ -700,14 +723,50 @@ mod tests {
         let total: usize = widths.iter().sum();
         assert!(count(&s, "<rect") >= total, "{} rects", count(&s, "<rect"));
         assert!(s.contains("grown VGG-19"));
-        assert!(s.contains(">layer<") && s.contains(">channels<"));
+        assert!(s.contains(&text("layer")) && s.contains(&text("channels")));
         assert!(s.contains("split gain") && s.contains("prune gain"));
         // Both ramps are used.
-        let red = score_color(Some(1.0), 1.0);
-        let blue = score_color(Some(-1.0), 1.0);
+        let finite = || {
+            scores
+                .iter()
+                .flatten()
+                .flatten()
+                .copied()
+                .filter(|s| s.is_finite())
+        };
+        let max_abs = finite().fold(0.0f32, |m, s| m.max(s.abs()));
+        let red = score_color(finite().reduce(f32::max), max_abs);
+        let blue = score_color(finite().reduce(f32::min), max_abs);
         let hex = |c: RGBColor| format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
         assert!(s.contains(&hex(red)), "no darkest red");
         assert!(s.contains(&hex(blue)), "no darkest blue");
+    }
+
+    #[test]
+    fn architecture_of_a_grown_vgg() {
+        // Bottleneck-shaped widths as in the paper's Figure 2.
+        let widths = [
+            48usize, 96, 160, 224, 288, 320, 352, 384, 352, 288, 224, 160, 128, 96, 80, 64,
+        ];
+        let scores: Vec<Vec<Option<f32>>> = widths
+            .iter()
+            .enumerate()
+            .map(|(l, &w)| {
+                (0..w)
+                    .map(|c| {
+                        let v = ((c * 7 + l * 13) % 41) as f32 / 40.0 - 0.45;
+                        Some(v * 2e-3 * (1.0 + l as f32 / 8.0))
+                    })
+                    .collect()
+            })
+            .collect();
+        let p = temp_svg("arch-vgg");
+        architecture_figure(&p, "VGG-19 grown on CIFAR-100, phase 15", &widths, &scores).unwrap();
+        let s = read(&p);
+        assert!(count(&s, "<rect") >= widths.iter().sum::<usize>());
+        for l in 1..=widths.len() {
+            assert!(s.contains(&text(&l.to_string())), "layer {l} tick");
+        }
     }
 
     #[test]
@@ -760,9 +819,12 @@ mod tests {
         assert_eq!(fmt_count(0.0), "0");
         assert_eq!(fmt_count(f64::NAN), "");
         assert_eq!(fmt_num(0.25, 1.0), "0.25");
+        assert_eq!(fmt_num(0.2, 1.0), "0.2");
+        assert_eq!(fmt_num(-0.5, 2.0), "-0.5");
         assert_eq!(fmt_num(2.0, 100.0), "2");
         assert_eq!(fmt_num(1e-17, 1.0), "0");
-        assert_eq!(fmt_num(3e-6, 1e-5), "3.0e-6");
+        assert_eq!(fmt_num(3e-6, 1e-5), "3e-6");
+        assert_eq!(fmt_num(2.5e-6, 1e-5), "2.5e-6");
     }
 
     #[test]
@@ -782,11 +844,11 @@ mod tests {
         accuracy_vs_params(&p, "CIFAR-10", &series).unwrap();
         let s = read(&p);
         assert!(s.contains("CIFAR-10"));
-        assert!(s.contains("ours (VGG-19)") && s.contains(">uniform<"));
-        assert!(s.contains(">parameters<"));
+        assert!(s.contains("ours (VGG-19)") && s.contains(&text("uniform")));
+        assert!(s.contains(&text("parameters")));
         assert!(count(&s, "<circle") >= 6);
         assert!(count(&s, "<polyline") >= 2);
-        assert!(s.contains("M<") || s.contains("k<"), "short tick labels");
+        assert!(s.contains("M\n") || s.contains("k\n"), "short tick labels");
         assert!(!s.contains("NaN"));
     }
 
@@ -859,7 +921,7 @@ mod tests {
         grouped_bars(&p, "true loss decrease", &groups, &series).unwrap();
         let s = read(&p);
         assert!(count(&s, "<rect") >= 3 * 64);
-        assert!(s.contains("steepest descent") && s.contains(">expansion<"));
+        assert!(s.contains("steepest descent") && s.contains(&text("expansion")));
         assert!(s.contains("true loss decrease"));
     }
 
@@ -889,8 +951,10 @@ mod tests {
 
     #[test]
     fn unwritable_path_is_an_error_naming_it() {
-        let p = temp_svg("x").with_file_name("missing-dir").join("f.svg");
+        let dir = temp_svg("x").parent().unwrap().to_path_buf();
+        let p = dir.join("missing-dir").join("f.svg");
         let e = scatter_estimated_vs_true(&p, "t", &[(1.0, 1.0)]).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(format!("{e:#}").contains("missing-dir"), "{e:#}");
     }
 }

@@ -15,8 +15,11 @@ pub struct RunDir {
 impl RunDir {
     /// Creates `path` (and parents) if needed.
     pub fn create(path: &Path) -> Result<RunDir> {
-        fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
-        Ok(RunDir { path: path.to_path_buf() })
+        fs::create_dir_all(path)
+            .with_context(|| format!("cannot create run directory {}", path.display()))?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -40,7 +43,8 @@ impl RunDir {
             .with_context(|| format!("cannot open {}", path.display()))?;
         let mut line = serde_json::to_vec(value)?;
         line.push(b'\n');
-        f.write_all(&line).with_context(|| format!("cannot write {}", path.display()))?;
+        f.write_all(&line)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
 }

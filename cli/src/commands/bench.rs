@@ -5,6 +5,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use sprout_core::backend::{Backend, CpuBackend};
+use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
+use sprout_core::learn::{MorphConfig, MorphState};
+use sprout_core::model::{Mode, Model};
+use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::optim::Sgd;
 use sprout_core::rng::Rng;
 use sprout_core::{Arch, Network};
@@ -42,7 +46,12 @@ pub struct Row {
 
 /// Times `step` (one call processes `batch` images): a warm-up, then the
 /// median over `windows` windows of about `window_seconds` each.
-pub fn median_images_per_s(batch: usize, windows: usize, window_seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+pub fn median_images_per_s(
+    batch: usize,
+    windows: usize,
+    window_seconds: f64,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     let start = Instant::now();
     let mut warm = 0;
     while warm < 3 || start.elapsed().as_secs_f64() < 0.3 {
@@ -66,8 +75,14 @@ pub fn median_images_per_s(batch: usize, windows: usize, window_seconds: f64, mu
 /// The benchmarked networks: the two seeds on 1x32x32 inputs, 10 classes.
 pub fn seed_networks() -> Vec<(String, Arch)> {
     vec![
-        ("vgg19-w16".into(), Arch::vgg19(16, [1, 32, 32], 10).expect("valid seed")),
-        ("mobilenet-v1-w32".into(), Arch::mobilenet_v1(32, [1, 32, 32], 10).expect("valid seed")),
+        (
+            "vgg19-w16".into(),
+            Arch::vgg19(16, [1, 32, 32], 10).expect("valid seed"),
+        ),
+        (
+            "mobilenet-v1-w32".into(),
+            Arch::mobilenet_v1(32, [1, 32, 32], 10).expect("valid seed"),
+        ),
     ]
 }
 
@@ -86,7 +101,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let mut rng = Rng::new(1);
         let len: usize = arch.input.iter().product();
         let images: Vec<f32> = (0..args.batch * len).map(|_| rng.normal()).collect();
-        let labels: Vec<u32> = (0..args.batch).map(|_| rng.below(arch.classes) as u32).collect();
+        let labels: Vec<u32> = (0..args.batch)
+            .map(|_| rng.below(arch.classes) as u32)
+            .collect();
         let mut backend = CpuBackend::new(args.batch);
         backend.load(&Network::init(&arch, 0), None)?;
         let sgd = Sgd::paper(0.01);
@@ -96,27 +113,171 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Ok(())
         })?;
         // Training does the forward pass and two backward GEMMs per layer: 3x the MACs.
-        rows.push(Row { net: name.clone(), step: "train".into(), images_per_s: train, flops_per_image: 6.0 * macs });
+        rows.push(Row {
+            net: name.clone(),
+            step: "train".into(),
+            images_per_s: train,
+            flops_per_image: 6.0 * macs,
+        });
         let infer = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
             backend.eval_batch(&images, &labels, args.batch)?;
             Ok(())
         })?;
-        rows.push(Row { net: name.clone(), step: "infer".into(), images_per_s: infer, flops_per_image: 2.0 * macs });
+        rows.push(Row {
+            net: name.clone(),
+            step: "infer".into(),
+            images_per_s: infer,
+            flops_per_image: 2.0 * macs,
+        });
+        // Morphism learning: eval-mode forward and backward, then per layer one
+        // theta conv, sigma twice, its backward twice and one weight-gradient conv.
+        let net = backend.network()?;
+        let mcfg = MorphConfig::paper(args.batch, 60_000);
+        backend.begin_morph(MorphState::new(&net, 0.01, &mut rng))?;
+        let morph = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
+            backend.morph_batch(&images, &labels, args.batch, &mcfg)?;
+            Ok(())
+        })?;
+        backend.end_morph()?;
+        rows.push(Row {
+            net: name.clone(),
+            step: "morph".into(),
+            images_per_s: morph,
+            flops_per_image: 0.0,
+        });
+        let (est, brute) = score_all(
+            &net,
+            &images,
+            &labels,
+            args.batch,
+            args.windows,
+            args.window_seconds,
+        )?;
+        rows.push(Row {
+            net: name.clone(),
+            step: "score-all-estimator".into(),
+            images_per_s: est,
+            flops_per_image: 0.0,
+        });
+        rows.push(Row {
+            net: name.clone(),
+            step: "score-all-brute-force".into(),
+            images_per_s: brute,
+            flops_per_image: 0.0,
+        });
     }
     print_rows(&rows, args.json, args.batch);
     Ok(())
 }
 
+/// Images per second at which every split candidate of `net` gets a score:
+/// with the estimator (one eval forward and backward, then eq. 1 for all
+/// channels of every layer) and by brute force (build each expanded network
+/// and run the batch through it).
+pub fn score_all(
+    net: &Network,
+    images: &[f32],
+    labels: &[u32],
+    batch: usize,
+    windows: usize,
+    window_seconds: f64,
+) -> Result<(f64, f64)> {
+    let arch = &net.arch;
+    let units = arch.units();
+    let mut rng = Rng::new(2);
+    let state = MorphState::new(net, 0.05, &mut rng);
+    let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(net, l)).collect();
+    let mut model = Model::new(arch, batch);
+    let mut grads = net.zeros_like();
+    let mut ws = Workspace::default();
+    let mut delta = vec![0.0f32; units.iter().map(|u| u.cout).max().unwrap_or(0)];
+    let est = median_images_per_s(batch, windows, window_seconds, || {
+        model.forward(net, images, batch, Mode::Eval);
+        let (loss, _) = model.loss(labels);
+        model.backward(net, &mut grads);
+        for (l, u) in units.iter().enumerate() {
+            let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss);
+            split_estimates(&b, &state.theta[l], &mut ws, &mut delta[..u.cout], None);
+        }
+        Ok(())
+    })?;
+    let expanded: Vec<Network> = units
+        .iter()
+        .enumerate()
+        .flat_map(|(l, u)| (0..u.cout).map(move |c| (l, c, u.fan_in())))
+        .map(|(l, c, fan)| {
+            let theta = state.theta[l][c * fan..(c + 1) * fan].to_vec();
+            apply(
+                net,
+                &[ChannelMorphism {
+                    layer: l,
+                    channel: c,
+                    morphism: Morphism::Split { theta },
+                }],
+                &mut [],
+            )
+        })
+        .collect::<sprout_core::Result<_>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut models: Vec<Model> = expanded
+        .iter()
+        .map(|n| Model::new(&n.arch, batch))
+        .collect();
+    let brute = median_images_per_s(batch, windows.min(3), window_seconds, || {
+        for (m, n) in models.iter_mut().zip(&expanded) {
+            m.forward(n, images, batch, Mode::Eval);
+            m.loss(labels);
+        }
+        Ok(())
+    })?;
+    Ok((est, brute))
+}
+
 pub fn print_rows(rows: &[Row], as_json: bool, batch: usize) {
     if !as_json {
-        println!("{:<18} {:<10} {:>12} {:>10}   (batch {batch}, {} threads)", "net", "step", "images/s", "GFLOP/s", rayon::current_num_threads());
+        println!(
+            "{:<18} {:<22} {:>12} {:>10}   (batch {batch}, {} threads)",
+            "net",
+            "step",
+            "images/s",
+            "GFLOP/s",
+            rayon::current_num_threads()
+        );
     }
     for r in rows {
         let gflops = r.images_per_s * r.flops_per_image / 1e9;
+        let base = |step: &str| {
+            rows.iter()
+                .find(|x| x.net == r.net && x.step == step)
+                .map(|x| x.images_per_s)
+        };
+        let ratio = match r.step.as_str() {
+            "morph" => {
+                base("train").map(|t| format!("cost {:.2}x a training step", t / r.images_per_s))
+            }
+            "score-all-estimator" => base("score-all-brute-force")
+                .map(|b| format!("{:.0}x cheaper than brute force", r.images_per_s / b)),
+            _ => None,
+        };
         if as_json {
-            println!("{}", json!({"net": r.net, "step": r.step, "images_per_s": r.images_per_s, "gflops": gflops, "batch": batch}));
+            println!(
+                "{}",
+                json!({"net": r.net, "step": r.step, "images_per_s": r.images_per_s, "gflops": gflops, "batch": batch})
+            );
         } else {
-            println!("{:<18} {:<10} {:>12.0} {:>10.1}", r.net, r.step, r.images_per_s, gflops);
+            let g = if r.flops_per_image > 0.0 {
+                format!("{gflops:>10.1}")
+            } else {
+                format!("{:>10}", "-")
+            };
+            println!(
+                "{:<18} {:<22} {:>12.0} {}   {}",
+                r.net,
+                r.step,
+                r.images_per_s,
+                g,
+                ratio.unwrap_or_default()
+            );
         }
     }
 }

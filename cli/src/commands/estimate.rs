@@ -61,13 +61,53 @@ pub struct EstimateArgs {
     pub out: PathBuf,
 }
 
+/// One split candidate's numbers.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    layer: usize,
+    channel: usize,
+    /// EMA of eq. (1) over the theta-learning batches (the paper's Figure 3).
+    ema: f64,
+    /// Brute force on the held-out images.
+    truth: f64,
+    theta_norm: f64,
+    /// Eq. (1) with the final theta on the held-out images.
+    heldout: f64,
+}
+
+/// Correlations of `est` with the truth over the rows `keep` selects.
+fn correlations(
+    rows: &[Row],
+    keep: impl Fn(&Row) -> bool,
+    est: impl Fn(&Row) -> f64,
+) -> serde_json::Value {
+    let pts: Vec<&Row> = rows.iter().filter(|r| keep(r)).collect();
+    let e: Vec<f64> = pts.iter().map(|r| est(r)).collect();
+    let t: Vec<f64> = pts.iter().map(|r| r.truth).collect();
+    json!({"candidates": pts.len(), "pearson": pearson(&e, &t), "spearman": spearman(&e, &t)})
+}
+
 /// Mean loss of `net` on `ds` in eval mode.
-fn mean_loss(model: &mut Model, net: &Network, ds: &Dataset, norm: &Normalization, buf: &mut Batches) -> f64 {
+fn mean_loss(
+    model: &mut Model,
+    net: &Network,
+    ds: &Dataset,
+    norm: &Normalization,
+    buf: &mut Batches,
+) -> f64 {
     let mut rng = sprout_core::rng::Rng::new(0);
     let mut total = 0.0f64;
     for start in (0..ds.len()).step_by(buf.batch) {
         let idx: Vec<usize> = (start..(start + buf.batch).min(ds.len())).collect();
-        sprout_core::data::fill_batch(ds, norm, &idx, None, &mut rng, &mut buf.images, &mut buf.labels);
+        sprout_core::data::fill_batch(
+            ds,
+            norm,
+            &idx,
+            None,
+            &mut rng,
+            &mut buf.images,
+            &mut buf.labels,
+        );
         model.forward(net, &buf.images, idx.len(), Mode::Eval);
         total += model.loss(&buf.labels).0 as f64 * idx.len() as f64;
     }
@@ -121,9 +161,18 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         Some(n) if n < splits.train.len() => splits.train.subset(&(0..n).collect::<Vec<_>>()),
         _ => splits.train.clone(),
     };
-    let heldout = splits.test.subset(&(0..args.heldout.min(splits.test.len())).collect::<Vec<_>>());
+    let heldout = splits
+        .test
+        .subset(&(0..args.heldout.min(splits.test.len())).collect::<Vec<_>>());
     let t = &train;
-    let arch = crate::commands::info::arch_from_flags(&args.arch, args.width, None, &format!("{}x{}x{}", t.channels, t.height, t.width), t.classes, None)?;
+    let arch = crate::commands::info::arch_from_flags(
+        &args.arch,
+        args.width,
+        None,
+        &format!("{}x{}x{}", t.channels, t.height, t.width),
+        t.classes,
+        None,
+    )?;
     let run = RunDir::create(&args.out)?;
     let cfg = GrowConfig {
         phases: 1,
@@ -136,7 +185,12 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         adam: Adam::paper(),
         ema_alpha: None,
         theta_init: args.theta_init,
-        select: SelectConfig { lambda_params: 0.0, lambda_macs: 0.0, fraction: 0.3, prune: false },
+        select: SelectConfig {
+            lambda_params: 0.0,
+            lambda_macs: 0.0,
+            fraction: 0.3,
+            prune: false,
+        },
         augment: Some(Augment::default()),
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -157,21 +211,48 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
             pb.finish_and_clear();
         }
     };
-    let tr = train_epochs(&mut backend, &mut state, &cfg, args.train_epochs, &train, &norm, false, &mut progress)?;
-    println!("trained {} epochs: train loss {:.4}, accuracy {:.2}%", args.train_epochs, tr.loss, 100.0 * tr.accuracy);
+    let tr = train_epochs(
+        &mut backend,
+        &mut state,
+        &cfg,
+        args.train_epochs,
+        &train,
+        &norm,
+        false,
+        &mut progress,
+    )?;
+    println!(
+        "trained {} epochs: train loss {:.4}, accuracy {:.2}%",
+        args.train_epochs,
+        tr.loss,
+        100.0 * tr.accuracy
+    );
     let net = backend.network()?;
-    let mcfg = MorphConfig { adam: cfg.adam, ema_alpha: MorphConfig::paper(cfg.batch, train.len()).ema_alpha };
+    let mcfg = MorphConfig {
+        adam: cfg.adam,
+        ema_alpha: MorphConfig::paper(cfg.batch, train.len()).ema_alpha,
+    };
     let mut theta_rng = state.rng.fork();
     backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;
     let start = Instant::now();
     let mut buffers = Batches::new(&train, cfg.batch);
     for e in 0..args.theta_epochs {
-        shuffled_pass(&train, &norm, &mut buffers, cfg.augment.as_ref(), &mut state.rng, &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg), &mut |d, t, s| {
-            progress(Stage::Morph { epoch: e }, d, t, s.loss)
-        })?;
+        shuffled_pass(
+            &train,
+            &norm,
+            &mut buffers,
+            cfg.augment.as_ref(),
+            &mut state.rng,
+            &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg),
+            &mut |d, t, s| progress(Stage::Morph { epoch: e }, d, t, s.loss),
+        )?;
     }
     let learned = backend.end_morph()?;
-    println!("learned theta for {} candidates in {:.1} s", arch.widths.iter().sum::<usize>(), start.elapsed().as_secs_f64());
+    println!(
+        "learned theta for {} candidates in {:.1} s",
+        arch.widths.iter().sum::<usize>(),
+        start.elapsed().as_secs_f64()
+    );
 
     // Eq. (1) with the final theta on the held-out data, and the brute-force truth there.
     let mut model = Model::new(&arch, args.batch);
@@ -186,7 +267,15 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         let mut rng = sprout_core::rng::Rng::new(0);
         for start in (0..heldout.len()).step_by(args.batch) {
             let idx: Vec<usize> = (start..(start + args.batch).min(heldout.len())).collect();
-            sprout_core::data::fill_batch(&heldout, &norm, &idx, None, &mut rng, &mut hbuf.images, &mut hbuf.labels);
+            sprout_core::data::fill_batch(
+                &heldout,
+                &norm,
+                &idx,
+                None,
+                &mut rng,
+                &mut hbuf.images,
+                &mut hbuf.labels,
+            );
             model.forward(&net, &hbuf.images, idx.len(), Mode::Eval);
             let (loss, _) = model.loss(&hbuf.labels);
             model.backward(&net, &mut grads);
@@ -208,56 +297,104 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         let fan = u.fan_in();
         for c in 0..u.cout {
             let theta = learned.theta[l][c * fan..(c + 1) * fan].to_vec();
-            let expanded = apply(&net, &[ChannelMorphism { layer: l, channel: c, morphism: Morphism::Split { theta } }], &mut [])?;
+            let expanded = apply(
+                &net,
+                &[ChannelMorphism {
+                    layer: l,
+                    channel: c,
+                    morphism: Morphism::Split { theta },
+                }],
+                &mut [],
+            )?;
             let mut m = Model::new(&expanded.arch, args.batch);
             let truth = mean_loss(&mut m, &expanded, &heldout, &norm, &mut hbuf) - base;
-            rows.push((l, c, learned.split_ema[l][c] as f64, truth, learned.theta_norm(l, c) as f64, heldout_est[l][c]));
+            rows.push(Row {
+                layer: l,
+                channel: c,
+                ema: learned.split_ema[l][c] as f64,
+                truth,
+                theta_norm: learned.theta_norm(l, c) as f64,
+                heldout: heldout_est[l][c],
+            });
             pb.inc(1);
         }
     }
     pb.finish_and_clear();
-    println!("brute force over {} candidates on {} held-out images in {:.1} s", rows.len(), heldout.len(), start.elapsed().as_secs_f64());
+    println!(
+        "brute force over {} candidates on {} held-out images in {:.1} s",
+        rows.len(),
+        heldout.len(),
+        start.elapsed().as_secs_f64()
+    );
 
     let mut csv = String::from("layer,channel,estimated,true,theta_norm\n");
     for r in &rows {
-        writeln!(csv, "{},{},{:e},{:e},{:e}", r.0, r.1, r.2, r.3, r.4)?;
+        writeln!(
+            csv,
+            "{},{},{:e},{:e},{:e}",
+            r.layer, r.channel, r.ema, r.truth, r.theta_norm
+        )?;
     }
     crate::weights::write_atomic(&run.file("candidates.csv"), csv.as_bytes())?;
     let mut held = String::from("layer,channel,estimated_heldout,true\n");
     for r in &rows {
-        writeln!(held, "{},{},{:e},{:e}", r.0, r.1, r.5, r.3)?;
+        writeln!(
+            held,
+            "{},{},{:e},{:e}",
+            r.layer, r.channel, r.heldout, r.truth
+        )?;
     }
     crate::weights::write_atomic(&run.file("heldout.csv"), held.as_bytes())?;
     let named: Vec<(String, Vec<usize>, &[f32])> = units
         .iter()
         .enumerate()
-        .map(|(l, u)| (format!("layers.{l}.theta"), vec![u.cout, u.cin, u.kernel, u.kernel], learned.theta[l].as_slice()))
+        .map(|(l, u)| {
+            (
+                format!("layers.{l}.theta"),
+                vec![u.cout, u.cin, u.kernel, u.kernel],
+                learned.theta[l].as_slice(),
+            )
+        })
         .collect();
-    save_tensors(&run.file("thetas.safetensors"), &named, &[("arch", serde_json::to_string(&arch)?)])?;
+    save_tensors(
+        &run.file("thetas.safetensors"),
+        &named,
+        &[("arch", serde_json::to_string(&arch)?)],
+    )?;
 
-    let corr = |sel: &dyn Fn(&(usize, usize, f64, f64, f64, f64)) -> bool, est: &dyn Fn(&(usize, usize, f64, f64, f64, f64)) -> f64| {
-        let pts: Vec<_> = rows.iter().filter(|r| sel(r)).collect();
-        let e: Vec<f64> = pts.iter().map(|r| est(r)).collect();
-        let t: Vec<f64> = pts.iter().map(|r| r.3).collect();
-        json!({"candidates": pts.len(), "pearson": pearson(&e, &t), "spearman": spearman(&e, &t)})
-    };
-    let ema = |r: &(usize, usize, f64, f64, f64, f64)| r.2;
-    let hel = |r: &(usize, usize, f64, f64, f64, f64)| r.5;
     let per_layer: Vec<_> = (0..units.len())
-        .map(|l| json!({"layer": l, "ema": corr(&|r| r.0 == l, &ema), "heldout": corr(&|r| r.0 == l, &hel)}))
+        .map(|l| {
+            json!({
+                "layer": l,
+                "ema": correlations(&rows, |r| r.layer == l, |r| r.ema),
+                "heldout": correlations(&rows, |r| r.layer == l, |r| r.heldout),
+            })
+        })
         .collect();
     let summary = json!({
         "base_heldout_loss": base,
-        "overall": corr(&|_| true, &ema),
-        "overall_heldout_estimate": corr(&|_| true, &hel),
+        "overall": correlations(&rows, |_| true, |r| r.ema),
+        "overall_heldout_estimate": correlations(&rows, |_| true, |r| r.heldout),
         "per_layer": per_layer,
     });
     run.write_json("summary.json", &summary)?;
-    let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.3, r.2)).collect();
-    crate::plots::scatter_estimated_vs_true(&run.file("scatter-all.svg"), "all layers: estimated (EMA) vs true ΔL", &pts)?;
+    let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.truth, r.ema)).collect();
+    crate::plots::scatter_estimated_vs_true(
+        &run.file("scatter-all.svg"),
+        "all layers: estimated (EMA) vs true ΔL",
+        &pts,
+    )?;
     for l in 0..units.len() {
-        let pts: Vec<(f64, f64)> = rows.iter().filter(|r| r.0 == l).map(|r| (r.3, r.2)).collect();
-        crate::plots::scatter_estimated_vs_true(&run.file(&format!("scatter-layer-{:02}.svg", l + 1)), &format!("layer {}: estimated vs true ΔL", l + 1), &pts)?;
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.layer == l)
+            .map(|r| (r.truth, r.ema))
+            .collect();
+        crate::plots::scatter_estimated_vs_true(
+            &run.file(&format!("scatter-layer-{:02}.svg", l + 1)),
+            &format!("layer {}: estimated vs true ΔL", l + 1),
+            &pts,
+        )?;
     }
     let o = &summary["overall"];
     let h = &summary["overall_heldout_estimate"];

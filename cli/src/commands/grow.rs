@@ -126,7 +126,10 @@ impl GrowArgs {
     fn config(&self, splits: &Splits, base: Option<&RunConfig>) -> Result<RunConfig> {
         let t = &splits.train;
         let input = format!("{}x{}x{}", t.channels, t.height, t.width);
-        let arch_given = self.arch.is_some() || self.width.is_some() || self.widths.is_some() || self.arch_file.is_some();
+        let arch_given = self.arch.is_some()
+            || self.width.is_some()
+            || self.widths.is_some()
+            || self.arch_file.is_some();
         let seed_arch = match base {
             Some(b) if !arch_given => b.seed_arch.clone(),
             _ => arch_from_flags(
@@ -141,33 +144,80 @@ impl GrowArgs {
         let g = base.map(|b| b.grow.clone());
         let pick = |v: Option<usize>, b: Option<usize>, d: usize| v.or(b).unwrap_or(d);
         let phase_epochs = pick(self.phase_epochs, g.as_ref().map(|g| g.train_epochs), 2);
-        let lr = self.lr.or(g.as_ref().map(|g| g.schedule.base)).unwrap_or(0.05);
+        let lr = self
+            .lr
+            .or(g.as_ref().map(|g| g.schedule.base))
+            .unwrap_or(0.05);
         if !(lr.is_finite() && lr > 0.0) {
             bail!("--lr must be a positive number, got {lr}");
         }
-        let milestones = self.milestones.clone().or(g.as_ref().map(|g| g.schedule.milestones.clone())).unwrap_or_default();
-        let theta_lr = self.theta_lr.or(g.as_ref().map(|g| g.adam.lr)).unwrap_or(1e-2);
+        let milestones = self
+            .milestones
+            .clone()
+            .or(g.as_ref().map(|g| g.schedule.milestones.clone()))
+            .unwrap_or_default();
+        let theta_lr = self
+            .theta_lr
+            .or(g.as_ref().map(|g| g.adam.lr))
+            .unwrap_or(1e-2);
         if !(theta_lr.is_finite() && theta_lr > 0.0) {
             bail!("--theta-lr must be a positive number, got {theta_lr}");
         }
         let select = SelectConfig {
-            lambda_params: self.lambda_params.or(g.as_ref().map(|g| g.select.lambda_params)).unwrap_or(3e-7),
-            lambda_macs: self.lambda_macs.or(g.as_ref().map(|g| g.select.lambda_macs)).unwrap_or(0.0),
-            fraction: self.grow_fraction.or(g.as_ref().map(|g| g.select.fraction)).unwrap_or(0.3),
-            prune: if self.no_prune { false } else { g.as_ref().map(|g| g.select.prune).unwrap_or(true) },
+            lambda_params: self
+                .lambda_params
+                .or(g.as_ref().map(|g| g.select.lambda_params))
+                .unwrap_or(3e-7),
+            lambda_macs: self
+                .lambda_macs
+                .or(g.as_ref().map(|g| g.select.lambda_macs))
+                .unwrap_or(0.0),
+            fraction: self
+                .grow_fraction
+                .or(g.as_ref().map(|g| g.select.fraction))
+                .unwrap_or(0.3),
+            prune: if self.no_prune {
+                false
+            } else {
+                g.as_ref().map(|g| g.select.prune).unwrap_or(true)
+            },
         };
-        let augment = if self.no_augment { None } else { g.as_ref().map(|g| g.augment).unwrap_or(Some(Augment::default())) };
+        let augment = if self.no_augment {
+            None
+        } else {
+            g.as_ref()
+                .map(|g| g.augment)
+                .unwrap_or(Some(Augment::default()))
+        };
         let grow = GrowConfig {
             phases: pick(self.phases, g.as_ref().map(|g| g.phases), 4),
             train_epochs: phase_epochs,
-            morph_epochs: pick(self.morph_epochs, g.as_ref().map(|g| g.morph_epochs), phase_epochs),
-            final_epochs: pick(self.final_epochs, g.as_ref().map(|g| g.final_epochs), phase_epochs),
+            morph_epochs: pick(
+                self.morph_epochs,
+                g.as_ref().map(|g| g.morph_epochs),
+                phase_epochs,
+            ),
+            final_epochs: pick(
+                self.final_epochs,
+                g.as_ref().map(|g| g.final_epochs),
+                phase_epochs,
+            ),
             batch: pick(self.batch, g.as_ref().map(|g| g.batch), 64),
-            schedule: StepSchedule { base: lr, milestones, gamma: 0.1 },
+            schedule: StepSchedule {
+                base: lr,
+                milestones,
+                gamma: 0.1,
+            },
             weight_decay: 1e-4,
-            adam: Adam { lr: theta_lr, ..Adam::paper() },
+            adam: Adam {
+                lr: theta_lr,
+                ..Adam::paper()
+            },
             ema_alpha: None,
-            theta_init: self.theta_init.or(g.as_ref().map(|g| g.theta_init)).unwrap_or(0.01),
+            theta_init: self
+                .theta_init
+                .or(g.as_ref().map(|g| g.theta_init))
+                .unwrap_or(0.01),
             select,
             augment,
         };
@@ -205,10 +255,18 @@ fn save_checkpoint(run: &RunDir, state: &GrowState, finished: bool) -> Result<()
     fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     save_network(&tmp.join("model.safetensors"), &state.network, &[])?;
     let specs = state.network.specs();
-    let named: Vec<(String, Vec<usize>, &[f32])> =
-        specs.iter().zip(&state.momentum).map(|(s, m)| (s.name.clone(), s.shape.clone(), m.as_slice())).collect();
+    let named: Vec<(String, Vec<usize>, &[f32])> = specs
+        .iter()
+        .zip(&state.momentum)
+        .map(|(s, m)| (s.name.clone(), s.shape.clone(), m.as_slice()))
+        .collect();
     save_tensors(&tmp.join("momentum.safetensors"), &named, &[])?;
-    let st = CheckpointState { phase: state.phase, epochs_trained: state.epochs_trained, rng: state.rng.state(), finished };
+    let st = CheckpointState {
+        phase: state.phase,
+        epochs_trained: state.epochs_trained,
+        rng: state.rng.state(),
+        finished,
+    };
     crate::weights::write_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(&st)?)?;
     let cur = run.file(CHECKPOINT);
     let old = run.file("checkpoint.old");
@@ -228,9 +286,14 @@ fn load_checkpoint(run: &RunDir) -> Result<(GrowState, bool)> {
         dir = run.file("checkpoint.old");
     }
     let state_path = dir.join("state.json");
-    let bytes = fs::read(&state_path)
-        .with_context(|| format!("{}: no checkpoint to resume from (the run may not have finished a phase)", state_path.display()))?;
-    let st: CheckpointState = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a valid checkpoint", state_path.display()))?;
+    let bytes = fs::read(&state_path).with_context(|| {
+        format!(
+            "{}: no checkpoint to resume from (the run may not have finished a phase)",
+            state_path.display()
+        )
+    })?;
+    let st: CheckpointState = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a valid checkpoint", state_path.display()))?;
     let network = load_network(&dir.join("model.safetensors"))?;
     let (tensors, _) = load_tensors(&dir.join("momentum.safetensors"))?;
     let mut momentum = network.zeros_like();
@@ -240,11 +303,21 @@ fn load_checkpoint(run: &RunDir) -> Result<(GrowState, bool)> {
             .find(|t| t.0 == spec.name)
             .with_context(|| format!("{}: momentum for {} is missing", dir.display(), spec.name))?;
         if t.2.len() != m.len() {
-            bail!("{}: momentum for {} has the wrong size", dir.display(), spec.name);
+            bail!(
+                "{}: momentum for {} has the wrong size",
+                dir.display(),
+                spec.name
+            );
         }
         m.copy_from_slice(&t.2);
     }
-    let state = GrowState { phase: st.phase, epochs_trained: st.epochs_trained, network, momentum, rng: Rng::from_state(st.rng) };
+    let state = GrowState {
+        phase: st.phase,
+        epochs_trained: st.epochs_trained,
+        network,
+        momentum,
+        rng: Rng::from_state(st.rng),
+    };
     Ok((state, st.finished))
 }
 
@@ -252,10 +325,17 @@ fn load_checkpoint(run: &RunDir) -> Result<(GrowState, bool)> {
 /// (lines a killed run wrote after its last checkpoint are dropped).
 fn truncate_log(run: &RunDir, name: &str, phase: usize) -> Result<()> {
     let path = run.file(name);
-    let Ok(text) = fs::read_to_string(&path) else { return Ok(()) };
+    let Ok(text) = fs::read_to_string(&path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["phase"].as_u64()).is_some_and(|p| p as usize <= phase))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["phase"].as_u64())
+                .is_some_and(|p| p as usize <= phase)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     crate::weights::write_atomic(&path, kept.as_bytes())
@@ -270,19 +350,31 @@ fn limited(ds: &Dataset, limit: Option<usize>) -> Dataset {
 
 fn load_splits(cfg: &RunConfig) -> Result<(Dataset, Dataset)> {
     let splits = load_dataset(&cfg.dataset, cfg.data_dir.as_deref())?;
-    Ok((limited(&splits.train, cfg.train_limit), limited(&splits.test, cfg.test_limit)))
+    Ok((
+        limited(&splits.train, cfg.train_limit),
+        limited(&splits.test, cfg.test_limit),
+    ))
 }
 
 /// Per channel of the phase's architecture: the gain of its best candidate,
 /// positive for a split, negative for a prune, `None` when neither is positive.
 pub fn channel_scores(report: &PhaseReport) -> Vec<Vec<Option<f32>>> {
-    let mut scores: Vec<Vec<Option<f32>>> = report.arch_before.widths.iter().map(|&w| vec![None; w]).collect();
+    let mut scores: Vec<Vec<Option<f32>>> = report
+        .arch_before
+        .widths
+        .iter()
+        .map(|&w| vec![None; w])
+        .collect();
     for c in &report.candidates {
         if c.gain <= 0.0 {
             continue;
         }
         let s = &mut scores[c.layer][c.channel];
-        let v = if c.kind == Kind::Split { c.gain as f32 } else { -(c.gain as f32) };
+        let v = if c.kind == Kind::Split {
+            c.gain as f32
+        } else {
+            -(c.gain as f32)
+        };
         if s.is_none_or(|old| v.abs() > old.abs()) {
             *s = Some(v);
         }
@@ -324,29 +416,54 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         Some(dir) => {
             if let Some(out) = &args.out {
                 if out != dir {
-                    bail!("--out {} and --resume {} name different runs", out.display(), dir.display());
+                    bail!(
+                        "--out {} and --resume {} name different runs",
+                        out.display(),
+                        dir.display()
+                    );
                 }
             }
             let cfg_path = dir.join("config.json");
-            let bytes = fs::read(&cfg_path).with_context(|| format!("--resume {}: no config.json, not a grow run directory", dir.display()))?;
-            let stored: RunConfig = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a grow configuration", cfg_path.display()))?;
-            let splits = load_dataset(&stored.dataset, args.data.as_deref().or(stored.data_dir.as_deref()))?;
+            let bytes = fs::read(&cfg_path).with_context(|| {
+                format!(
+                    "--resume {}: no config.json, not a grow run directory",
+                    dir.display()
+                )
+            })?;
+            let stored: RunConfig = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not a grow configuration", cfg_path.display()))?;
+            let splits = load_dataset(
+                &stored.dataset,
+                args.data.as_deref().or(stored.data_dir.as_deref()),
+            )?;
             let asked = args.config(&splits, Some(&stored))?;
             if asked != stored {
                 bail!("--resume {}: the flags given differ from the run's configuration in config.json; start a new run with another --out", dir.display());
             }
             let run = RunDir { path: dir.clone() };
             let (state, finished) = load_checkpoint(&run)?;
-            state.network.arch.validate().map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            state
+                .network
+                .arch
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             truncate_log(&run, "metrics.jsonl", state.phase)?;
             truncate_log(&run, "morphisms.jsonl", state.phase)?;
-            println!("resuming {} after phase {} of {}", dir.display(), state.phase, stored.grow.phases);
+            println!(
+                "resuming {} after phase {} of {}",
+                dir.display(),
+                state.phase,
+                stored.grow.phases
+            );
             (run, stored, state, finished)
         }
         None => {
             let splits = resolve(args.dataset, args.data.as_deref())?;
             let cfg = args.config(&splits, None)?;
-            let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/grow"));
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs/grow"));
             if out.join(CHECKPOINT).exists() {
                 bail!("{} already holds a grow run: pass --resume {} to continue it, or choose another --out", out.display(), out.display());
             }
@@ -355,7 +472,10 @@ pub fn run(args: &GrowArgs) -> Result<()> {
             for f in ["metrics.jsonl", "morphisms.jsonl"] {
                 let _ = fs::remove_file(run.file(f));
             }
-            let state = GrowState::new(Network::init(&cfg.seed_arch, cfg.seed), cfg.seed ^ 0x6a09_e667);
+            let state = GrowState::new(
+                Network::init(&cfg.seed_arch, cfg.seed),
+                cfg.seed ^ 0x6a09_e667,
+            );
             (run, cfg, state, false)
         }
     };
@@ -380,8 +500,20 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         let start = Instant::now();
         let phase = state.phase + 1;
         let mut progress = bars(phase, g.phases);
-        let report = run_phase(&mut backend, &mut state, g, &train, &test, &norm, &mut progress).map_err(|e| {
-            anyhow::anyhow!("phase {phase}: {e}; the last good checkpoint in {} is kept", run.path.display())
+        let report = run_phase(
+            &mut backend,
+            &mut state,
+            g,
+            &train,
+            &test,
+            &norm,
+            &mut progress,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "phase {phase}: {e}; the last good checkpoint in {} is kept",
+                run.path.display()
+            )
         })?;
         let secs = start.elapsed().as_secs_f64();
         log_phase(&run, &report, secs)?;
@@ -391,10 +523,24 @@ pub fn run(args: &GrowArgs) -> Result<()> {
     if !finished {
         let mut progress = bars(g.phases, g.phases);
         backend.load(&state.network, Some(&state.momentum))?;
-        let train_stats = train_epochs(&mut backend, &mut state, g, g.final_epochs, &train, &norm, true, &mut progress)?;
+        let train_stats = train_epochs(
+            &mut backend,
+            &mut state,
+            g,
+            g.final_epochs,
+            &train,
+            &norm,
+            true,
+            &mut progress,
+        )?;
         state.network = backend.network()?;
         state.momentum = backend.momentum()?;
-        let test_stats = evaluate(&mut backend, &test, &norm, &mut Batches::new(&test, g.batch))?;
+        let test_stats = evaluate(
+            &mut backend,
+            &test,
+            &norm,
+            &mut Batches::new(&test, g.batch),
+        )?;
         finished = true;
         save_checkpoint(&run, &state, finished)?;
         run.write_json(
@@ -490,18 +636,41 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
 
 /// The paper's protocol for reported accuracy: re-initialise the grown
 /// architecture and train it from scratch.
-fn retrain(run: &RunDir, cfg: &RunConfig, arch: &Arch, train: &Dataset, test: &Dataset, norm: &Normalization) -> Result<()> {
+fn retrain(
+    run: &RunDir,
+    cfg: &RunConfig,
+    arch: &Arch,
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalization,
+) -> Result<()> {
     let g = &cfg.grow;
-    let mut state = GrowState::new(Network::init(arch, cfg.seed ^ 0x7e7a_1a17), cfg.seed ^ 0x3c6e_f372);
+    let mut state = GrowState::new(
+        Network::init(arch, cfg.seed ^ 0x7e7a_1a17),
+        cfg.seed ^ 0x3c6e_f372,
+    );
     let mut backend = CpuBackend::new(g.batch);
     backend.load(&state.network, None)?;
     let mut progress = bars(0, 0);
     let mut last = PassStats::default();
     for _ in 0..cfg.retrain_epochs {
-        last = train_epochs(&mut backend, &mut state, g, 1, train, norm, true, &mut progress)?;
+        last = train_epochs(
+            &mut backend,
+            &mut state,
+            g,
+            1,
+            train,
+            norm,
+            true,
+            &mut progress,
+        )?;
     }
     let t = evaluate(&mut backend, test, norm, &mut Batches::new(test, g.batch))?;
-    println!("retrained from scratch for {} epochs: test {:.2}%", cfg.retrain_epochs, 100.0 * t.accuracy);
+    println!(
+        "retrained from scratch for {} epochs: test {:.2}%",
+        cfg.retrain_epochs,
+        100.0 * t.accuracy
+    );
     save_network(&run.file("retrained.safetensors"), &backend.network()?, &[])?;
     run.write_json(
         "retrain.json",
@@ -514,7 +683,12 @@ fn write_figures(run: &RunDir, last: Option<&PhaseReport>) -> Result<()> {
     let mut points: Vec<(f64, f64)> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v["params_before"].as_f64()?, 100.0 * v["test_accuracy"].as_f64()?)))
+        .filter_map(|v| {
+            Some((
+                v["params_before"].as_f64()?,
+                100.0 * v["test_accuracy"].as_f64()?,
+            ))
+        })
         .collect();
     if let Ok(f) = fs::read(run.file("final.json")) {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&f) {
@@ -523,7 +697,11 @@ fn write_figures(run: &RunDir, last: Option<&PhaseReport>) -> Result<()> {
             }
         }
     }
-    crate::plots::accuracy_vs_params(&run.file("accuracy-vs-params.svg"), "test accuracy during growth", &[("grow".to_string(), points)])?;
+    crate::plots::accuracy_vs_params(
+        &run.file("accuracy-vs-params.svg"),
+        "test accuracy during growth",
+        &[("grow".to_string(), points)],
+    )?;
     let report = match last {
         Some(r) => Some(r.clone()),
         None => last_candidates(run)?,
@@ -543,15 +721,26 @@ fn write_figures(run: &RunDir, last: Option<&PhaseReport>) -> Result<()> {
 fn last_candidates(run: &RunDir) -> Result<Option<PhaseReport>> {
     let mut names: Vec<PathBuf> = fs::read_dir(&run.path)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("candidates-phase-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("candidates-phase-"))
+        })
         .collect();
     names.sort();
-    let Some(path) = names.last() else { return Ok(None) };
+    let Some(path) = names.last() else {
+        return Ok(None);
+    };
     let v: serde_json::Value = serde_json::from_slice(&fs::read(path)?)?;
     let widths: Vec<usize> = serde_json::from_value(v["widths"].clone())?;
     let candidates = serde_json::from_value(v["candidates"].clone())?;
     let phase = phase_of(path);
-    let mut arch = Arch { family: sprout_core::Family::Vgg19, input: [1, 32, 32], classes: 10, widths };
+    let mut arch = Arch {
+        family: sprout_core::Family::Vgg19,
+        input: [1, 32, 32],
+        classes: 10,
+        widths,
+    };
     if let Ok(a) = crate::weights::load_arch_json(&run.file("arch.json")) {
         arch.family = a.family;
         arch.input = a.input;

@@ -72,7 +72,10 @@ impl TrainArgs {
             bail!("--lr must be a positive number, got {}", self.lr);
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!("--weight-decay must be zero or positive, got {}", self.weight_decay);
+            bail!(
+                "--weight-decay must be zero or positive, got {}",
+                self.weight_decay
+            );
         }
         if !(self.lr_gamma.is_finite() && self.lr_gamma > 0.0) {
             bail!("--lr-gamma must be positive, got {}", self.lr_gamma);
@@ -80,7 +83,11 @@ impl TrainArgs {
         if self.batch == 0 || self.batch > 4096 {
             bail!("--batch must be between 1 and 4096, got {}", self.batch);
         }
-        Ok(StepSchedule { base: self.lr, milestones: self.milestones.clone(), gamma: self.lr_gamma })
+        Ok(StepSchedule {
+            base: self.lr,
+            milestones: self.milestones.clone(),
+            gamma: self.lr_gamma,
+        })
     }
 
     pub fn augment(&self) -> Option<Augment> {
@@ -97,7 +104,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let splits = resolve(args.dataset, args.data.as_deref())?;
     let t = &splits.train;
     let input = format!("{}x{}x{}", t.channels, t.height, t.width);
-    let arch = arch_from_flags(&args.arch, args.width, args.widths.as_deref(), &input, t.classes, args.arch_file.as_deref())?;
+    let arch = arch_from_flags(
+        &args.arch,
+        args.width,
+        args.widths.as_deref(),
+        &input,
+        t.classes,
+        args.arch_file.as_deref(),
+    )?;
     let run = RunDir::create(&args.out)?;
     run.write_json(
         "config.json",
@@ -137,13 +151,28 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let mut buffers = Batches::new(&splits.train, args.batch);
     let mut eval_buffers = Batches::new(&splits.test, args.batch);
     for epoch in 0..args.epochs {
-        let sgd = Sgd { weight_decay: args.weight_decay, ..Sgd::paper(schedule.lr_at(epoch)) };
-        let pb = bar(splits.train.len().div_ceil(args.batch) as u64, &format!("epoch {}/{}", epoch + 1, args.epochs));
+        let sgd = Sgd {
+            weight_decay: args.weight_decay,
+            ..Sgd::paper(schedule.lr_at(epoch))
+        };
+        let pb = bar(
+            splits.train.len().div_ceil(args.batch) as u64,
+            &format!("epoch {}/{}", epoch + 1, args.epochs),
+        );
         let start = Instant::now();
-        let stats = train_epoch(&mut backend, &splits.train, &norm, &mut buffers, augment.as_ref(), &sgd, &mut rng, &mut |done, _, s| {
-            pb.set_position(done as u64);
-            pb.set_message(format!("loss {:.4}", s.loss));
-        })
+        let stats = train_epoch(
+            &mut backend,
+            &splits.train,
+            &norm,
+            &mut buffers,
+            augment.as_ref(),
+            &sgd,
+            &mut rng,
+            &mut |done, _, s| {
+                pb.set_position(done as u64);
+                pb.set_message(format!("loss {:.4}", s.loss));
+            },
+        )
         .with_context(|| format!("epoch {}", epoch + 1))?;
         let secs = start.elapsed().as_secs_f64();
         pb.finish_and_clear();
@@ -171,7 +200,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 "seconds": secs,
             }),
         )?;
-        save_network(&run.file("model.safetensors"), &backend.network()?, &[("epoch", (epoch + 1).to_string())])?;
+        save_network(
+            &run.file("model.safetensors"),
+            &backend.network()?,
+            &[("epoch", (epoch + 1).to_string())],
+        )?;
     }
     println!("wrote {}", run.path.display());
     Ok(())

@@ -1,0 +1,173 @@
+//! End-to-end tests of `sprout grow` on the embedded data: growth happens, a
+//! run killed mid-phase resumes to the same weights, and bad flags fail
+//! clearly without touching an existing run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn sprout() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sprout"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("sprout-grow-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+/// A small, fast growth run: 640 training images, phases of 1 epoch each.
+fn small_run(out: &Path, phases: usize) -> Command {
+    let mut c = sprout();
+    c.args([
+        "grow",
+        "--train-limit",
+        "640",
+        "--test-limit",
+        "200",
+        "--phase-epochs",
+        "1",
+    ]);
+    c.arg("--phases").arg(phases.to_string());
+    c.args(["--threads", "2", "--seed", "3", "--width", "8", "--out"])
+        .arg(out);
+    c
+}
+
+fn ok(out: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "sprout failed:\n{text}");
+    text
+}
+
+fn err(out: Output) -> String {
+    assert!(!out.status.success(), "sprout should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn phase_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_to_identical_weights() {
+    let a = tmp("uninterrupted");
+    let text = ok(small_run(&a, 3).output().unwrap());
+    assert!(text.contains("phase  3"), "{text}");
+    let arch: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("arch.json")).unwrap()).unwrap();
+    let widths: Vec<usize> = serde_json::from_value(arch["widths"].clone()).unwrap();
+    assert_ne!(widths, vec![8; 16], "the seed did not change");
+    for f in [
+        "architecture.svg",
+        "accuracy-vs-params.svg",
+        "morphisms.jsonl",
+        "arch-phase-03.json",
+        "final.json",
+    ] {
+        assert!(a.join(f).exists(), "missing {f}");
+    }
+
+    // Kill a second run with SIGKILL once it is inside phase 2, then resume it.
+    let b = tmp("killed");
+    let mut child = small_run(&b, 3)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let state = b.join("checkpoint").join("state.json");
+    while !state.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(
+        st["phase"].as_u64().unwrap() < 3,
+        "the run finished before it was killed"
+    );
+    let mut resume = sprout();
+    resume.args(["grow", "--threads", "2", "--resume"]).arg(&b);
+    let text = ok(resume.output().unwrap());
+    assert!(text.contains("resuming"), "{text}");
+
+    let wa = std::fs::read(a.join("model.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("model.safetensors")).unwrap();
+    assert!(
+        wa == wb,
+        "resumed weights differ from the uninterrupted run"
+    );
+    assert_eq!(phase_lines(&a), phase_lines(&b));
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn bad_flags_fail_clearly() {
+    let out = tmp("bad");
+    for (flags, needle) in [
+        (vec!["--lambda-params=-1"], "lambda-params"),
+        (vec!["--lambda-params", "NaN"], "lambda-params"),
+        (vec!["--grow-fraction", "0"], "grow-fraction"),
+        (vec!["--grow-fraction", "1.5"], "grow-fraction"),
+        (vec!["--phases", "0"], "phases"),
+        (vec!["--arch", "resnet"], "resnet"),
+    ] {
+        let mut c = sprout();
+        c.arg("grow").args(&flags).arg("--out").arg(&out);
+        let e = err(c.output().unwrap());
+        assert!(e.contains(needle), "{flags:?}: {e}");
+        assert!(!e.contains("panicked"), "{flags:?}: {e}");
+    }
+    assert!(!out.join("checkpoint").exists());
+}
+
+#[test]
+fn resume_refuses_missing_foreign_and_half_written_runs() {
+    let missing = tmp("missing");
+    let e = err(sprout()
+        .args(["grow", "--resume"])
+        .arg(&missing)
+        .output()
+        .unwrap());
+    assert!(e.contains("config.json"), "{e}");
+
+    // A run directory with a configuration but no checkpoint yet (killed in phase 1).
+    let half = tmp("half");
+    std::fs::create_dir_all(&half).unwrap();
+    ok(small_run(&half, 1).output().unwrap());
+    let _ = std::fs::remove_dir_all(half.join("checkpoint"));
+    let e = err(sprout()
+        .args(["grow", "--threads", "2", "--resume"])
+        .arg(&half)
+        .output()
+        .unwrap());
+    assert!(e.contains("no checkpoint"), "{e}");
+
+    // Flags that contradict the stored configuration.
+    let e = err(sprout()
+        .args(["grow", "--phases", "7", "--resume"])
+        .arg(&half)
+        .output()
+        .unwrap());
+    assert!(e.contains("differ"), "{e}");
+    // A finished run is not overwritten by a fresh one in the same directory.
+    let _ = std::fs::remove_dir_all(&half);
+}

@@ -250,7 +250,7 @@ impl Backend for CpuBackend {
         if !(loss.is_finite() && loss > 0.0) {
             return Err(Error::NonFinite(format!("morphism-phase loss is {loss}")));
         }
-        s.model.backward(&s.net, &mut s.grads);
+        s.model.backward_activations(&s.net, &mut s.grads);
         for (l, u) in s.model.units().iter().enumerate() {
             phase.split.resize(u.cout, 0.0);
             phase.prune.resize(u.cout, 0.0);

@@ -194,7 +194,7 @@ pub fn score_all(
     let est = median_images_per_s(batch, windows, window_seconds, || {
         model.forward(net, images, batch, Mode::Eval);
         let (loss, _) = model.loss(labels);
-        model.backward(net, &mut grads);
+        model.backward_activations(net, &mut grads);
         for (l, u) in units.iter().enumerate() {
             let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss);
             split_estimates(&b, &state.theta[l], &mut ws, &mut delta[..u.cout], None);

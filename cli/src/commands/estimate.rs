@@ -278,7 +278,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
             );
             model.forward(&net, &hbuf.images, idx.len(), Mode::Eval);
             let (loss, _) = model.loss(&hbuf.labels);
-            model.backward(&net, &mut grads);
+            model.backward_activations(&net, &mut grads);
             for (l, u) in units.iter().enumerate() {
                 let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss);
                 let mut d = vec![0.0; u.cout];

@@ -285,6 +285,55 @@ fn backward_im2col(
 }
 
 #[cfg(test)]
+mod input_grad_tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    #[test]
+    fn input_gradient_only_matches_full_backward() {
+        for &(cin, cout, k, stride, pad, h) in &[
+            (3, 4, 3, 1, 1, 6),
+            (2, 5, 1, 1, 0, 5),
+            (3, 2, 3, 2, 1, 7),
+            (16, 16, 3, 1, 1, 4),
+        ] {
+            let out_hw = crate::arch::conv_out((h, h + 1), k, stride, pad);
+            let g = ConvGeom {
+                cin,
+                cout,
+                kernel: k,
+                stride,
+                pad,
+                in_hw: (h, h + 1),
+                out_hw,
+            };
+            let n = 3;
+            let x: Vec<f32> = (0..n * cin * h * (h + 1))
+                .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.1)
+                .collect();
+            let w: Vec<f32> = (0..cout * g.patch())
+                .map(|i| ((i * 11 % 13) as f32 - 6.0) * 0.1)
+                .collect();
+            let dy: Vec<f32> = (0..n * cout * g.out_plane())
+                .map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.1)
+                .collect();
+            let mut s = Scratch::new();
+            let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![0.0; w.len()]);
+            conv2d_backward(&g, n, &x, &w, &dy, Some(&mut dx), &mut dw, &mut s);
+            let mut dx2 = vec![f32::NAN; x.len()];
+            conv2d_backward_input(&g, n, &w, &dy, &mut dx2, &mut s);
+            for (a, b) in dx.iter().zip(&dx2) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                    "{cin}->{cout} k{k} s{stride}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use alloc::vec;
@@ -524,4 +573,62 @@ mod tests {
             close("dw", &dw, &dw_def);
         }
     }
+}
+
+/// Input gradient only: `dx` (overwritten) from `dy`, without the weight
+/// gradient (the morphism-learning step needs `dL/da`, not `dL/dw`).
+pub fn conv2d_backward_input(
+    g: &ConvGeom,
+    n: usize,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let (isz, osz) = (g.cin * g.in_plane(), g.cout * g.out_plane());
+    let (patch, plane) = (g.patch(), g.out_plane());
+    assert!(dy.len() >= n * osz && dx.len() >= n * isz && w.len() >= g.cout * patch);
+    if g.is_direct3x3() {
+        // A stride-1 pad-1 3x3 conv's input gradient is the same conv of dy
+        // with channels swapped and kernels flipped.
+        let mut wt = alloc::vec![0.0f32; g.cin * g.cout * 9];
+        for co in 0..g.cout {
+            for ci in 0..g.cin {
+                for t in 0..9 {
+                    wt[(ci * g.cout + co) * 9 + 8 - t] = w[(co * g.cin + ci) * 9 + t];
+                }
+            }
+        }
+        conv3x3::forward(g.cout, g.cin, g.in_hw, n, dy, &wt, dx, scratch);
+        return;
+    }
+    let dxp = SharedMut::new(dx);
+    par::for_each_part(n, &mut scratch.workers, |range, ws| {
+        if !g.is_pointwise() {
+            ws.ensure_col(patch * plane);
+        }
+        for s in range {
+            let dys = &dy[s * osz..(s + 1) * osz];
+            // SAFETY: each sample's input-gradient range belongs to one worker.
+            let dxs = unsafe { dxp.slice(s * isz, isz) };
+            if g.is_pointwise() {
+                gemm(patch, plane, g.cout, 1.0, w, true, dys, false, 0.0, dxs);
+            } else {
+                gemm(
+                    patch,
+                    plane,
+                    g.cout,
+                    1.0,
+                    w,
+                    true,
+                    dys,
+                    false,
+                    0.0,
+                    &mut ws.col,
+                );
+                dxs.fill(0.0);
+                col2im_add(g, &ws.col, dxs);
+            }
+        }
+    });
 }

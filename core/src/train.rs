@@ -15,6 +15,7 @@ use alloc::vec::Vec;
 pub struct PassStats {
     pub loss: f32,
     pub accuracy: f32,
+    pub correct: usize,
     pub samples: usize,
 }
 
@@ -47,6 +48,7 @@ fn finish(total: (f64, usize, usize)) -> PassStats {
     PassStats {
         loss: (total.0 / n as f64) as f32,
         accuracy: total.1 as f32 / n as f32,
+        correct: total.1,
         samples: total.2,
     }
 }

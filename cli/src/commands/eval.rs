@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use clap::ValueEnum;
 use sprout_core::backend::{Backend, BatchStats, CpuBackend};
-use sprout_core::data::{fill_batch, Dataset, Normalization};
-use sprout_core::rng::Rng;
+use sprout_core::data::{Dataset, Normalization};
+use sprout_core::train::Batches;
 
 use crate::data::{self, DatasetName, Splits};
 use crate::weights::load_network;
@@ -89,24 +89,12 @@ pub fn evaluate_counts(
     if batch == 0 {
         bail!("--batch: must be at least 1");
     }
-    let batch = batch.min(ds.len());
-    let mut images = vec![0f32; batch * ds.image_len()];
-    let mut labels = vec![0u32; batch];
-    let indices: Vec<usize> = (0..ds.len()).collect();
-    // Unused without augmentation.
-    let mut rng = Rng::new(0);
-    let (mut loss_sum, mut correct) = (0f64, 0usize);
-    for chunk in indices.chunks(batch) {
-        let n = chunk.len();
-        fill_batch(ds, norm, chunk, None, &mut rng, &mut images, &mut labels);
-        let stats = backend.eval_batch(&images, &labels, n)?;
-        loss_sum += f64::from(stats.loss) * n as f64;
-        correct += stats.correct;
-    }
+    let mut buffers = Batches::new(ds, batch.min(ds.len()));
+    let s = sprout_core::train::evaluate(backend, ds, norm, &mut buffers)?;
     Ok(BatchStats {
-        loss: (loss_sum / ds.len() as f64) as f32,
-        correct,
-        samples: ds.len(),
+        loss: s.loss,
+        correct: s.correct,
+        samples: s.samples,
     })
 }
 

@@ -171,3 +171,42 @@ fn resume_refuses_missing_foreign_and_half_written_runs() {
     // A finished run is not overwritten by a fresh one in the same directory.
     let _ = std::fs::remove_dir_all(&half);
 }
+
+fn widths_of(dir: &Path) -> Vec<usize> {
+    let arch: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("arch.json")).unwrap()).unwrap();
+    serde_json::from_value(arch["widths"].clone()).unwrap()
+}
+
+#[test]
+fn uniform_strategy_keeps_width_ratios_and_random_spreads_the_same_total() {
+    let u = tmp("uniform");
+    let mut c = small_run(&u, 2);
+    c.args(["--strategy", "uniform"]);
+    ok(c.output().unwrap());
+    // 8 -> 8 + floor(0.3 * 8) = 10 -> 10 + 3 = 13 in every layer.
+    assert_eq!(widths_of(&u), vec![13; 16]);
+
+    let r = tmp("random");
+    let mut c = small_run(&r, 2);
+    c.args(["--strategy", "random"]);
+    ok(c.output().unwrap());
+    // Each phase adds the sum of the per-layer budgets floor(0.3 * width),
+    // spread over channels drawn from all layers.
+    let budget = |w: &[usize]| w.iter().map(|&x| (3 * x / 10).max(1)).sum::<usize>();
+    let after1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(r.join("arch-phase-01.json")).unwrap()).unwrap();
+    let w1: Vec<usize> = serde_json::from_value(after1["widths"].clone()).unwrap();
+    assert_eq!(w1.iter().sum::<usize>(), 8 * 16 + budget(&[8; 16]));
+    assert!(
+        w1.iter().any(|&x| x != 10),
+        "random growth spread evenly: {w1:?}"
+    );
+    let w2 = widths_of(&r);
+    assert_eq!(
+        w2.iter().sum::<usize>(),
+        w1.iter().sum::<usize>() + budget(&w1)
+    );
+    let _ = std::fs::remove_dir_all(&u);
+    let _ = std::fs::remove_dir_all(&r);
+}

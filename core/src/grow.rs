@@ -11,9 +11,24 @@ use crate::morph;
 use crate::network::Network;
 use crate::optim::{Adam, Sgd, StepSchedule};
 use crate::rng::Rng;
-use crate::select::{candidates, select, to_morphisms, Candidate, SelectConfig};
+use crate::select::{candidates, random_splits, select, to_morphisms, Candidate, SelectConfig};
 use crate::train::{evaluate, shuffled_pass, train_epoch, Batches, PassStats};
 use alloc::vec::Vec;
+
+/// Where to grow: the paper's method or a baseline in the same loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Strategy {
+    /// Learned morphisms ranked by the Gauss-Newton estimate (the paper).
+    #[default]
+    Gn,
+    /// Net2Net-style: split randomly chosen channels with small random theta.
+    Random,
+    /// Widen every layer by the same fraction (random channels, small random
+    /// theta to break the symmetry of the two halves), keeping width ratios.
+    Uniform,
+}
 
 /// Everything that defines a growth run besides data and seed.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +52,8 @@ pub struct GrowConfig {
     pub theta_init: f32,
     pub select: SelectConfig,
     pub augment: Option<Augment>,
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub strategy: Strategy,
 }
 
 impl GrowConfig {
@@ -194,33 +211,44 @@ pub fn run_phase(
     let trained = backend.network()?;
     let mut momentum = backend.momentum()?;
 
-    // Morphism learning: model fixed, BN frozen, Adam on theta, EMA of eq. (1).
-    let mcfg = MorphConfig {
-        adam: cfg.adam,
-        ema_alpha: cfg
-            .ema_alpha
-            .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
-    };
-    let mut theta_rng = next.rng.fork();
-    backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
-    let mut buffers = Batches::new(train, cfg.batch);
-    let mut morph_stats = PassStats::default();
-    for e in 0..cfg.morph_epochs {
-        morph_stats = shuffled_pass(
-            train,
-            norm,
-            &mut buffers,
-            cfg.augment.as_ref(),
-            &mut next.rng,
-            &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg),
-            &mut |d, t, s| progress(Stage::Morph { epoch: e }, d, t, s.loss),
-        )?;
-    }
-    let learned = backend.end_morph()?;
-
     let arch_before = trained.arch.clone();
-    let cands = candidates(&arch_before, &learned, &cfg.select);
-    let applied = select(&arch_before, &cands, &cfg.select);
+    let mut theta_rng = next.rng.fork();
+    let (learned, cands, applied, morph_stats) = match cfg.strategy {
+        Strategy::Gn => {
+            // Morphism learning: model fixed, BN frozen, Adam on theta, EMA of eq. (1).
+            let mcfg = MorphConfig {
+                adam: cfg.adam,
+                ema_alpha: cfg
+                    .ema_alpha
+                    .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
+            };
+            backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
+            let mut buffers = Batches::new(train, cfg.batch);
+            let mut morph_stats = PassStats::default();
+            for e in 0..cfg.morph_epochs {
+                morph_stats = shuffled_pass(
+                    train,
+                    norm,
+                    &mut buffers,
+                    cfg.augment.as_ref(),
+                    &mut next.rng,
+                    &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg),
+                    &mut |d, t, s| progress(Stage::Morph { epoch: e }, d, t, s.loss),
+                )?;
+            }
+            let learned = backend.end_morph()?;
+            let cands = candidates(&arch_before, &learned, &cfg.select);
+            let applied = select(&arch_before, &cands, &cfg.select);
+            (learned, cands, applied, morph_stats)
+        }
+        Strategy::Random | Strategy::Uniform => {
+            // No estimate: the per-layer budget of channels, split with noise.
+            let noise = MorphState::new(&trained, cfg.theta_init, &mut theta_rng);
+            let per_layer = cfg.strategy == Strategy::Uniform;
+            let applied = random_splits(&arch_before, &cfg.select, per_layer, &mut next.rng);
+            (noise, applied.clone(), applied, PassStats::default())
+        }
+    };
     let morphisms = to_morphisms(&arch_before, &applied, &learned);
     let mut extra = [core::mem::take(&mut momentum)];
     let grown = morph::apply(&trained, &morphisms, &mut extra)?;

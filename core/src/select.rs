@@ -10,7 +10,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 /// Split or prune.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Kind {
@@ -129,7 +129,7 @@ pub fn select(arch: &Arch, cands: &[Candidate], cfg: &SelectConfig) -> Vec<Candi
             }
         }
         best.sort_by(|a, b| b.gain.total_cmp(&a.gain).then(a.channel.cmp(&b.channel)));
-        let budget = (libm::floor(cfg.fraction * w as f64) as usize).max(1);
+        let budget = layer_budget(w, cfg.fraction);
         let mut prunes = 0;
         for k in best.into_iter().take(budget) {
             if k.kind == Kind::Prune {
@@ -142,6 +142,64 @@ pub fn select(arch: &Arch, cands: &[Candidate], cfg: &SelectConfig) -> Vec<Candi
         }
     }
     chosen
+}
+
+/// Per-layer budget: at most `max(1, floor(fraction * width))` channels.
+pub fn layer_budget(width: usize, fraction: f64) -> usize {
+    (libm::floor(fraction * width as f64) as usize).max(1)
+}
+
+/// Baselines that do not estimate: splits scored with zero estimated change.
+/// `per_layer`: every layer gets its budget of channels drawn uniformly
+/// (uniform widening, width ratios kept up to rounding). Otherwise the same
+/// total is drawn uniformly from all channels of all layers (Net2Net-style
+/// random growth).
+pub fn random_splits(
+    arch: &Arch,
+    cfg: &SelectConfig,
+    per_layer: bool,
+    rng: &mut crate::rng::Rng,
+) -> Vec<Candidate> {
+    let mut chosen: Vec<(usize, usize)> = Vec::new();
+    if per_layer {
+        for l in 0..arch.layers() {
+            let mut channels: Vec<usize> = (0..arch.widths[l]).collect();
+            rng.shuffle(&mut channels);
+            chosen.extend(
+                channels
+                    .into_iter()
+                    .take(layer_budget(arch.widths[l], cfg.fraction))
+                    .map(|c| (l, c)),
+            );
+        }
+    } else {
+        let total: usize = arch
+            .widths
+            .iter()
+            .map(|&w| layer_budget(w, cfg.fraction))
+            .sum();
+        let mut all: Vec<(usize, usize)> = (0..arch.layers())
+            .flat_map(|l| (0..arch.widths[l]).map(move |c| (l, c)))
+            .collect();
+        rng.shuffle(&mut all);
+        chosen.extend(all.into_iter().take(total));
+    }
+    chosen.sort_unstable();
+    chosen
+        .into_iter()
+        .map(|(l, c)| {
+            let (dp, dm) = channel_cost(arch, l, 1);
+            Candidate {
+                layer: l,
+                channel: c,
+                kind: Kind::Split,
+                delta_loss: 0.0,
+                delta_params: dp,
+                delta_macs: dm,
+                gain: 0.0,
+            }
+        })
+        .collect()
 }
 
 /// The morphisms that apply `chosen`, splits with their learned theta.
@@ -167,4 +225,129 @@ pub fn to_morphisms(arch: &Arch, chosen: &[Candidate], state: &MorphState) -> Ve
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::Network;
+    use crate::rng::Rng;
+
+    fn state_with(
+        arch: &Arch,
+        split: impl Fn(usize, usize) -> f32,
+        prune: impl Fn(usize, usize) -> f32,
+    ) -> MorphState {
+        let net = Network::init(arch, 0);
+        let mut s = MorphState::new(&net, 0.01, &mut Rng::new(0));
+        for l in 0..arch.layers() {
+            for c in 0..arch.widths[l] {
+                s.split_ema[l][c] = split(l, c);
+                s.prune_ema[l][c] = prune(l, c);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn picks_the_best_positive_gains_within_the_budget() {
+        let arch = Arch::vgg19(10, [1, 32, 32], 10).unwrap();
+        // Channel c of every layer: split gain grows with c; channel 0 is better pruned.
+        let st = state_with(
+            &arch,
+            |_, c| -0.001 * c as f32,
+            |_, c| if c == 0 { -0.5 } else { 0.1 },
+        );
+        let cfg = SelectConfig {
+            lambda_params: 1e-7,
+            lambda_macs: 0.0,
+            fraction: 0.3,
+            prune: true,
+        };
+        let cands = candidates(&arch, &st, &cfg);
+        let chosen = select(&arch, &cands, &cfg);
+        for l in 0..arch.layers() {
+            let mut mine: Vec<(usize, Kind)> = chosen
+                .iter()
+                .filter(|k| k.layer == l)
+                .map(|k| (k.channel, k.kind))
+                .collect();
+            mine.sort();
+            // Budget 3: the prune of channel 0 (gain ~0.5), then the splits of channels 9 and 8.
+            assert_eq!(
+                mine,
+                alloc::vec![(0, Kind::Prune), (8, Kind::Split), (9, Kind::Split)],
+                "layer {l}"
+            );
+        }
+        assert!(chosen.iter().all(|k| k.gain > 0.0));
+    }
+
+    #[test]
+    fn price_and_prune_floor_are_respected() {
+        let arch = Arch::vgg19(2, [1, 32, 32], 10).unwrap();
+        // Pruning both channels of a layer looks great, but one must stay.
+        let st = state_with(&arch, |_, _| 0.0, |_, _| -1.0);
+        let cfg = SelectConfig {
+            lambda_params: 0.0,
+            lambda_macs: 0.0,
+            fraction: 1.0,
+            prune: true,
+        };
+        let chosen = select(&arch, &candidates(&arch, &st, &cfg), &cfg);
+        for l in 0..arch.layers() {
+            assert_eq!(
+                chosen.iter().filter(|k| k.layer == l).count(),
+                1,
+                "layer {l}"
+            );
+        }
+        // A split that lowers the loss by less than its price is not applied.
+        let st = state_with(&arch, |_, _| -1e-6, |_, _| 1.0);
+        let cfg = SelectConfig {
+            lambda_params: 1e-6,
+            lambda_macs: 0.0,
+            fraction: 1.0,
+            prune: false,
+        };
+        assert!(select(&arch, &candidates(&arch, &st, &cfg), &cfg).is_empty());
+    }
+
+    #[test]
+    fn uniform_widening_takes_each_layers_budget_and_random_the_same_total() {
+        let arch = Arch::new(
+            crate::arch::Family::Vgg19,
+            [1, 32, 32],
+            10,
+            (0..16).map(|i| 8 + i).collect(),
+        )
+        .unwrap();
+        let cfg = SelectConfig {
+            lambda_params: 0.0,
+            lambda_macs: 0.0,
+            fraction: 0.25,
+            prune: true,
+        };
+        let uni = random_splits(&arch, &cfg, true, &mut Rng::new(4));
+        for l in 0..16 {
+            assert_eq!(
+                uni.iter().filter(|k| k.layer == l).count(),
+                layer_budget(arch.widths[l], 0.25)
+            );
+        }
+        let rnd = random_splits(&arch, &cfg, false, &mut Rng::new(4));
+        assert_eq!(rnd.len(), uni.len());
+        assert!(rnd
+            .iter()
+            .all(|k| k.kind == Kind::Split && k.channel < arch.widths[k.layer]));
+        let per_layer: Vec<usize> = (0..16)
+            .map(|l| rnd.iter().filter(|k| k.layer == l).count())
+            .collect();
+        assert_ne!(
+            per_layer,
+            (0..16)
+                .map(|l| layer_budget(arch.widths[l], 0.25))
+                .collect::<Vec<_>>()
+        );
+    }
 }

@@ -192,6 +192,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
             prune: false,
         },
         augment: Some(Augment::default()),
+        strategy: Default::default(),
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     run.write_json("config.json", &json!({"command": "estimate", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "heldout": heldout.len(), "lr": args.lr, "theta_init": args.theta_init, "seed": args.seed, "train_images": train.len()}))?;

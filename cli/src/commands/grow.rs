@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sprout_core::backend::{Backend, CpuBackend};
 use sprout_core::data::{Augment, Dataset, Normalization};
-use sprout_core::grow::{run_phase, train_epochs, GrowConfig, GrowState, PhaseReport, Stage};
+use sprout_core::grow::{
+    run_phase, train_epochs, GrowConfig, GrowState, PhaseReport, Stage, Strategy,
+};
 use sprout_core::optim::{Adam, StepSchedule};
 use sprout_core::rng::Rng;
 use sprout_core::select::{Kind, SelectConfig};
@@ -23,6 +25,27 @@ use sprout_core::{Arch, Network};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Growth strategies selectable with `--strategy`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StrategyName {
+    /// Learned morphisms ranked by the Gauss-Newton estimate (the paper).
+    Gn,
+    /// Split randomly chosen channels of any layer with small random theta.
+    Random,
+    /// Widen every layer by the same fraction, keeping width ratios.
+    Uniform,
+}
+
+impl From<StrategyName> for Strategy {
+    fn from(s: StrategyName) -> Strategy {
+        match s {
+            StrategyName::Gn => Strategy::Gn,
+            StrategyName::Random => Strategy::Random,
+            StrategyName::Uniform => Strategy::Uniform,
+        }
+    }
+}
 
 /// Flags of `sprout grow`. Options left unset take their defaults, or with
 /// `--resume` the values the run was started with.
@@ -46,6 +69,9 @@ pub struct GrowArgs {
     /// Directory of the dataset files.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Where to grow [default: gn].
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategyName>,
     /// Price per parameter, lambda_p [default: 3e-7].
     #[arg(long)]
     pub lambda_params: Option<f64>,
@@ -220,6 +246,11 @@ impl GrowArgs {
                 .unwrap_or(0.01),
             select,
             augment,
+            strategy: self
+                .strategy
+                .map(Strategy::from)
+                .or(g.as_ref().map(|g| g.strategy))
+                .unwrap_or_default(),
         };
         grow.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(RunConfig {
@@ -483,8 +514,9 @@ pub fn run(args: &GrowArgs) -> Result<()> {
     let norm = Normalization::of(&train);
     let g = &cfg.grow;
     println!(
-        "growing {} on {} ({} train / {} test images): {} phases x ({} train + {} morph epochs), lambda_p {:e}, lambda_f {:e}",
+        "growing {} ({:?}) on {} ({} train / {} test images): {} phases x ({} train + {} morph epochs), lambda_p {:e}, lambda_f {:e}",
         cfg.seed_arch.family.name(),
+        g.strategy,
         cfg.dataset,
         train.len(),
         test.len(),

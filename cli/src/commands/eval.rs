@@ -186,6 +186,8 @@ mod tests {
     use super::*;
     use crate::weights::tests::TempDir;
     use crate::weights::{save_network, write_atomic};
+    use sprout_core::data::fill_batch;
+    use sprout_core::rng::Rng;
     use sprout_core::{Arch, Network};
 
     fn run_dir(dir: &Path, config: Option<&str>) {

@@ -50,6 +50,9 @@ pub struct EstimateArgs {
     pub lr: f32,
     #[arg(long, default_value_t = 0.01)]
     pub theta_init: f32,
+    /// EMA weight of each mini-batch estimate [default: (S/N)/2, about two epochs].
+    #[arg(long)]
+    pub ema_alpha: Option<f32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -85,6 +88,11 @@ fn correlations(
     let e: Vec<f64> = pts.iter().map(|r| est(r)).collect();
     let t: Vec<f64> = pts.iter().map(|r| r.truth).collect();
     json!({"candidates": pts.len(), "pearson": pearson(&e, &t), "spearman": spearman(&e, &t)})
+}
+
+fn mcfg_alpha(args: &EstimateArgs, n: usize) -> f32 {
+    args.ema_alpha
+        .unwrap_or(MorphConfig::paper(args.batch, n).ema_alpha)
 }
 
 /// Mean loss of `net` on `ds` in eval mode.
@@ -183,7 +191,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         schedule: StepSchedule::constant(args.lr),
         weight_decay: 1e-4,
         adam: Adam::paper(),
-        ema_alpha: None,
+        ema_alpha: args.ema_alpha,
         theta_init: args.theta_init,
         select: SelectConfig {
             lambda_params: 0.0,
@@ -195,7 +203,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         strategy: Default::default(),
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    run.write_json("config.json", &json!({"command": "estimate", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "heldout": heldout.len(), "lr": args.lr, "theta_init": args.theta_init, "seed": args.seed, "train_images": train.len()}))?;
+    run.write_json("config.json", &json!({"command": "estimate", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "heldout": heldout.len(), "lr": args.lr, "theta_init": args.theta_init, "ema_alpha": mcfg_alpha(args, train.len()), "seed": args.seed, "train_images": train.len()}))?;
     let norm = Normalization::of(&train);
     let mut state = GrowState::new(Network::init(&arch, args.seed), args.seed ^ 0x6a09_e667);
     let mut backend = CpuBackend::new(args.batch);
@@ -231,7 +239,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
     let net = backend.network()?;
     let mcfg = MorphConfig {
         adam: cfg.adam,
-        ema_alpha: MorphConfig::paper(cfg.batch, train.len()).ema_alpha,
+        ema_alpha: mcfg_alpha(args, train.len()),
     };
     let mut theta_rng = state.rng.fork();
     backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;

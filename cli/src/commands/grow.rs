@@ -107,6 +107,10 @@ pub struct GrowArgs {
     /// Adam learning rate for theta [default: 0.01].
     #[arg(long)]
     pub theta_lr: Option<f32>,
+    /// EMA weight of each mini-batch estimate [default: (S/N)/2, about the
+    /// last two epochs; shorter morphism phases want a larger weight].
+    #[arg(long)]
+    pub ema_alpha: Option<f32>,
     /// Initial |theta| relative to |w_in| [default: 0.01].
     #[arg(long)]
     pub theta_init: Option<f32>,
@@ -239,7 +243,7 @@ impl GrowArgs {
                 lr: theta_lr,
                 ..Adam::paper()
             },
-            ema_alpha: None,
+            ema_alpha: self.ema_alpha.or(g.as_ref().and_then(|g| g.ema_alpha)),
             theta_init: self
                 .theta_init
                 .or(g.as_ref().map(|g| g.theta_init))

@@ -393,6 +393,12 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         "all layers: estimated (EMA) vs true ΔL",
         &pts,
     )?;
+    let held: Vec<(f64, f64)> = rows.iter().map(|r| (r.truth, r.heldout)).collect();
+    crate::plots::scatter_estimated_vs_true(
+        &run.file("scatter-heldout-all.svg"),
+        "all layers: estimated (final theta, held-out data) vs true ΔL",
+        &held,
+    )?;
     for l in 0..units.len() {
         let pts: Vec<(f64, f64)> = rows
             .iter()

@@ -28,6 +28,34 @@ pub(crate) trait Vf: Copy {
     fn add(a: Self, b: Self) -> Self;
     /// Sum of the lanes, in a fixed order.
     fn sum(self) -> f32;
+    /// The even and the odd elements of the 16 elements `a, b`.
+    fn deinterleave(a: Self, b: Self) -> (Self, Self);
+    /// Inverse of [`Vf::deinterleave`].
+    fn interleave(e: Self, o: Self) -> (Self, Self);
+}
+
+/// Copies `len` floats from `src` to `dst` (not overlapping) in vectors,
+/// touching nothing outside `dst..dst + len`.
+///
+/// # Safety
+/// Both ranges are valid.
+#[inline(always)]
+pub(crate) unsafe fn copy<V: Vf>(src: *const f32, dst: *mut f32, len: usize) {
+    if len < L {
+        for i in 0..len {
+            unsafe { *dst.add(i) = *src.add(i) };
+        }
+        return;
+    }
+    let mut i = 0;
+    while i + L <= len {
+        unsafe { V::load(src.add(i)).store(dst.add(i)) };
+        i += L;
+    }
+    if i < len {
+        // The last vector overlaps the previous one.
+        unsafe { V::load(src.add(len - L)).store(dst.add(len - L)) };
+    }
 }
 
 impl Vf for f32x8 {
@@ -58,6 +86,26 @@ impl Vf for f32x8 {
     #[inline(always)]
     fn sum(self) -> f32 {
         self.to_array().iter().sum()
+    }
+    #[inline(always)]
+    fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+        let (a, b) = (a.to_array(), b.to_array());
+        let e = core::array::from_fn(|i| if i < 4 { a[2 * i] } else { b[2 * i - 8] });
+        let o = core::array::from_fn(|i| if i < 4 { a[2 * i + 1] } else { b[2 * i - 7] });
+        (f32x8::from(e), f32x8::from(o))
+    }
+    #[inline(always)]
+    fn interleave(e: Self, o: Self) -> (Self, Self) {
+        let (e, o) = (e.to_array(), o.to_array());
+        let a = core::array::from_fn(|i| if i % 2 == 0 { e[i / 2] } else { o[i / 2] });
+        let b = core::array::from_fn(|i| {
+            if i % 2 == 0 {
+                e[4 + i / 2]
+            } else {
+                o[4 + i / 2]
+            }
+        });
+        (f32x8::from(a), f32x8::from(b))
     }
 }
 
@@ -103,6 +151,30 @@ mod avx {
             let mut a = [0.0f32; super::L];
             unsafe { _mm256_storeu_ps(a.as_mut_ptr(), self.0) };
             a.iter().sum()
+        }
+        #[inline(always)]
+        fn deinterleave(a: Self, b: Self) -> (Self, Self) {
+            unsafe {
+                // Per 128-bit half: [a0 a2 b0 b2 | a4 a6 b4 b6], then the
+                // 64-bit pairs reordered 0, 2, 1, 3.
+                let e = _mm256_shuffle_ps::<0b10_00_10_00>(a.0, b.0);
+                let o = _mm256_shuffle_ps::<0b11_01_11_01>(a.0, b.0);
+                let fix = |v: __m256| {
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+                };
+                (Avx(fix(e)), Avx(fix(o)))
+            }
+        }
+        #[inline(always)]
+        fn interleave(e: Self, o: Self) -> (Self, Self) {
+            unsafe {
+                let lo = _mm256_unpacklo_ps(e.0, o.0);
+                let hi = _mm256_unpackhi_ps(e.0, o.0);
+                (
+                    Avx(_mm256_permute2f128_ps::<0x20>(lo, hi)),
+                    Avx(_mm256_permute2f128_ps::<0x31>(lo, hi)),
+                )
+            }
         }
     }
 }

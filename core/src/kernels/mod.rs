@@ -6,6 +6,7 @@ pub mod conv;
 pub mod conv3x3;
 pub mod depthwise;
 pub mod gemm;
+pub mod lanes;
 pub mod linear;
 pub mod loss;
 pub mod pool;

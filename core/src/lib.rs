@@ -33,6 +33,7 @@ pub mod optim;
 pub mod par;
 pub mod rng;
 pub mod select;
+pub mod splitting;
 pub mod train;
 
 pub use arch::{Arch, Family};

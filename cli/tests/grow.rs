@@ -210,3 +210,59 @@ fn uniform_strategy_keeps_width_ratios_and_random_spreads_the_same_total() {
     let _ = std::fs::remove_dir_all(&u);
     let _ = std::fs::remove_dir_all(&r);
 }
+
+#[test]
+fn splitting_strategy_splits_the_most_negative_eigenvalues() {
+    let s = tmp("splitting");
+    let mut c = small_run(&s, 1);
+    c.args(["--strategy", "splitting", "--lambda-params", "0"]);
+    ok(c.output().unwrap());
+    let cands: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.join("candidates-phase-01.json")).unwrap())
+            .unwrap();
+    let applied: Vec<serde_json::Value> = std::fs::read_to_string(s.join("morphisms.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!applied.is_empty(), "no splits applied");
+    assert!(
+        applied.iter().all(|m| m["kind"] == "split"),
+        "splitting never prunes"
+    );
+    for layer in 0..16u64 {
+        // Estimated change eps^2/2 * lambda_min: the most negative eigenvalues first.
+        let mut mine: Vec<(f64, u64)> = cands["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["layer"] == layer)
+            .map(|k| {
+                (
+                    k["delta_loss"].as_f64().unwrap(),
+                    k["channel"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert!(!mine.is_empty());
+        mine.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut want: Vec<u64> = mine
+            .iter()
+            .take_while(|k| k.0 < 0.0)
+            .take(2)
+            .map(|k| k.1)
+            .collect();
+        want.sort_unstable();
+        let mut got: Vec<u64> = applied
+            .iter()
+            .filter(|m| m["layer"] == layer)
+            .map(|m| m["channel"].as_u64().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(
+            got, want,
+            "layer {layer}: applied {got:?}, most negative {mine:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&s);
+}

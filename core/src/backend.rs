@@ -2,10 +2,11 @@
 
 use crate::error::{Error, Result};
 use crate::estimator::{prune_estimates, split_estimates, FrozenSigma, LayerBatch, Workspace};
-use crate::learn::{MorphConfig, MorphState};
+use crate::learn::{MorphConfig, MorphMethod, MorphState};
 use crate::model::{Mode, Model};
 use crate::network::Network;
 use crate::optim::Sgd;
+use crate::splitting::{min_eigen_from, SplitWorkspace};
 use alloc::format;
 use alloc::vec::Vec;
 
@@ -78,6 +79,7 @@ struct MorphPhase {
     state: MorphState,
     sigmas: Vec<FrozenSigma>,
     workspace: Workspace,
+    split_workspace: SplitWorkspace,
     split: Vec<f32>,
     prune: Vec<f32>,
     grad: Vec<f32>,
@@ -224,6 +226,7 @@ impl Backend for CpuBackend {
             state,
             sigmas,
             workspace: Workspace::default(),
+            split_workspace: SplitWorkspace::default(),
             split: Vec::new(),
             prune: Vec::new(),
             grad: Vec::new(),
@@ -256,18 +259,37 @@ impl Backend for CpuBackend {
             phase.prune.resize(u.cout, 0.0);
             phase.grad.resize(u.weight_len(), 0.0);
             let batch = LayerBatch::from_model(&s.model, l, phase.sigmas[l].view(), loss);
-            split_estimates(
-                &batch,
-                &phase.state.theta[l],
-                &mut phase.workspace,
-                &mut phase.split,
-                Some(&mut phase.grad),
-            );
-            prune_estimates(&batch, &mut phase.prune);
-            phase
-                .state
-                .update_ema(l, &phase.split, &phase.prune, cfg.ema_alpha);
-            phase.state.adam_step(l, &phase.grad, &cfg.adam);
+            match cfg.method {
+                MorphMethod::GaussNewton => {
+                    split_estimates(
+                        &batch,
+                        &phase.state.theta[l],
+                        &mut phase.workspace,
+                        &mut phase.split,
+                        Some(&mut phase.grad),
+                    );
+                    prune_estimates(&batch, &mut phase.prune);
+                    phase
+                        .state
+                        .update_ema(l, &phase.split, &phase.prune, cfg.ema_alpha);
+                    phase.state.adam_step(l, &phase.grad, &cfg.adam);
+                }
+                MorphMethod::Splitting { iterations } => {
+                    // Warm start from the last batch's eigenvectors; theta
+                    // holds the unit directions, the EMA the eigenvalues.
+                    let dirs = min_eigen_from(
+                        &batch,
+                        &phase.state.theta[l],
+                        iterations,
+                        &mut phase.split_workspace,
+                    );
+                    phase.state.theta[l].copy_from_slice(&dirs.directions);
+                    phase.prune.iter_mut().for_each(|v| *v = 0.0);
+                    phase
+                        .state
+                        .update_ema(l, &dirs.eigenvalues, &phase.prune, cfg.ema_alpha);
+                }
+            }
         }
         phase.state.steps += 1;
         Ok(BatchStats {

@@ -6,7 +6,7 @@ use crate::arch::Arch;
 use crate::backend::Backend;
 use crate::data::{Augment, Dataset, Normalization};
 use crate::error::{Error, Result};
-use crate::learn::{MorphConfig, MorphState};
+use crate::learn::{MorphConfig, MorphMethod, MorphState};
 use crate::morph;
 use crate::network::Network;
 use crate::optim::{Adam, Sgd, StepSchedule};
@@ -28,6 +28,9 @@ pub enum Strategy {
     /// Widen every layer by the same fraction (random channels, small random
     /// theta to break the symmetry of the two halves), keeping width ratios.
     Uniform,
+    /// Splitting steepest descent (Liu et al. 2019): split along the minimum
+    /// eigenvector of each channel's splitting matrix, ranked by eigenvalue.
+    Splitting,
 }
 
 /// Everything that defines a growth run besides data and seed.
@@ -54,6 +57,22 @@ pub struct GrowConfig {
     pub augment: Option<Augment>,
     #[cfg_attr(feature = "serde", serde(default))]
     pub strategy: Strategy,
+    /// Splitting: eigen-solver steps per mini-batch (warm-started across batches).
+    #[cfg_attr(feature = "serde", serde(default = "default_split_iterations"))]
+    pub split_iterations: usize,
+    /// Splitting: step along the eigenvector, relative to the layer's RMS kernel norm.
+    #[cfg_attr(feature = "serde", serde(default = "default_split_epsilon"))]
+    pub split_epsilon: f32,
+}
+
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
+fn default_split_iterations() -> usize {
+    4
+}
+
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
+fn default_split_epsilon() -> f32 {
+    0.1
 }
 
 impl GrowConfig {
@@ -81,6 +100,12 @@ impl GrowConfig {
                     "--ema-alpha must be in (0, 1], got {a}"
                 )));
             }
+        }
+        if !(self.split_epsilon.is_finite() && self.split_epsilon > 0.0) {
+            return Err(Error::Config(format!(
+                "--split-epsilon must be positive, got {}",
+                self.split_epsilon
+            )));
         }
         self.select.validate()
     }
@@ -182,6 +207,27 @@ pub fn train_epochs(
     Ok(last)
 }
 
+/// Turns splitting eigenpairs into split candidates: theta = eps_l * v_min with
+/// eps_l = `epsilon` times the RMS norm of layer l's incoming kernels (one step
+/// size per layer, so within a layer the ranking is by eigenvalue, as the
+/// method prescribes), and the estimated change eps_l^2 / 2 * lambda_min (the
+/// second-order change of the loss for a split along +-eps v with halved
+/// outgoing weights).
+fn splitting_to_splits(net: &Network, state: &mut MorphState, epsilon: f32) {
+    let idx = net.index();
+    for (l, u) in net.arch.units().iter().enumerate() {
+        let w = &net.tensors[idx.units[l].conv];
+        let rms = libm::sqrtf(w.iter().map(|v| v * v).sum::<f32>() / u.cout as f32);
+        let eps = epsilon * rms;
+        for v in state.theta[l].iter_mut() {
+            *v *= eps;
+        }
+        for e in state.split_ema[l].iter_mut() {
+            *e *= 0.5 * eps * eps;
+        }
+    }
+}
+
 /// One phase of Algorithm 1. On success `state` holds the grown network; on
 /// error it is unchanged except for its RNG, so the caller keeps its last
 /// checkpoint.
@@ -214,13 +260,22 @@ pub fn run_phase(
     let arch_before = trained.arch.clone();
     let mut theta_rng = next.rng.fork();
     let (learned, cands, applied, morph_stats) = match cfg.strategy {
-        Strategy::Gn => {
-            // Morphism learning: model fixed, BN frozen, Adam on theta, EMA of eq. (1).
+        Strategy::Gn | Strategy::Splitting => {
+            // The model is fixed and BN frozen. Gn: Adam on theta against
+            // eq. (1) with its EMA. Splitting: per-batch minimum eigenpairs of
+            // the splitting matrices with the EMA of the eigenvalues.
+            let method = match cfg.strategy {
+                Strategy::Splitting => MorphMethod::Splitting {
+                    iterations: cfg.split_iterations.max(1),
+                },
+                _ => MorphMethod::GaussNewton,
+            };
             let mcfg = MorphConfig {
                 adam: cfg.adam,
                 ema_alpha: cfg
                     .ema_alpha
                     .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
+                method,
             };
             backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
             let mut buffers = Batches::new(train, cfg.batch);
@@ -236,9 +291,14 @@ pub fn run_phase(
                     &mut |d, t, s| progress(Stage::Morph { epoch: e }, d, t, s.loss),
                 )?;
             }
-            let learned = backend.end_morph()?;
-            let cands = candidates(&arch_before, &learned, &cfg.select);
-            let applied = select(&arch_before, &cands, &cfg.select);
+            let mut learned = backend.end_morph()?;
+            let mut select_cfg = cfg.select;
+            if cfg.strategy == Strategy::Splitting {
+                splitting_to_splits(&trained, &mut learned, cfg.split_epsilon);
+                select_cfg.prune = false;
+            }
+            let cands = candidates(&arch_before, &learned, &select_cfg);
+            let applied = select(&arch_before, &cands, &select_cfg);
             (learned, cands, applied, morph_stats)
         }
         Strategy::Random | Strategy::Uniform => {

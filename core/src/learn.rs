@@ -9,6 +9,19 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// How the morphism phase scores split candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum MorphMethod {
+    /// Adam on theta against the Gauss-Newton estimate (the paper).
+    #[default]
+    GaussNewton,
+    /// Splitting steepest descent: per batch, `iterations` warm-started steps
+    /// toward each channel's minimum splitting eigenpair; `theta` holds the
+    /// unit eigenvectors and `split_ema` the eigenvalues.
+    Splitting { iterations: usize },
+}
+
 /// Settings of the morphism-learning phase.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -18,6 +31,8 @@ pub struct MorphConfig {
     /// EMA weight of each new mini-batch estimate; the paper's default is
     /// `(S / N) / 2`, about the last two epochs.
     pub ema_alpha: f32,
+    /// How split candidates are scored.
+    pub method: MorphMethod,
 }
 
 impl MorphConfig {
@@ -26,6 +41,7 @@ impl MorphConfig {
         MorphConfig {
             adam: Adam::paper(),
             ema_alpha: (batch as f32 / dataset.max(1) as f32) / 2.0,
+            method: MorphMethod::GaussNewton,
         }
     }
 }

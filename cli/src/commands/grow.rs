@@ -35,6 +35,8 @@ pub enum StrategyName {
     Random,
     /// Widen every layer by the same fraction, keeping width ratios.
     Uniform,
+    /// Splitting steepest descent: split along minimum splitting eigenvectors.
+    Splitting,
 }
 
 impl From<StrategyName> for Strategy {
@@ -43,6 +45,7 @@ impl From<StrategyName> for Strategy {
             StrategyName::Gn => Strategy::Gn,
             StrategyName::Random => Strategy::Random,
             StrategyName::Uniform => Strategy::Uniform,
+            StrategyName::Splitting => Strategy::Splitting,
         }
     }
 }
@@ -72,6 +75,12 @@ pub struct GrowArgs {
     /// Where to grow [default: gn].
     #[arg(long, value_enum)]
     pub strategy: Option<StrategyName>,
+    /// Splitting: eigen-solver steps per mini-batch [default: 4].
+    #[arg(long)]
+    pub split_iterations: Option<usize>,
+    /// Splitting: step along the eigenvector relative to the layer's RMS kernel norm [default: 0.1].
+    #[arg(long)]
+    pub split_epsilon: Option<f32>,
     /// Price per parameter, lambda_p [default: 3e-7].
     #[arg(long)]
     pub lambda_params: Option<f64>,
@@ -255,6 +264,15 @@ impl GrowArgs {
                 .map(Strategy::from)
                 .or(g.as_ref().map(|g| g.strategy))
                 .unwrap_or_default(),
+            split_iterations: pick(
+                self.split_iterations,
+                g.as_ref().map(|g| g.split_iterations),
+                4,
+            ),
+            split_epsilon: self
+                .split_epsilon
+                .or(g.as_ref().map(|g| g.split_epsilon))
+                .unwrap_or(0.1),
         };
         grow.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(RunConfig {

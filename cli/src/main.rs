@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Grow a network from a seed by learned morphisms (the paper's Algorithm 1).
     Grow(Box<commands::grow::GrowArgs>),
+    /// Gauss-Newton theta vs direct optimisation vs splitting on layer 1 (the paper's Figure 4).
+    Compare(commands::compare::CompareArgs),
     /// Estimated vs true loss change of every split candidate (the paper's Figure 3).
     Estimate(commands::estimate::EstimateArgs),
     /// Parameters, MACs and per-layer widths of an architecture.
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Grow(a) => commands::grow::run(a),
+        Command::Compare(a) => commands::compare::run(a),
         Command::Estimate(a) => commands::estimate::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Train(a) => commands::train::run(a),

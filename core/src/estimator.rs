@@ -48,11 +48,14 @@ use crate::kernels::batchnorm::fold;
 use crate::kernels::conv::{conv2d_backward, conv2d_forward};
 use crate::kernels::depthwise::{depthwise_backward, depthwise_forward, DwGeom};
 use crate::kernels::pool::{maxpool_backward, maxpool_forward};
+use crate::kernels::simd::{self, load};
 use crate::kernels::Scratch;
 use crate::model::{conv_geom, Model};
 use crate::network::Network;
+use crate::par::{self, SharedMut};
 use alloc::vec;
 use alloc::vec::Vec;
+use wide::f32x8;
 
 /// What follows BN + ReLU in the frozen sigma.
 #[derive(Clone, Copy, Debug)]
@@ -229,27 +232,84 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
+/// Runs `f(plane, channel, out_plane)` over the `n * c` planes of `out`
+/// (each `plane` long), in parallel.
+fn planes_mut(
+    out: &mut [f32],
+    c: usize,
+    plane: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+) {
+    let count = out.len() / plane.max(1);
+    let op = SharedMut::new(out);
+    par::for_each(count, |p| {
+        // SAFETY: plane p is written only here.
+        let o = unsafe { op.slice(p * plane, plane) };
+        f(p, p % c, o)
+    });
+}
+
+/// `out = relu(scale[c] * (y + sign * d) + shift[c])` per plane.
+fn shifted_bn_relu(
+    y: &[f32],
+    d: &[f32],
+    sign: f32,
+    c: usize,
+    plane: usize,
+    scale: &[f32],
+    shift: &[f32],
+    out: &mut [f32],
+) {
+    planes_mut(out, c, plane, |p, ch, o| {
+        let (yp, dp) = (
+            &y[p * plane..(p + 1) * plane],
+            &d[p * plane..(p + 1) * plane],
+        );
+        let (sc, sh, sg) = (
+            f32x8::splat(scale[ch]),
+            f32x8::splat(shift[ch]),
+            f32x8::splat(sign),
+        );
+        simd::map(
+            o,
+            |i| (sc * (load(yp, i) + sg * load(dp, i)) + sh).max(f32x8::ZERO),
+            |i| (scale[ch] * (yp[i] + sign * dp[i]) + shift[ch]).max(0.0),
+        );
+    });
+}
+
+/// `out = [a > 0] * g * scale[c]` per plane (the backward of a frozen BN + ReLU).
+fn masked_scale(a: &[f32], g: &[f32], c: usize, plane: usize, scale: &[f32], out: &mut [f32]) {
+    planes_mut(out, c, plane, |p, ch, o| {
+        let (ap, gp) = (
+            &a[p * plane..(p + 1) * plane],
+            &g[p * plane..(p + 1) * plane],
+        );
+        let sc = f32x8::splat(scale[ch]);
+        simd::map(
+            o,
+            |i| simd::relu_mask(load(ap, i), load(gp, i)) * sc,
+            |i| if ap[i] > 0.0 { gp[i] * scale[ch] } else { 0.0 },
+        );
+    });
+}
+
 /// Forward of the frozen sigma: `h = relu(scale * y + shift)`, then `a = post(h)`
 /// (with the depthwise output kept in `z`).
+#[allow(clippy::too_many_arguments)]
 fn sigma_forward(
     u: &UnitShape,
     n: usize,
     s: &Sigma,
     y: &[f32],
+    d: &[f32],
+    sign: f32,
     h: &mut [f32],
     z: &mut [f32],
     a: &mut [f32],
 ) {
     let (c, pc) = (u.cout, u.conv_hw.0 * u.conv_hw.1);
-    for p in 0..n * c {
-        let ch = p % c;
-        for (o, v) in h[p * pc..(p + 1) * pc]
-            .iter_mut()
-            .zip(&y[p * pc..(p + 1) * pc])
-        {
-            *o = (s.scale[ch] * v + s.shift[ch]).max(0.0);
-        }
-    }
+    shifted_bn_relu(y, d, sign, c, pc, s.scale, s.shift, h);
     match s.post {
         SigmaPost::None => a.copy_from_slice(&h[..a.len()]),
         SigmaPost::MaxPool => maxpool_forward(n * c, u.conv_hw, h, a),
@@ -267,15 +327,7 @@ fn sigma_forward(
             };
             depthwise_forward(&g, n, h, kernel, z);
             let po = u.out_hw.0 * u.out_hw.1;
-            for p in 0..n * c {
-                let ch = p % c;
-                for (o, v) in a[p * po..(p + 1) * po]
-                    .iter_mut()
-                    .zip(&z[p * po..(p + 1) * po])
-                {
-                    *o = (scale[ch] * v + shift[ch]).max(0.0);
-                }
-            }
+            shifted_bn_relu(z, z, 0.0, c, po, scale, shift, a);
         }
     }
 }
@@ -308,12 +360,7 @@ fn sigma_backward(
             ..
         } => {
             let po = u.out_hw.0 * u.out_hw.1;
-            for p in 0..n * c {
-                let ch = p % c;
-                for i in p * po..(p + 1) * po {
-                    gz[i] = if a[i] > 0.0 { ga[i] * scale[ch] } else { 0.0 };
-                }
-            }
+            masked_scale(a, ga, c, po, scale, gz);
             let g = DwGeom {
                 channels: c,
                 stride,
@@ -325,12 +372,7 @@ fn sigma_backward(
             gh
         }
     };
-    for p in 0..n * c {
-        let ch = p % c;
-        for i in p * pc..(p + 1) * pc {
-            gy[i] = if h[i] > 0.0 { gh[i] * s.scale[ch] } else { 0.0 };
-        }
-    }
+    masked_scale(h, gh, c, pc, s.scale, gy);
 }
 
 /// Split estimates for every channel of the layer: `delta_l[c]` gets eq. (1)
@@ -354,10 +396,6 @@ pub fn split_estimates(
     conv2d_forward(&geom, n, b.x, theta, d, scratch);
     // sigma(y + d) and sigma(y - d).
     for (k, sign) in [1.0f32, -1.0].into_iter().enumerate() {
-        let yd = sized(&mut ws.dd, conv_len);
-        for ((o, y), d) in yd.iter_mut().zip(b.y).zip(ws.d.iter()) {
-            *o = y + sign * d;
-        }
         let h = sized(&mut ws.h[k], conv_len);
         let z = sized(
             &mut ws.z[k],
@@ -368,19 +406,28 @@ pub fn split_estimates(
             },
         );
         let a = sized(&mut ws.a[k], out_len);
-        sigma_forward(&u, n, &b.sigma, &ws.dd[..conv_len], h, z, a);
+        sigma_forward(&u, n, &b.sigma, b.y, &ws.d[..conv_len], sign, h, z, a);
     }
     // u[s, c] = (S / 2) * sum_p Delta_a * dL/da.
     let us = sized(&mut ws.u, n * c);
     let half_s = 0.5 * n as f32;
-    for p in 0..n * c {
+    let (ap, am) = (&ws.a[0][..out_len], &ws.a[1][..out_len]);
+    planes_mut(us, 1, 1, |p, _, o| {
         let r = p * po..(p + 1) * po;
-        let mut acc = 0.0f32;
-        for i in r {
-            acc += (ws.a[0][i] + ws.a[1][i] - 2.0 * b.a[i]) * b.grad_a[i];
-        }
-        us[p] = half_s * acc;
-    }
+        let (ap, am, a0, g) = (
+            &ap[r.clone()],
+            &am[r.clone()],
+            &b.a[r.clone()],
+            &b.grad_a[r],
+        );
+        let two = f32x8::splat(2.0);
+        let dot = simd::sum(
+            po,
+            |i| (load(ap, i) + load(am, i) - two * load(a0, i)) * load(g, i),
+            |i| (ap[i] + am[i] - 2.0 * a0[i]) * g[i],
+        );
+        o[0] = half_s * dot;
+    });
     let inv_s = 1.0 / n as f32;
     for ch in 0..c {
         delta_l[ch] = (0..n)
@@ -391,12 +438,13 @@ pub fn split_estimates(
     let Some(grad_theta) = grad_theta else { return };
     // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * dL/da.
     let g = sized(&mut ws.g, out_len);
-    for p in 0..n * c {
+    let us = &ws.u[..n * c];
+    planes_mut(g, c, po, |p, _, o| {
         let coef = 0.5 * (1.0 + us[p] / (2.0 * b.loss));
-        for i in p * po..(p + 1) * po {
-            g[i] = coef * b.grad_a[i];
-        }
-    }
+        let ga = &b.grad_a[p * po..(p + 1) * po];
+        let cv = f32x8::splat(coef);
+        simd::map(o, |i| cv * load(ga, i), |i| coef * ga[i]);
+    });
     // dd = sigma'(y + d)^T g - sigma'(y - d)^T g.
     let gh = sized(&mut ws.gh, conv_len);
     let gz = sized(&mut ws.gz, out_len);
@@ -426,9 +474,12 @@ pub fn split_estimates(
         &mut ws.gz[..out_len],
         dd,
     );
-    for (p, m) in ws.d[..conv_len].iter_mut().zip(&ws.dd[..conv_len]) {
-        *p -= m;
-    }
+    let (dd, plane) = (&ws.dd[..conv_len], u.conv_hw.0 * u.conv_hw.1);
+    planes_mut(&mut ws.d[..conv_len], c, plane, |p, _, o| {
+        for (x, m) in o.iter_mut().zip(&dd[p * plane..(p + 1) * plane]) {
+            *x -= m;
+        }
+    });
     conv2d_backward(
         &geom,
         n,

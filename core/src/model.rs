@@ -453,8 +453,7 @@ impl Model {
                         &cur.dw_mean,
                         &cur.dw_var,
                         &mut self.tmp_dz,
-                        gg,
-                        gb,
+                        conv_weights.then_some((gg, gb)),
                     );
                 }
                 let dg = DwGeom {
@@ -493,8 +492,7 @@ impl Model {
                 &cur.mean,
                 &cur.var,
                 &mut cur.dy,
-                gg,
-                gb,
+                conv_weights.then_some((gg, gb)),
             );
         }
         let geom = conv_geom(&u);
@@ -590,13 +588,20 @@ fn bn_relu_backward(
     mean: &[f32],
     var: &[f32],
     dy: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
+    param_grads: Option<(&mut [f32], &mut [f32])>,
 ) {
     let gamma = &net.tensors[bn_idx[0]];
-    match mode {
-        Mode::Train => bn::backward_train(g, y, a, da, mean, var, gamma, dy, dgamma, dbeta),
-        Mode::Eval => bn::backward_eval(g, y, a, da, mean, var, gamma, dy, Some((dgamma, dbeta))),
+    match (mode, param_grads) {
+        (Mode::Train, Some((dgamma, dbeta))) => {
+            bn::backward_train(g, y, a, da, mean, var, gamma, dy, dgamma, dbeta)
+        }
+        (Mode::Train, None) => {
+            // Batch statistics couple the samples: the input gradient needs the
+            // parameter-gradient sums, so compute them into scratch.
+            let (mut dg, mut db) = (vec![0.0; g.channels], vec![0.0; g.channels]);
+            bn::backward_train(g, y, a, da, mean, var, gamma, dy, &mut dg, &mut db)
+        }
+        (Mode::Eval, pg) => bn::backward_eval(g, y, a, da, mean, var, gamma, dy, pg),
     }
 }
 

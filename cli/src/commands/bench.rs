@@ -219,12 +219,17 @@ pub fn score_all(
         })
         .collect::<sprout_core::Result<_>>()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut models: Vec<Model> = expanded
-        .iter()
-        .map(|n| Model::new(&n.arch, batch))
-        .collect();
+    // Expanded networks of one layer share an architecture: one model per layer.
+    let mut models: Vec<Model> = Vec::new();
     let brute = median_images_per_s(batch, windows.min(3), window_seconds, || {
-        for (m, n) in models.iter_mut().zip(&expanded) {
+        for n in &expanded {
+            let m = match models.iter_mut().position(|m| m.arch() == &n.arch) {
+                Some(i) => &mut models[i],
+                None => {
+                    models.push(Model::new(&n.arch, batch));
+                    models.last_mut().expect("just pushed")
+                }
+            };
             m.forward(n, images, batch, Mode::Eval);
             m.loss(labels);
         }

@@ -50,6 +50,9 @@ pub struct EstimateArgs {
     pub lr: f32,
     #[arg(long, default_value_t = 0.01)]
     pub theta_init: f32,
+    /// Train and learn theta without crop and flip augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
     /// EMA weight of each mini-batch estimate [default: (S/N)/2, about two epochs].
     #[arg(long)]
     pub ema_alpha: Option<f32>,
@@ -96,7 +99,7 @@ fn mcfg_alpha(args: &EstimateArgs, n: usize) -> f32 {
 }
 
 /// Mean loss of `net` on `ds` in eval mode.
-fn mean_loss(
+pub fn mean_loss(
     model: &mut Model,
     net: &Network,
     ds: &Dataset,
@@ -199,13 +202,13 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
             fraction: 0.3,
             prune: false,
         },
-        augment: Some(Augment::default()),
+        augment: (!args.no_augment).then(Augment::default),
         strategy: Default::default(),
         split_iterations: 4,
         split_epsilon: 0.1,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    run.write_json("config.json", &json!({"command": "estimate", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "heldout": heldout.len(), "lr": args.lr, "theta_init": args.theta_init, "ema_alpha": mcfg_alpha(args, train.len()), "seed": args.seed, "train_images": train.len()}))?;
+    run.write_json("config.json", &json!({"command": "estimate", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "heldout": heldout.len(), "lr": args.lr, "theta_init": args.theta_init, "augment": !args.no_augment, "ema_alpha": mcfg_alpha(args, train.len()), "seed": args.seed, "train_images": train.len()}))?;
     let norm = Normalization::of(&train);
     let mut state = GrowState::new(Network::init(&arch, args.seed), args.seed ^ 0x6a09_e667);
     let mut backend = CpuBackend::new(args.batch);

@@ -266,3 +266,17 @@ fn splitting_strategy_splits_the_most_negative_eigenvalues() {
     }
     let _ = std::fs::remove_dir_all(&s);
 }
+
+#[test]
+fn diverging_loss_stops_with_a_message_and_no_checkpoint() {
+    let d = tmp("diverge");
+    let mut c = small_run(&d, 2);
+    c.args(["--lr", "1e30"]);
+    let e = err(c.output().unwrap());
+    assert!(e.contains("diverged") && e.contains("checkpoint"), "{e}");
+    assert!(
+        !d.join("checkpoint").exists(),
+        "a diverged phase must not be checkpointed"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -272,7 +272,9 @@ impl Backend for CpuBackend {
                     phase
                         .state
                         .update_ema(l, &phase.split, &phase.prune, cfg.ema_alpha);
-                    phase.state.adam_step(l, &phase.grad, &cfg.adam);
+                    phase
+                        .state
+                        .adam_step(l, &phase.grad, &cfg.adam, cfg.theta_max);
                 }
                 MorphMethod::Splitting { iterations } => {
                     // Warm start from the last batch's eigenvectors; theta

@@ -57,6 +57,10 @@ pub struct GrowConfig {
     pub augment: Option<Augment>,
     #[cfg_attr(feature = "serde", serde(default))]
     pub strategy: Strategy,
+    /// Trust region on learned theta: `|theta[c]| <= theta_max * |w_in[c]|`
+    /// (`None`: unbounded, as in the paper).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub theta_max: Option<f32>,
     /// Splitting: eigen-solver steps per mini-batch (warm-started across batches).
     #[cfg_attr(feature = "serde", serde(default = "default_split_iterations"))]
     pub split_iterations: usize,
@@ -98,6 +102,13 @@ impl GrowConfig {
             if !(a > 0.0 && a <= 1.0) {
                 return Err(Error::Config(format!(
                     "--ema-alpha must be in (0, 1], got {a}"
+                )));
+            }
+        }
+        if let Some(r) = self.theta_max {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(Error::Config(format!(
+                    "--theta-max must be positive, got {r}"
                 )));
             }
         }
@@ -154,6 +165,8 @@ pub struct PhaseReport {
     pub train: PassStats,
     /// Test set after training, before the morphisms.
     pub test: PassStats,
+    /// Test set right after the morphisms are applied, before further training.
+    pub test_after: PassStats,
     /// Mean loss over the morphism-learning batches.
     pub morph: PassStats,
     pub arch_before: Arch,
@@ -276,6 +289,7 @@ pub fn run_phase(
                     .ema_alpha
                     .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
                 method,
+                theta_max: cfg.theta_max,
             };
             backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
             let mut buffers = Batches::new(train, cfg.batch);
@@ -313,6 +327,9 @@ pub fn run_phase(
     let mut extra = [core::mem::take(&mut momentum)];
     let grown = morph::apply(&trained, &morphisms, &mut extra)?;
     let [momentum] = extra;
+    // How the applied morphisms change the network before any further training.
+    backend.load(&grown, Some(&momentum))?;
+    let test_after = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
     let theta_norms = (0..arch_before.layers())
         .map(|l| {
             (0..arch_before.widths[l])
@@ -328,6 +345,7 @@ pub fn run_phase(
         phase: state.phase,
         train: train_stats,
         test: test_stats,
+        test_after,
         morph: morph_stats,
         arch_after: state.network.arch.clone(),
         arch_before,

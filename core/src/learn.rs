@@ -33,6 +33,10 @@ pub struct MorphConfig {
     pub ema_alpha: f32,
     /// How split candidates are scored.
     pub method: MorphMethod,
+    /// Trust region: after every step each channel's theta is scaled back to
+    /// at most this multiple of its incoming kernel's norm (`None`: unbounded,
+    /// as in the paper).
+    pub theta_max: Option<f32>,
 }
 
 impl MorphConfig {
@@ -42,6 +46,7 @@ impl MorphConfig {
             adam: Adam::paper(),
             ema_alpha: (batch as f32 / dataset.max(1) as f32) / 2.0,
             method: MorphMethod::GaussNewton,
+            theta_max: None,
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct MorphState {
     pub split_ema: Vec<Vec<f32>>,
     /// Per layer and channel: EMA of the estimated Delta L of pruning it.
     pub prune_ema: Vec<Vec<f32>>,
+    /// Per layer and channel: norm of the incoming kernel `|w_in[c]|`.
+    pub w_norms: Vec<Vec<f32>>,
 }
 
 impl MorphState {
@@ -70,13 +77,16 @@ impl MorphState {
         let idx = net.index();
         let units = net.arch.units();
         let mut theta = Vec::with_capacity(units.len());
+        let mut w_norms = Vec::with_capacity(units.len());
         for (l, u) in units.iter().enumerate() {
             let w = &net.tensors[idx.units[l].conv];
             let fan = u.fan_in();
             let mut t = vec![0.0f32; w.len()];
+            let mut norms = vec![0.0f32; u.cout];
             for c in 0..u.cout {
                 let wc = &w[c * fan..(c + 1) * fan];
                 let norm = libm::sqrtf(wc.iter().map(|v| v * v).sum::<f32>()).max(1e-12);
+                norms[c] = norm;
                 let noise: Vec<f32> = (0..fan).map(|_| rng.normal()).collect();
                 let nn = libm::sqrtf(noise.iter().map(|v| v * v).sum::<f32>()).max(1e-12);
                 for (o, z) in t[c * fan..(c + 1) * fan].iter_mut().zip(&noise) {
@@ -84,6 +94,7 @@ impl MorphState {
                 }
             }
             theta.push(t);
+            w_norms.push(norms);
         }
         let zeros = |v: &Vec<Vec<f32>>| v.iter().map(|t| vec![0.0; t.len()]).collect::<Vec<_>>();
         MorphState {
@@ -93,6 +104,7 @@ impl MorphState {
             split_ema: units.iter().map(|u| vec![0.0; u.cout]).collect(),
             prune_ema: units.iter().map(|u| vec![0.0; u.cout]).collect(),
             theta,
+            w_norms,
         }
     }
 
@@ -137,8 +149,9 @@ impl MorphState {
         }
     }
 
-    /// One Adam step on layer `layer`'s theta, descending the estimated Delta L.
-    pub fn adam_step(&mut self, layer: usize, grad: &[f32], adam: &Adam) {
+    /// One Adam step on layer `layer`'s theta, descending the estimated Delta
+    /// L, then the optional trust region `|theta[c]| <= theta_max * |w_in[c]|`.
+    pub fn adam_step(&mut self, layer: usize, grad: &[f32], adam: &Adam, theta_max: Option<f32>) {
         adam.step(
             self.steps + 1,
             &mut self.theta[layer],
@@ -146,6 +159,18 @@ impl MorphState {
             &mut self.adam_m[layer],
             &mut self.adam_v[layer],
         );
+        if let Some(r) = theta_max {
+            let c = self.split_ema[layer].len();
+            let fan = self.theta[layer].len() / c;
+            for ch in 0..c {
+                let t = &mut self.theta[layer][ch * fan..(ch + 1) * fan];
+                let norm = libm::sqrtf(t.iter().map(|v| v * v).sum::<f32>());
+                let cap = r * self.w_norms[layer][ch];
+                if norm > cap {
+                    t.iter_mut().for_each(|v| *v *= cap / norm);
+                }
+            }
+        }
     }
 
     /// Norm of channel `c`'s theta in layer `layer`.

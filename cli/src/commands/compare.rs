@@ -184,6 +184,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         strategy: Default::default(),
         split_iterations: 4,
         split_epsilon: 0.1,
+        theta_max: None,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     run.write_json("config.json", &json!({"command": "compare", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "direct_steps": args.direct_steps, "splitting_batches": args.splitting_batches, "heldout": heldout.len(), "search_images": search.len(), "seed": args.seed}))?;
@@ -217,6 +218,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             .ema_alpha
             .unwrap_or(MorphConfig::paper(args.batch, train.len()).ema_alpha),
         method: MorphMethod::GaussNewton,
+        theta_max: None,
     };
     let mut theta_rng = state.rng.fork();
     backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;

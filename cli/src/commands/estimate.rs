@@ -206,6 +206,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         strategy: Default::default(),
         split_iterations: 4,
         split_epsilon: 0.1,
+        theta_max: None,
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     run.write_json("config.json", &json!({"command": "estimate", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "heldout": heldout.len(), "lr": args.lr, "theta_init": args.theta_init, "augment": !args.no_augment, "ema_alpha": mcfg_alpha(args, train.len()), "seed": args.seed, "train_images": train.len()}))?;
@@ -246,6 +247,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         adam: cfg.adam,
         ema_alpha: mcfg_alpha(args, train.len()),
         method: Default::default(),
+        theta_max: None,
     };
     let mut theta_rng = state.rng.fork();
     backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;

@@ -120,6 +120,9 @@ pub struct GrowArgs {
     /// last two epochs; shorter morphism phases want a larger weight].
     #[arg(long)]
     pub ema_alpha: Option<f32>,
+    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]| [default: unbounded, as in the paper].
+    #[arg(long, value_name = "RATIO")]
+    pub theta_max: Option<f32>,
     /// Initial |theta| relative to |w_in| [default: 0.01].
     #[arg(long)]
     pub theta_init: Option<f32>,
@@ -273,6 +276,7 @@ impl GrowArgs {
                 .split_epsilon
                 .or(g.as_ref().map(|g| g.split_epsilon))
                 .unwrap_or(0.1),
+            theta_max: self.theta_max.or(g.as_ref().and_then(|g| g.theta_max)),
         };
         grow.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(RunConfig {
@@ -633,10 +637,12 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
     let prunes = r.applied.len() - splits;
     let sum_dl: f64 = r.applied.iter().map(|c| c.delta_loss as f64).sum();
     println!(
-        "phase {:>2}  loss {:.4}  test {:6.2}%  params {} -> {}  MACs {}  +{} splits -{} prunes  est. dL {:+.4}  widths {:?}  ({:.0} s)",
+        "phase {:>2}  loss {:.4}  test {:6.2}% -> {:6.2}% (test loss {:+.4})  params {} -> {}  MACs {}  +{} splits -{} prunes  est. dL {:+.4}  widths {:?}  ({:.0} s)",
         r.phase,
         r.train.loss,
         100.0 * r.test.accuracy,
+        100.0 * r.test_after.accuracy,
+        r.test_after.loss - r.test.loss,
         r.arch_before.params(),
         r.arch_after.params(),
         r.arch_after.macs(),
@@ -655,6 +661,8 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
             "train_accuracy": r.train.accuracy,
             "test_loss": r.test.loss,
             "test_accuracy": r.test.accuracy,
+            "test_loss_after_morphisms": r.test_after.loss,
+            "test_accuracy_after_morphisms": r.test_after.accuracy,
             "morph_loss": r.morph.loss,
             "params_before": r.arch_before.params(),
             "params": r.arch_after.params(),
@@ -804,6 +812,7 @@ fn last_candidates(run: &RunDir) -> Result<Option<PhaseReport>> {
         phase,
         train: PassStats::default(),
         test: PassStats::default(),
+        test_after: PassStats::default(),
         morph: PassStats::default(),
         arch_after: arch.clone(),
         arch_before: arch,

@@ -39,6 +39,9 @@ pub trait Backend {
     fn network(&mut self) -> Result<Network>;
     /// The current SGD momentum buffers, shaped like the network's tensors.
     fn momentum(&mut self) -> Result<Vec<Vec<f32>>>;
+    /// Refreshes BN running statistics with one train-mode forward pass on `n`
+    /// images, without changing any weight.
+    fn calibrate_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()>;
     /// Starts a morphism-learning phase with `state` (the model stays fixed).
     fn begin_morph(&mut self, state: MorphState) -> Result<()>;
     /// One morphism-learning step on `n` images: BN in eval mode (frozen
@@ -214,6 +217,15 @@ impl Backend for CpuBackend {
 
     fn momentum(&mut self) -> Result<Vec<Vec<f32>>> {
         Ok(self.state()?.momentum.clone())
+    }
+
+    fn calibrate_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()> {
+        let capacity = self.capacity;
+        let s = self.state()?;
+        check_batch(images, labels, n, &s.net, capacity)?;
+        s.model.forward(&s.net, images, n, Mode::Train);
+        s.model.update_running_stats(&mut s.net);
+        Ok(())
     }
 
     fn begin_morph(&mut self, state: MorphState) -> Result<()> {

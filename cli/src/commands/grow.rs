@@ -637,12 +637,13 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
     let prunes = r.applied.len() - splits;
     let sum_dl: f64 = r.applied.iter().map(|c| c.delta_loss as f64).sum();
     println!(
-        "phase {:>2}  loss {:.4}  test {:6.2}% -> {:6.2}% (test loss {:+.4})  params {} -> {}  MACs {}  +{} splits -{} prunes  est. dL {:+.4}  widths {:?}  ({:.0} s)",
+        "phase {:>2}  loss {:.4}  test {:6.2}% -> {:6.2}% (test loss {:+.4}; BN refreshed {:6.2}%)  params {} -> {}  MACs {}  +{} splits -{} prunes  est. dL {:+.4}  widths {:?}  ({:.0} s)",
         r.phase,
         r.train.loss,
         100.0 * r.test.accuracy,
         100.0 * r.test_after.accuracy,
         r.test_after.loss - r.test.loss,
+        100.0 * r.test_after_recalibrated.accuracy,
         r.arch_before.params(),
         r.arch_after.params(),
         r.arch_after.macs(),
@@ -663,6 +664,8 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
             "test_accuracy": r.test.accuracy,
             "test_loss_after_morphisms": r.test_after.loss,
             "test_accuracy_after_morphisms": r.test_after.accuracy,
+            "test_loss_after_morphisms_recalibrated": r.test_after_recalibrated.loss,
+            "test_accuracy_after_morphisms_recalibrated": r.test_after_recalibrated.accuracy,
             "morph_loss": r.morph.loss,
             "params_before": r.arch_before.params(),
             "params": r.arch_after.params(),
@@ -813,6 +816,7 @@ fn last_candidates(run: &RunDir) -> Result<Option<PhaseReport>> {
         train: PassStats::default(),
         test: PassStats::default(),
         test_after: PassStats::default(),
+        test_after_recalibrated: PassStats::default(),
         morph: PassStats::default(),
         arch_after: arch.clone(),
         arch_before: arch,

@@ -14,7 +14,7 @@
 //! expanded networks are run in evaluation mode, with BN at the running
 //! statistics that the split halves share.
 
-use sprout_core::arch::{BnPart, Pool, Role};
+use sprout_core::arch::Pool;
 use sprout_core::estimator::{
     gauss_newton, prune_estimates, split_estimates, FrozenSigma, LayerBatch, Workspace,
 };
@@ -22,50 +22,10 @@ use sprout_core::model::{Mode, Model};
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::rng::Rng;
 use sprout_core::{Arch, Family, Network};
+use sprout_tests::randomize_bn;
 
 /// Samples per batch in the multi-sample checks.
 const S: usize = 3;
-
-/// Gives every BN layer random affine parameters and running statistics
-/// close to the batch statistics of random images, then perturbed: evaluation
-/// mode then sees activations of about unit scale with a good share of ReLUs
-/// on (a network whose ReLUs are all off would pass any check), and a
-/// morphism that forgot to copy a BN tensor changes the function.
-fn randomize_bn(net: &mut Network, rng: &mut Rng) {
-    let specs = net.arch.param_specs();
-    for (spec, t) in specs.iter().zip(net.tensors.iter_mut()) {
-        if let Role::BatchNorm { part, .. } = spec.role {
-            for v in t.iter_mut() {
-                match part {
-                    BnPart::Gamma => *v = rng.uniform_in(0.5, 1.5),
-                    BnPart::Beta => *v = rng.uniform_in(-0.1, 0.5),
-                    _ => {}
-                }
-            }
-        }
-    }
-    // Batch statistics of 16 images, folded in until the initial running
-    // statistics have decayed away (0.9^80 < 2e-4).
-    let n = 16;
-    let len = n * net.arch.input.iter().product::<usize>();
-    let images: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
-    let mut model = Model::new(&net.arch, n);
-    model.forward(net, &images, n, Mode::Train);
-    for _ in 0..80 {
-        model.update_running_stats(net);
-    }
-    for (spec, t) in specs.iter().zip(net.tensors.iter_mut()) {
-        if let Role::BatchNorm { part, .. } = spec.role {
-            for v in t.iter_mut() {
-                match part {
-                    BnPart::RunningMean => *v += rng.uniform_in(-0.2, 0.2),
-                    BnPart::RunningVar => *v *= rng.uniform_in(0.7, 1.4),
-                    _ => {}
-                }
-            }
-        }
-    }
-}
 
 /// A small network with random weights and BN state, a batch of images and
 /// labels, and the model after an eval-mode forward, loss and backward.
@@ -81,7 +41,7 @@ impl Fixture {
     fn new(arch: Arch, seed: u64, n: usize) -> Fixture {
         let mut rng = Rng::new(seed);
         let mut net = Network::init(&arch, rng.next_u64());
-        randomize_bn(&mut net, &mut rng);
+        randomize_bn(&mut net, &mut rng, -0.1);
         let len = n * arch.input.iter().product::<usize>();
         let images: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
         let labels: Vec<u32> = (0..n).map(|_| rng.below(arch.classes) as u32).collect();

@@ -13,7 +13,7 @@
 //! - `S` is symmetric: `u^T (S v) = v^T (S u)`.
 //! - A channel whose gradient is zero has `S = 0` and eigenvalue 0.
 
-use sprout_core::arch::{BnPart, Post, Role};
+use sprout_core::arch::Post;
 use sprout_core::estimator::{FrozenSigma, LayerBatch};
 use sprout_core::model::{Mode, Model};
 use sprout_core::rng::Rng;
@@ -22,43 +22,7 @@ use sprout_core::splitting::{
     SOFTPLUS_BETA,
 };
 use sprout_core::{Arch, Family, Network};
-
-/// Gives every BN layer random affine parameters and running statistics close
-/// to the batch statistics of random images, so that evaluation mode sees
-/// activations of about unit scale, with ReLUs both on and off.
-fn randomize_bn(net: &mut Network, rng: &mut Rng) {
-    let specs = net.arch.param_specs();
-    for (spec, t) in specs.iter().zip(net.tensors.iter_mut()) {
-        if let Role::BatchNorm { part, .. } = spec.role {
-            for v in t.iter_mut() {
-                match part {
-                    BnPart::Gamma => *v = rng.uniform_in(0.5, 1.5),
-                    BnPart::Beta => *v = rng.uniform_in(-0.1, 0.5),
-                    _ => {}
-                }
-            }
-        }
-    }
-    let n = 16;
-    let len = n * net.arch.input.iter().product::<usize>();
-    let images: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
-    let mut model = Model::new(&net.arch, n);
-    model.forward(net, &images, n, Mode::Train);
-    for _ in 0..80 {
-        model.update_running_stats(net);
-    }
-    for (spec, t) in specs.iter().zip(net.tensors.iter_mut()) {
-        if let Role::BatchNorm { part, .. } = spec.role {
-            for v in t.iter_mut() {
-                match part {
-                    BnPart::RunningMean => *v += rng.uniform_in(-0.2, 0.2),
-                    BnPart::RunningVar => *v *= rng.uniform_in(0.7, 1.4),
-                    _ => {}
-                }
-            }
-        }
-    }
-}
+use sprout_tests::randomize_bn;
 
 /// A network with random weights and BN state and the model after an
 /// eval-mode forward, loss and backward on random images.
@@ -72,7 +36,7 @@ impl Fixture {
     fn new(arch: Arch, seed: u64, n: usize) -> Fixture {
         let mut rng = Rng::new(seed);
         let mut net = Network::init(&arch, rng.next_u64());
-        randomize_bn(&mut net, &mut rng);
+        randomize_bn(&mut net, &mut rng, -0.1);
         let len = n * arch.input.iter().product::<usize>();
         let images: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
         let labels: Vec<u32> = (0..n).map(|_| rng.below(arch.classes) as u32).collect();

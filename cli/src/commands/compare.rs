@@ -5,71 +5,37 @@
 //! training loss, and (c) the splitting direction scaled by a line search on
 //! the true training loss.
 
-use crate::commands::estimate::mean_loss;
-use crate::commands::info::arch_from_flags;
-use crate::data::resolve;
+use crate::commands::experiment::{mean_loss, train_and_learn_theta, ExperimentArgs};
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
-use sprout_core::backend::{Backend, CpuBackend};
-use sprout_core::data::{fill_batch, Augment, Dataset, Normalization};
+use sprout_core::data::{fill_batch, Dataset, Normalization};
 use sprout_core::estimator::{FrozenSigma, LayerBatch};
-use sprout_core::grow::{train_epochs, GrowConfig, GrowState, Stage};
-use sprout_core::learn::{MorphConfig, MorphMethod, MorphState};
 use sprout_core::model::{Mode, Model};
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
-use sprout_core::optim::{Adam, StepSchedule};
+use sprout_core::optim::Adam;
 use sprout_core::rng::Rng;
-use sprout_core::select::SelectConfig;
 use sprout_core::splitting::{min_eigen, SplitAverage, SplitWorkspace};
-use sprout_core::train::{shuffled_pass, Batches};
+use sprout_core::train::Batches;
 use sprout_core::Network;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
-    #[arg(long, default_value = "vgg19")]
-    pub arch: String,
-    #[arg(long)]
-    pub width: Option<usize>,
-    #[arg(long, value_enum)]
-    pub dataset: Option<crate::data::DatasetName>,
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Epochs training the network before the comparison.
-    #[arg(long, default_value_t = 2)]
-    pub train_epochs: usize,
-    /// Epochs learning theta with the Gauss-Newton estimator.
-    #[arg(long, default_value_t = 1)]
-    pub theta_epochs: usize,
+    #[command(flatten)]
+    pub common: ExperimentArgs,
     /// Adam steps of direct optimisation of each channel's theta on the true loss.
     #[arg(long, default_value_t = 100)]
     pub direct_steps: usize,
     /// Mini-batches averaged for the splitting eigenvectors.
     #[arg(long, default_value_t = 20)]
     pub splitting_batches: usize,
-    /// Held-out images for the true Delta L.
-    #[arg(long, default_value_t = 1000)]
-    pub heldout: usize,
     /// Training images on which the direct optimisation and the line search measure the loss.
     #[arg(long, default_value_t = 1024)]
     pub search_images: usize,
-    /// EMA weight of the Gauss-Newton estimates [default: (S/N)/2].
-    #[arg(long)]
-    pub ema_alpha: Option<f32>,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 0.05)]
-    pub lr: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long)]
-    pub train_limit: Option<usize>,
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
 }
@@ -142,123 +108,57 @@ fn direct_theta(
 }
 
 pub fn run(args: &CompareArgs) -> Result<()> {
-    set_threads(args.threads)?;
-    if args.train_epochs == 0
-        || args.theta_epochs == 0
-        || args.heldout == 0
-        || args.search_images == 0
-    {
-        bail!("--train-epochs, --theta-epochs, --heldout and --search-images must be at least 1");
+    let a = &args.common;
+    set_threads(a.threads)?;
+    if args.search_images == 0 {
+        bail!("--search-images must be at least 1");
     }
-    let splits = resolve(args.dataset, args.data.as_deref())?;
-    let train = match args.train_limit {
-        Some(n) if n < splits.train.len() => splits.train.subset(&(0..n).collect::<Vec<_>>()),
-        _ => splits.train.clone(),
-    };
-    let heldout = splits
-        .test
-        .subset(&(0..args.heldout.min(splits.test.len())).collect::<Vec<_>>());
-    let search = train.subset(&(0..args.search_images.min(train.len())).collect::<Vec<_>>());
-    let t = &train;
-    let input = format!("{}x{}x{}", t.channels, t.height, t.width);
-    let arch = arch_from_flags(&args.arch, args.width, None, &input, t.classes, None)?;
     let run = RunDir::create(&args.out)?;
-    let cfg = GrowConfig {
-        phases: 1,
-        train_epochs: args.train_epochs,
-        morph_epochs: args.theta_epochs,
-        final_epochs: 0,
-        batch: args.batch,
-        schedule: StepSchedule::constant(args.lr),
-        weight_decay: 1e-4,
-        adam: Adam::paper(),
-        ema_alpha: args.ema_alpha,
-        theta_init: 0.01,
-        select: SelectConfig {
-            lambda_params: 0.0,
-            lambda_macs: 0.0,
-            fraction: 0.3,
-            prune: false,
-        },
-        augment: Some(Augment::default()),
-        strategy: Default::default(),
-        split_iterations: 4,
-        split_epsilon: 0.1,
-        theta_max: None,
-    };
-    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    run.write_json("config.json", &json!({"command": "compare", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "direct_steps": args.direct_steps, "splitting_batches": args.splitting_batches, "heldout": heldout.len(), "search_images": search.len(), "seed": args.seed}))?;
-    let norm = Normalization::of(&train);
-    let mut state = GrowState::new(Network::init(&arch, args.seed), args.seed ^ 0x6a09_e667);
-    let mut backend = CpuBackend::new(args.batch);
-    backend.load(&state.network, None)?;
-    let mut noop = |_: Stage, _: usize, _: usize, _: f32| {};
-    let tr = train_epochs(
-        &mut backend,
-        &mut state,
-        &cfg,
-        args.train_epochs,
-        &train,
-        &norm,
-        false,
-        &mut noop,
-    )?;
-    println!(
-        "trained {} epochs: train loss {:.4}, accuracy {:.2}%",
-        args.train_epochs,
-        tr.loss,
-        100.0 * tr.accuracy
+    // (a) Gauss-Newton theta, learned with the model fixed.
+    let exp = train_and_learn_theta(a)?;
+    let (arch, net, gn, train, heldout, norm) = (
+        &exp.arch,
+        &exp.net,
+        &exp.state,
+        &exp.train,
+        &exp.heldout,
+        &exp.norm,
     );
-    let net = backend.network()?;
-
-    // (a) Gauss-Newton theta.
-    let mcfg = MorphConfig {
-        adam: cfg.adam,
-        ema_alpha: args
-            .ema_alpha
-            .unwrap_or(MorphConfig::paper(args.batch, train.len()).ema_alpha),
-        method: MorphMethod::GaussNewton,
-        theta_max: None,
-    };
-    let mut theta_rng = state.rng.fork();
-    backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;
-    let mut buffers = Batches::new(&train, args.batch);
-    for _ in 0..args.theta_epochs {
-        shuffled_pass(
-            &train,
-            &norm,
-            &mut buffers,
-            cfg.augment.as_ref(),
-            &mut state.rng,
-            &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg),
-            &mut |_, _, _| {},
-        )?;
-    }
-    let gn = backend.end_morph()?;
+    let search = train.subset(&(0..args.search_images.min(train.len())).collect::<Vec<_>>());
+    run.write_json(
+        "config.json",
+        &json!({
+            "command": "compare", "dataset": exp.dataset, "arch": arch, "train_epochs": a.train_epochs,
+            "theta_epochs": a.theta_epochs, "direct_steps": args.direct_steps,
+            "splitting_batches": args.splitting_batches, "heldout": heldout.len(),
+            "search_images": search.len(), "seed": a.seed,
+        }),
+    )?;
+    let mut buffers = Batches::new(train, a.batch);
 
     // (c) Splitting eigenvectors of layer 0, averaged over batches.
     let u0 = arch.units()[0];
     let fan = u0.fan_in();
-    let sigma = FrozenSigma::of(&net, 0);
-    let mut model = Model::new(&arch, args.batch);
+    let sigma = FrozenSigma::of(net, 0);
+    let mut model = Model::new(arch, a.batch);
     let mut grads = net.zeros_like();
     let mut ws = SplitWorkspace::default();
     let mut avg = SplitAverage::new();
-    let mut rng = Rng::new(args.seed ^ 0x51);
+    let mut rng = Rng::new(a.seed ^ 0x51);
     for _ in 0..args.splitting_batches {
-        let idx: Vec<usize> = (0..args.batch).map(|_| rng.below(train.len())).collect();
+        let idx: Vec<usize> = (0..a.batch).map(|_| rng.below(train.len())).collect();
         fill_batch(
-            &train,
-            &norm,
+            train,
+            norm,
             &idx,
             None,
             &mut rng,
             &mut buffers.images,
             &mut buffers.labels,
         );
-        model.forward(&net, &buffers.images, args.batch, Mode::Eval);
+        model.forward(net, &buffers.images, a.batch, Mode::Eval);
         let (loss, _) = model.loss(&buffers.labels);
-        model.backward_activations(&net, &mut grads);
+        model.backward_activations(net, &mut grads);
         let b = LayerBatch::from_model(&model, 0, sigma.view(), loss);
         let dirs = min_eigen(&b, 30, &mut rng, &mut ws);
         avg.add(&dirs);
@@ -267,20 +167,20 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         .mean()
         .ok_or_else(|| anyhow::anyhow!("--splitting-batches must be at least 1"))?;
 
-    let mut hbuf = Batches::new(&heldout, args.batch);
+    let mut hbuf = Batches::new(heldout, a.batch);
     let base_held = mean_loss(
-        &mut Model::new(&arch, args.batch),
-        &net,
-        &heldout,
-        &norm,
+        &mut Model::new(arch, a.batch),
+        net,
+        heldout,
+        norm,
         &mut hbuf,
     );
-    let mut sbuf = Batches::new(&search, args.batch);
+    let mut sbuf = Batches::new(&search, a.batch);
     let base_search = mean_loss(
-        &mut Model::new(&arch, args.batch),
-        &net,
+        &mut Model::new(arch, a.batch),
+        net,
         &search,
-        &norm,
+        norm,
         &mut sbuf,
     );
     let w0 = &net.tensors[net.index().units[0].conv];
@@ -290,7 +190,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         let theta_gn = gn.theta[0][c * fan..(c + 1) * fan].to_vec();
         // (b) direct optimisation on the true loss, from the same start as (a).
         let start: Vec<f32> = {
-            let mut r = Rng::new(args.seed ^ (c as u64 + 1));
+            let mut r = Rng::new(a.seed ^ (c as u64 + 1));
             let norm_w = w0[c * fan..(c + 1) * fan]
                 .iter()
                 .map(|v| v * v)
@@ -301,13 +201,13 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                 .collect()
         };
         let theta_direct = direct_theta(
-            &net,
+            net,
             c,
             &start,
             &search,
-            &norm,
+            norm,
             args.direct_steps,
-            args.batch,
+            a.batch,
             &mut rng,
         )?;
         // (c) line search over the scale of the splitting direction on the true loss.
@@ -322,23 +222,15 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         for k in 0..24 {
             let scale = norm_w * 1e-2 * 10f32.powf(k as f32 / 8.0);
             let th: Vec<f32> = dir.iter().map(|d| d * scale).collect();
-            let dl = true_delta(&net, c, &th, &search, &norm, base_search, &mut sbuf)?;
+            let dl = true_delta(net, c, &th, &search, norm, base_search, &mut sbuf)?;
             if dl < best.0 {
                 best = (dl, scale);
             }
         }
         let theta_split: Vec<f32> = dir.iter().map(|d| d * best.1).collect();
-        let dl_gn = true_delta(&net, c, &theta_gn, &heldout, &norm, base_held, &mut hbuf)?;
-        let dl_direct = true_delta(
-            &net,
-            c,
-            &theta_direct,
-            &heldout,
-            &norm,
-            base_held,
-            &mut hbuf,
-        )?;
-        let dl_split = true_delta(&net, c, &theta_split, &heldout, &norm, base_held, &mut hbuf)?;
+        let dl_gn = true_delta(net, c, &theta_gn, heldout, norm, base_held, &mut hbuf)?;
+        let dl_direct = true_delta(net, c, &theta_direct, heldout, norm, base_held, &mut hbuf)?;
+        let dl_split = true_delta(net, c, &theta_split, heldout, norm, base_held, &mut hbuf)?;
         rows.push((c, dl_gn, dl_direct, dl_split, split_dirs.eigenvalues[c]));
         pb.inc(1);
     }

@@ -3,66 +3,25 @@
 //! estimated Delta L with the true Delta L of the actually expanded network
 //! on held-out data, under the same frozen-sigma convention (eval mode).
 
-use crate::data::resolve;
+use crate::commands::experiment::{mean_loss, train_and_learn_theta, ExperimentArgs};
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::save_tensors;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
-use sprout_core::backend::{Backend, CpuBackend};
-use sprout_core::data::{Augment, Dataset, Normalization};
 use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
-use sprout_core::grow::{train_epochs, GrowConfig, GrowState, Stage};
-use sprout_core::learn::{MorphConfig, MorphState};
 use sprout_core::model::{Mode, Model};
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
-use sprout_core::optim::{Adam, StepSchedule};
-use sprout_core::select::SelectConfig;
-use sprout_core::train::{shuffled_pass, Batches};
-use sprout_core::Network;
+use sprout_core::train::Batches;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
 pub struct EstimateArgs {
-    #[arg(long, default_value = "vgg19")]
-    pub arch: String,
-    #[arg(long)]
-    pub width: Option<usize>,
-    #[arg(long, value_enum)]
-    pub dataset: Option<crate::data::DatasetName>,
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Epochs training the seed before theta is learned.
-    #[arg(long, default_value_t = 2)]
-    pub train_epochs: usize,
-    /// Epochs learning theta with the model fixed.
-    #[arg(long, default_value_t = 1)]
-    pub theta_epochs: usize,
-    /// Held-out images for the true Delta L (from the test split).
-    #[arg(long, default_value_t = 1000)]
-    pub heldout: usize,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 0.05)]
-    pub lr: f32,
-    #[arg(long, default_value_t = 0.01)]
-    pub theta_init: f32,
-    /// Train and learn theta without crop and flip augmentation.
-    #[arg(long)]
-    pub no_augment: bool,
-    /// EMA weight of each mini-batch estimate [default: (S/N)/2, about two epochs].
-    #[arg(long)]
-    pub ema_alpha: Option<f32>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Use only the first N training images.
-    #[arg(long)]
-    pub train_limit: Option<usize>,
+    #[command(flatten)]
+    pub common: ExperimentArgs,
     #[arg(long, default_value = "runs/estimate")]
     pub out: PathBuf,
 }
@@ -91,38 +50,6 @@ fn correlations(
     let e: Vec<f64> = pts.iter().map(|r| est(r)).collect();
     let t: Vec<f64> = pts.iter().map(|r| r.truth).collect();
     json!({"candidates": pts.len(), "pearson": pearson(&e, &t), "spearman": spearman(&e, &t)})
-}
-
-fn mcfg_alpha(args: &EstimateArgs, n: usize) -> f32 {
-    args.ema_alpha
-        .unwrap_or(MorphConfig::paper(args.batch, n).ema_alpha)
-}
-
-/// Mean loss of `net` on `ds` in eval mode.
-pub fn mean_loss(
-    model: &mut Model,
-    net: &Network,
-    ds: &Dataset,
-    norm: &Normalization,
-    buf: &mut Batches,
-) -> f64 {
-    let mut rng = sprout_core::rng::Rng::new(0);
-    let mut total = 0.0f64;
-    for start in (0..ds.len()).step_by(buf.batch) {
-        let idx: Vec<usize> = (start..(start + buf.batch).min(ds.len())).collect();
-        sprout_core::data::fill_batch(
-            ds,
-            norm,
-            &idx,
-            None,
-            &mut rng,
-            &mut buf.images,
-            &mut buf.labels,
-        );
-        model.forward(net, &buf.images, idx.len(), Mode::Eval);
-        total += model.loss(&buf.labels).0 as f64 * idx.len() as f64;
-    }
-    total / ds.len() as f64
 }
 
 /// Pearson correlation.
@@ -163,139 +90,53 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
 }
 
 pub fn run(args: &EstimateArgs) -> Result<()> {
-    set_threads(args.threads)?;
-    if args.train_epochs == 0 || args.theta_epochs == 0 || args.heldout == 0 {
-        bail!("--train-epochs, --theta-epochs and --heldout must be at least 1");
-    }
-    let splits = resolve(args.dataset, args.data.as_deref())?;
-    let train = match args.train_limit {
-        Some(n) if n < splits.train.len() => splits.train.subset(&(0..n).collect::<Vec<_>>()),
-        _ => splits.train.clone(),
-    };
-    let heldout = splits
-        .test
-        .subset(&(0..args.heldout.min(splits.test.len())).collect::<Vec<_>>());
-    let t = &train;
-    let arch = crate::commands::info::arch_from_flags(
-        &args.arch,
-        args.width,
-        None,
-        &format!("{}x{}x{}", t.channels, t.height, t.width),
-        t.classes,
-        None,
-    )?;
+    let a = &args.common;
+    set_threads(a.threads)?;
     let run = RunDir::create(&args.out)?;
-    let cfg = GrowConfig {
-        phases: 1,
-        train_epochs: args.train_epochs,
-        morph_epochs: args.theta_epochs,
-        final_epochs: 0,
-        batch: args.batch,
-        schedule: StepSchedule::constant(args.lr),
-        weight_decay: 1e-4,
-        adam: Adam::paper(),
-        ema_alpha: args.ema_alpha,
-        theta_init: args.theta_init,
-        select: SelectConfig {
-            lambda_params: 0.0,
-            lambda_macs: 0.0,
-            fraction: 0.3,
-            prune: false,
-        },
-        augment: (!args.no_augment).then(Augment::default),
-        strategy: Default::default(),
-        split_iterations: 4,
-        split_epsilon: 0.1,
-        theta_max: None,
-    };
-    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    run.write_json("config.json", &json!({"command": "estimate", "dataset": splits.name, "arch": arch, "train_epochs": args.train_epochs, "theta_epochs": args.theta_epochs, "heldout": heldout.len(), "lr": args.lr, "theta_init": args.theta_init, "augment": !args.no_augment, "ema_alpha": mcfg_alpha(args, train.len()), "seed": args.seed, "train_images": train.len()}))?;
-    let norm = Normalization::of(&train);
-    let mut state = GrowState::new(Network::init(&arch, args.seed), args.seed ^ 0x6a09_e667);
-    let mut backend = CpuBackend::new(args.batch);
-    backend.load(&state.network, None)?;
-    let mut current: Option<(Stage, indicatif::ProgressBar)> = None;
-    let mut progress = |stage: Stage, done: usize, total: usize, loss: f32| {
-        if current.as_ref().map(|c| c.0) != Some(stage) {
-            current = Some((stage, bar(total as u64, &format!("{stage:?}"))));
-        }
-        let pb = &current.as_ref().expect("set").1;
-        pb.set_position(done as u64);
-        pb.set_message(format!("loss {loss:.4}"));
-        if done == total {
-            pb.finish_and_clear();
-        }
-    };
-    let tr = train_epochs(
-        &mut backend,
-        &mut state,
-        &cfg,
-        args.train_epochs,
-        &train,
-        &norm,
-        false,
-        &mut progress,
+    let exp = train_and_learn_theta(a)?;
+    let (arch, net, learned, train, heldout, norm) = (
+        &exp.arch,
+        &exp.net,
+        &exp.state,
+        &exp.train,
+        &exp.heldout,
+        &exp.norm,
+    );
+    run.write_json(
+        "config.json",
+        &json!({
+            "command": "estimate", "dataset": exp.dataset, "arch": arch, "train_epochs": a.train_epochs,
+            "theta_epochs": a.theta_epochs, "heldout": heldout.len(), "lr": a.lr, "theta_init": a.theta_init,
+            "augment": !a.no_augment, "ema_alpha": exp.ema_alpha, "seed": a.seed, "train_images": train.len(),
+        }),
     )?;
-    println!(
-        "trained {} epochs: train loss {:.4}, accuracy {:.2}%",
-        args.train_epochs,
-        tr.loss,
-        100.0 * tr.accuracy
-    );
-    let net = backend.network()?;
-    let mcfg = MorphConfig {
-        adam: cfg.adam,
-        ema_alpha: mcfg_alpha(args, train.len()),
-        method: Default::default(),
-        theta_max: None,
-    };
-    let mut theta_rng = state.rng.fork();
-    backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;
-    let start = Instant::now();
-    let mut buffers = Batches::new(&train, cfg.batch);
-    for e in 0..args.theta_epochs {
-        shuffled_pass(
-            &train,
-            &norm,
-            &mut buffers,
-            cfg.augment.as_ref(),
-            &mut state.rng,
-            &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg),
-            &mut |d, t, s| progress(Stage::Morph { epoch: e }, d, t, s.loss),
-        )?;
-    }
-    let learned = backend.end_morph()?;
-    println!(
-        "learned theta for {} candidates in {:.1} s",
-        arch.widths.iter().sum::<usize>(),
-        start.elapsed().as_secs_f64()
-    );
+    let args = a;
 
     // Eq. (1) with the final theta on the held-out data, and the brute-force truth there.
-    let mut model = Model::new(&arch, args.batch);
-    let mut hbuf = Batches::new(&heldout, args.batch);
-    let base = mean_loss(&mut model, &net, &heldout, &norm, &mut hbuf);
+    let mut model = Model::new(arch, args.batch);
+    let mut hbuf = Batches::new(heldout, args.batch);
+    let base = mean_loss(&mut model, net, heldout, norm, &mut hbuf);
     let units = arch.units();
     let mut heldout_est: Vec<Vec<f64>> = units.iter().map(|u| vec![0.0; u.cout]).collect();
     {
         let mut ws = Workspace::default();
         let mut grads = net.zeros_like();
-        let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(&net, l)).collect();
+        let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(net, l)).collect();
         let mut rng = sprout_core::rng::Rng::new(0);
         for start in (0..heldout.len()).step_by(args.batch) {
             let idx: Vec<usize> = (start..(start + args.batch).min(heldout.len())).collect();
             sprout_core::data::fill_batch(
-                &heldout,
-                &norm,
+                heldout,
+                norm,
                 &idx,
                 None,
                 &mut rng,
                 &mut hbuf.images,
                 &mut hbuf.labels,
             );
-            model.forward(&net, &hbuf.images, idx.len(), Mode::Eval);
+            model.forward(net, &hbuf.images, idx.len(), Mode::Eval);
             let (loss, _) = model.loss(&hbuf.labels);
-            model.backward_activations(&net, &mut grads);
+            model.backward_activations(net, &mut grads);
             for (l, u) in units.iter().enumerate() {
                 let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss);
                 let mut d = vec![0.0; u.cout];
@@ -315,7 +156,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         for c in 0..u.cout {
             let theta = learned.theta[l][c * fan..(c + 1) * fan].to_vec();
             let expanded = apply(
-                &net,
+                net,
                 &[ChannelMorphism {
                     layer: l,
                     channel: c,
@@ -324,7 +165,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
                 &mut [],
             )?;
             let mut m = Model::new(&expanded.arch, args.batch);
-            let truth = mean_loss(&mut m, &expanded, &heldout, &norm, &mut hbuf) - base;
+            let truth = mean_loss(&mut m, &expanded, heldout, norm, &mut hbuf) - base;
             rows.push(Row {
                 layer: l,
                 channel: c,

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod compare;
 pub mod estimate;
 pub mod eval;
+pub mod experiment;
 pub mod grow;
 pub mod info;
 pub mod train;

@@ -376,8 +376,9 @@ fn draw_score_legend(area: &Area<'_>, max_abs: f32) -> Result<()> {
 }
 
 /// Test accuracy (percent, y) against parameter count (x), one line with
-/// markers per named series, points joined in order of parameter count. The
-/// x axis is linear with tick labels like 35k and 1.2M.
+/// markers per named series, points joined in the order given (a growth run's
+/// phases in time order; a network can shrink when prunes win). The x axis is
+/// linear with tick labels like 35k and 1.2M.
 pub fn accuracy_vs_params(
     path: &Path,
     title: &str,
@@ -398,11 +399,7 @@ fn finite_points(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 fn draw_accuracy(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
     let clean: Vec<(&str, Vec<(f64, f64)>)> = series
         .iter()
-        .map(|(name, pts)| {
-            let mut p = finite_points(pts);
-            p.sort_by(|a, b| a.0.total_cmp(&b.0));
-            (name.as_str(), p)
-        })
+        .map(|(name, pts)| (name.as_str(), finite_points(pts)))
         .filter(|(_, p)| !p.is_empty())
         .collect();
     let all = || clean.iter().flat_map(|(_, p)| p.iter());

@@ -20,20 +20,16 @@
 //! where the portable 8-lane code compiles to pairs of SSE operations);
 //! otherwise the portable `wide::f32x8` instantiation of the same code runs.
 
+use super::lanes::{isa, round_up, Isa, Vf, L};
 use super::Scratch;
 use crate::par::{self, SharedMut};
 use wide::f32x8;
 
 /// Lanes per vector.
-const L: usize = 8;
 /// Output channels per register tile.
 const CB: usize = 4;
 /// Pixel vectors per register tile in the forward kernel.
 const NV: usize = 2;
-
-fn round_up(v: usize, m: usize) -> usize {
-    v.div_ceil(m) * m
-}
 
 /// Layout of the zero-bordered planes of a chunk of samples: per channel,
 /// the samples are stacked vertically with one zero row between them, so a
@@ -90,79 +86,9 @@ fn chunk_samples(h: usize, w: usize, n: usize, parts: usize) -> usize {
     (1536 / ((h + 1) * (w + 2))).clamp(1, n.div_ceil(parts).max(1))
 }
 
-/// The vector operations the kernels need.
-trait Vf: Copy {
-    fn zero() -> Self;
-    fn splat(v: f32) -> Self;
-    /// # Safety
-    /// `p..p + 8` is readable.
-    unsafe fn load(p: *const f32) -> Self;
-    /// # Safety
-    /// `p..p + 8` is writable.
-    unsafe fn store(self, p: *mut f32);
-    /// `a * b + c`.
-    fn fma(a: Self, b: Self, c: Self) -> Self;
-}
-
-/// Portable 8 lanes.
-impl Vf for f32x8 {
-    #[inline(always)]
-    fn zero() -> Self {
-        f32x8::ZERO
-    }
-    #[inline(always)]
-    fn splat(v: f32) -> Self {
-        f32x8::splat(v)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        f32x8::from(unsafe { core::ptr::read_unaligned(p as *const [f32; L]) })
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        unsafe { core::ptr::write_unaligned(p as *mut [f32; L], self.to_array()) }
-    }
-    #[inline(always)]
-    fn fma(a: Self, b: Self, c: Self) -> Self {
-        a * b + c
-    }
-}
-
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 mod avx {
-    use core::arch::x86_64::*;
-
-    /// AVX2 + FMA lanes; only used inside functions compiled with those features.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx(__m256);
-
-    impl super::Vf for Avx {
-        #[inline(always)]
-        fn zero() -> Self {
-            // SAFETY: only instantiated in functions enabling avx2 and fma.
-            Avx(unsafe { _mm256_setzero_ps() })
-        }
-        #[inline(always)]
-        fn splat(v: f32) -> Self {
-            Avx(unsafe { _mm256_set1_ps(v) })
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Avx(unsafe { _mm256_loadu_ps(p) })
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm256_storeu_ps(p, self.0) }
-        }
-        #[inline(always)]
-        fn fma(a: Self, b: Self, c: Self) -> Self {
-            Avx(unsafe { _mm256_fmadd_ps(a.0, b.0, c.0) })
-        }
-    }
-
-    pub(super) fn available() -> bool {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
+    use crate::kernels::lanes::Avx;
 
     /// # Safety
     /// As [`super::fwd_sample`], and the CPU has AVX2 and FMA.
@@ -191,22 +117,6 @@ mod avx {
     ) {
         unsafe { super::dw_sample::<Avx>(cin, blocks, g, xp, dyp, acc) }
     }
-}
-
-/// Which instantiation of the kernels runs.
-#[derive(Clone, Copy)]
-enum Isa {
-    Portable,
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    Avx2,
-}
-
-fn isa() -> Isa {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if avx::available() {
-        return Isa::Avx2;
-    }
-    Isa::Portable
 }
 
 /// One register tile: `CB` output channels x `N` vectors at grid position `q0`.

@@ -1,7 +1,9 @@
 //! The engine the training and growth loops drive, and its CPU implementation.
 
 use crate::error::{Error, Result};
-use crate::estimator::{prune_estimates, split_estimates, FrozenSigma, LayerBatch, Workspace};
+use crate::estimator::{
+    prune_estimates_from, prune_samples, split_estimates, FrozenSigma, LayerBatch, Workspace,
+};
 use crate::learn::{MorphConfig, MorphMethod, MorphState};
 use crate::model::{Mode, Model};
 use crate::network::Network;
@@ -86,6 +88,11 @@ struct MorphPhase {
     split: Vec<f32>,
     prune: Vec<f32>,
     grad: Vec<f32>,
+    /// Per-sample first-order terms: one layer's prunes, and (`n x K`) every
+    /// candidate's for the joint estimate.
+    prune_u: Vec<f32>,
+    joint_u: Vec<f32>,
+    cross_batch: Vec<f32>,
 }
 
 impl CpuBackend {
@@ -242,6 +249,9 @@ impl Backend for CpuBackend {
             split: Vec::new(),
             prune: Vec::new(),
             grad: Vec::new(),
+            prune_u: Vec::new(),
+            joint_u: Vec::new(),
+            cross_batch: Vec::new(),
         });
         Ok(())
     }
@@ -266,6 +276,11 @@ impl Backend for CpuBackend {
             return Err(Error::NonFinite(format!("morphism-phase loss is {loss}")));
         }
         s.model.backward_activations(&s.net, &mut s.grads);
+        let joint = cfg.joint && cfg.method == MorphMethod::GaussNewton;
+        let k_all = phase.state.joint_len();
+        if joint {
+            phase.joint_u.resize(n * k_all, 0.0);
+        }
         for (l, u) in s.model.units().iter().enumerate() {
             phase.split.resize(u.cout, 0.0);
             phase.prune.resize(u.cout, 0.0);
@@ -280,7 +295,18 @@ impl Backend for CpuBackend {
                         &mut phase.split,
                         Some(&mut phase.grad),
                     );
-                    prune_estimates(&batch, &mut phase.prune);
+                    phase.prune_u.resize(n * u.cout, 0.0);
+                    prune_samples(&batch, &mut phase.prune_u);
+                    prune_estimates_from(&phase.prune_u, n, loss, &mut phase.prune);
+                    if joint {
+                        let splits = phase.workspace.last_u(n, u.cout);
+                        let first = phase.state.joint_slot(l, 0, false);
+                        for smp in 0..n {
+                            let row = &mut phase.joint_u[smp * k_all + first..][..2 * u.cout];
+                            row[..u.cout].copy_from_slice(&splits[smp * u.cout..][..u.cout]);
+                            row[u.cout..].copy_from_slice(&phase.prune_u[smp * u.cout..][..u.cout]);
+                        }
+                    }
                     phase
                         .state
                         .update_ema(l, &phase.split, &phase.prune, cfg.ema_alpha);
@@ -304,6 +330,15 @@ impl Backend for CpuBackend {
                         .update_ema(l, &dirs.eigenvalues, &phase.prune, cfg.ema_alpha);
                 }
             }
+        }
+        if joint {
+            phase.state.update_cross(
+                &phase.joint_u,
+                n,
+                loss,
+                cfg.ema_alpha,
+                &mut phase.cross_batch,
+            );
         }
         phase.state.steps += 1;
         Ok(BatchStats {

@@ -492,23 +492,35 @@ pub fn split_estimates(
     );
 }
 
+/// Per-sample first-order terms of pruning every channel: `Delta_a = -a`,
+/// `u[s * cout + c] = -S * sum(a_s * G_s)` (no 1/2: the channel goes away).
+pub fn prune_samples(b: &LayerBatch, u: &mut [f32]) {
+    let unit = b.unit;
+    let (n, c) = (b.n, unit.cout);
+    let po = unit.out_hw.0 * unit.out_hw.1;
+    let s = n as f32;
+    for (p, out) in u[..n * c].iter_mut().enumerate() {
+        let dot: f32 = b.a[p * po..(p + 1) * po]
+            .iter()
+            .zip(&b.grad_a[p * po..(p + 1) * po])
+            .map(|(a, g)| a * g)
+            .sum();
+        *out = -s * dot;
+    }
+}
+
+/// Prune estimates for every channel from [`prune_samples`]' `u` (`n x cout`).
+pub fn prune_estimates_from(u: &[f32], n: usize, loss: f32, delta_l: &mut [f32]) {
+    let c = delta_l.len();
+    for (ch, d) in delta_l.iter_mut().enumerate() {
+        let total: f32 = (0..n).map(|smp| gauss_newton(u[smp * c + ch], loss)).sum();
+        *d = total / n as f32;
+    }
+}
+
 /// Prune estimates for every channel: `Delta_a = -a`, `u_s = -sum(a_s * G_s)`.
 pub fn prune_estimates(b: &LayerBatch, delta_l: &mut [f32]) {
-    let u = b.unit;
-    let (n, c) = (b.n, u.cout);
-    let po = u.out_hw.0 * u.out_hw.1;
-    let s = n as f32;
-    for ch in 0..c {
-        let mut total = 0.0f32;
-        for smp in 0..n {
-            let p = smp * c + ch;
-            let dot: f32 = b.a[p * po..(p + 1) * po]
-                .iter()
-                .zip(&b.grad_a[p * po..(p + 1) * po])
-                .map(|(a, g)| a * g)
-                .sum();
-            total += gauss_newton(-s * dot, b.loss);
-        }
-        delta_l[ch] = total / s;
-    }
+    let mut u = vec![0.0; b.n * b.unit.cout];
+    prune_samples(b, &mut u);
+    prune_estimates_from(&u, b.n, b.loss, delta_l);
 }

@@ -11,7 +11,10 @@ use crate::morph;
 use crate::network::Network;
 use crate::optim::{Adam, Sgd, StepSchedule};
 use crate::rng::Rng;
-use crate::select::{candidates, random_splits, select, to_morphisms, Candidate, SelectConfig};
+use crate::select::{
+    candidates, joint_delta_loss, random_splits, select, select_joint, to_morphisms, Candidate,
+    SelectConfig,
+};
 use crate::train::{evaluate, shuffled_pass, train_epoch, Batches, PassStats};
 use alloc::vec::Vec;
 
@@ -181,6 +184,8 @@ pub struct PhaseReport {
     /// Every candidate with its final EMA estimate and gain.
     pub candidates: Vec<Candidate>,
     pub applied: Vec<Candidate>,
+    /// Eq. (1) for the applied set as a whole (with joint selection only).
+    pub joint_delta_loss: Option<f64>,
     /// Learned theta norms per layer and channel (for plots).
     pub theta_norms: Vec<Vec<f32>>,
 }
@@ -225,6 +230,31 @@ pub fn train_epochs(
         state.epochs_trained += 1;
     }
     Ok(last)
+}
+
+/// The paper's protocol for reported accuracy (and the fixed baselines):
+/// `arch` initialised from `seed` and trained from scratch for `epochs`
+/// epochs with `cfg`'s optimiser, schedule and augmentation. Returns the last
+/// training epoch's statistics, the test statistics and the trained network.
+#[allow(clippy::too_many_arguments)]
+pub fn train_from_scratch(
+    backend: &mut dyn Backend,
+    arch: &Arch,
+    cfg: &GrowConfig,
+    seed: u64,
+    epochs: usize,
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalization,
+    progress: Progress,
+) -> Result<(PassStats, PassStats, Network)> {
+    let mut state = GrowState::new(Network::init(arch, seed ^ 0x7e7a_1a17), seed ^ 0x3c6e_f372);
+    backend.load(&state.network, None)?;
+    let last = train_epochs(
+        backend, &mut state, cfg, epochs, train, norm, true, progress,
+    )?;
+    let tested = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
+    Ok((last, tested, backend.network()?))
 }
 
 /// Turns splitting eigenpairs into split candidates: theta = eps_l * v_min with
@@ -297,6 +327,7 @@ pub fn run_phase(
                     .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
                 method,
                 theta_max: cfg.theta_max,
+                joint: cfg.select.joint && cfg.strategy == Strategy::Gn,
             };
             backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
             let mut buffers = Batches::new(train, cfg.batch);
@@ -319,7 +350,11 @@ pub fn run_phase(
                 select_cfg.prune = false;
             }
             let cands = candidates(&arch_before, &learned, &select_cfg);
-            let applied = select(&arch_before, &cands, &select_cfg);
+            let applied = if select_cfg.joint && cfg.strategy == Strategy::Gn {
+                select_joint(&arch_before, &cands, &select_cfg, &learned)
+            } else {
+                select(&arch_before, &cands, &select_cfg)
+            };
             (learned, cands, applied, morph_stats)
         }
         Strategy::Random | Strategy::Uniform => {
@@ -330,6 +365,7 @@ pub fn run_phase(
             (noise, applied.clone(), applied, PassStats::default())
         }
     };
+    let joint_delta = joint_delta_loss(&applied, &learned);
     let morphisms = to_morphisms(&arch_before, &applied, &learned);
     let mut extra = [core::mem::take(&mut momentum)];
     let grown = morph::apply(&trained, &morphisms, &mut extra)?;
@@ -381,6 +417,7 @@ pub fn run_phase(
         arch_before,
         candidates: cands,
         applied,
+        joint_delta_loss: joint_delta,
         theta_norms,
     })
 }

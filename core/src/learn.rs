@@ -37,6 +37,11 @@ pub struct MorphConfig {
     /// at most this multiple of its incoming kernel's norm (`None`: unbounded,
     /// as in the paper).
     pub theta_max: Option<f32>,
+    /// Also average the products of every pair of candidates' per-sample
+    /// first-order terms, for the joint estimate of a set of morphisms
+    /// ([`crate::select::select_joint`]).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub joint: bool,
 }
 
 impl MorphConfig {
@@ -47,6 +52,7 @@ impl MorphConfig {
             ema_alpha: (batch as f32 / dataset.max(1) as f32) / 2.0,
             method: MorphMethod::GaussNewton,
             theta_max: None,
+            joint: false,
         }
     }
 }
@@ -67,6 +73,11 @@ pub struct MorphState {
     pub prune_ema: Vec<Vec<f32>>,
     /// Per layer and channel: norm of the incoming kernel `|w_in[c]|`.
     pub w_norms: Vec<Vec<f32>>,
+    /// With [`MorphConfig::joint`]: the `K x K` moving average of
+    /// `mean_s(u_s,i * u_s,j) / (4 L_hat)` over every pair of candidates
+    /// (slots from [`MorphState::joint_slot`]); empty otherwise.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub cross: Vec<f32>,
 }
 
 impl MorphState {
@@ -105,6 +116,56 @@ impl MorphState {
             prune_ema: units.iter().map(|u| vec![0.0; u.cout]).collect(),
             theta,
             w_norms,
+            cross: Vec::new(),
+        }
+    }
+
+    /// Number of candidates `K` (a split and a prune per channel).
+    pub fn joint_len(&self) -> usize {
+        2 * self.split_ema.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// Index of a candidate in [`MorphState::cross`]: per layer, its splits
+    /// then its prunes.
+    pub fn joint_slot(&self, layer: usize, channel: usize, prune: bool) -> usize {
+        let before: usize = self.split_ema[..layer].iter().map(|e| 2 * e.len()).sum();
+        let width = self.split_ema[layer].len();
+        before + if prune { width } else { 0 } + channel
+    }
+
+    /// Folds one mini-batch into [`MorphState::cross`]: `u` is `n x K`
+    /// (per sample, every candidate's first-order term `u_s`), `loss` the
+    /// batch's `L_hat`. With `mean_s u_s,i` implied by the candidate's own
+    /// estimate, this gives eq. (1) for any set of candidates whose `u` add.
+    pub fn update_cross(
+        &mut self,
+        u: &[f32],
+        n: usize,
+        loss: f32,
+        alpha: f32,
+        batch: &mut Vec<f32>,
+    ) {
+        let k = self.joint_len();
+        batch.resize(k * k, 0.0);
+        crate::kernels::gemm::gemm(
+            k,
+            k,
+            n,
+            1.0 / (4.0 * loss * n as f32),
+            u,
+            true,
+            u,
+            false,
+            0.0,
+            batch,
+        );
+        if self.cross.len() != k * k || self.steps == 0 {
+            self.cross.clear();
+            self.cross.extend_from_slice(batch);
+        } else {
+            for (e, v) in self.cross.iter_mut().zip(batch.iter()) {
+                *e = (1.0 - alpha) * *e + alpha * v;
+            }
         }
     }
 
@@ -118,7 +179,8 @@ impl MorphState {
                     && self.adam_v[l].len() == u.weight_len()
                     && self.split_ema[l].len() == u.cout
                     && self.prune_ema[l].len() == u.cout
-            });
+            })
+            && (self.cross.is_empty() || self.cross.len() == self.joint_len().pow(2));
         if ok {
             Ok(())
         } else {

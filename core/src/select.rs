@@ -47,6 +47,10 @@ pub struct SelectConfig {
     pub fraction: f64,
     /// Whether prunes are candidates.
     pub prune: bool,
+    /// Rank by the gain a candidate adds to those already chosen, from the
+    /// joint estimate of the set ([`select_joint`]), instead of by its own.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub joint: bool,
 }
 
 impl SelectConfig {
@@ -142,6 +146,95 @@ pub fn select(arch: &Arch, cands: &[Candidate], cfg: &SelectConfig) -> Vec<Candi
         }
     }
     chosen
+}
+
+/// Selection with the joint estimate of the chosen set.
+///
+/// Eq. (1) scores each candidate alone, but every candidate is learned to
+/// move the loss toward the same minimum of the quadratic in `u`: applying
+/// many at once adds their `u` and overshoots that minimum (measured: the
+/// summed estimates of one phase reach several times `-L_hat`, and the grown
+/// network's test loss explodes). To first order the `u` of different
+/// morphisms add, so eq. (1) for a set `T` is
+/// `sum_{i in T} m_i + sum_{i, j in T} Q_ij` with `Q` the averaged
+/// `u_i u_j / (4 L_hat)` ([`MorphState::cross`]) and `m_i + Q_ii` the
+/// candidate's own estimate. Candidates are taken best own gain first, across
+/// layers, and kept while their marginal gain `gain_i - 2 sum_{j in T} Q_ij`
+/// stays positive, under the same per-layer budget and pruning limit as
+/// [`select`]. Without `state.cross` this is [`select`].
+pub fn select_joint(
+    arch: &Arch,
+    cands: &[Candidate],
+    cfg: &SelectConfig,
+    state: &MorphState,
+) -> Vec<Candidate> {
+    let k = state.joint_len();
+    if state.cross.len() != k * k {
+        return select(arch, cands, cfg);
+    }
+    let mut order: Vec<&Candidate> = cands.iter().filter(|c| c.gain > 0.0).collect();
+    order.sort_by(|a, b| {
+        b.gain
+            .total_cmp(&a.gain)
+            .then(a.layer.cmp(&b.layer))
+            .then(a.channel.cmp(&b.channel))
+    });
+    let layers = arch.layers();
+    let mut taken = alloc::vec![0usize; layers];
+    let mut prunes = alloc::vec![0usize; layers];
+    let mut used: Vec<Vec<bool>> = arch.widths.iter().map(|&w| alloc::vec![false; w]).collect();
+    // interaction[j] = sum over the chosen set of Q_ij.
+    let mut interaction = alloc::vec![0.0f64; k];
+    let mut chosen = Vec::new();
+    for cand in order {
+        let (l, c) = (cand.layer, cand.channel);
+        let w = arch.widths[l];
+        if used[l][c] || taken[l] >= layer_budget(w, cfg.fraction) {
+            continue;
+        }
+        let prune = cand.kind == Kind::Prune;
+        if prune && prunes[l] + 1 >= w {
+            continue;
+        }
+        let i = state.joint_slot(l, c, prune);
+        let marginal = cand.gain - 2.0 * interaction[i];
+        if marginal <= 0.0 {
+            continue;
+        }
+        for (acc, q) in interaction.iter_mut().zip(&state.cross[i * k..(i + 1) * k]) {
+            *acc += f64::from(*q);
+        }
+        used[l][c] = true;
+        taken[l] += 1;
+        prunes[l] += usize::from(prune);
+        chosen.push(*cand);
+    }
+    chosen.sort_by_key(|c| (c.layer, c.channel));
+    chosen
+}
+
+/// Eq. (1) for the whole set `chosen` under the first-order additivity of
+/// [`select_joint`]: `sum_i DeltaL_i + sum_{i != j} Q_ij`. `None` without
+/// [`MorphState::cross`].
+pub fn joint_delta_loss(chosen: &[Candidate], state: &MorphState) -> Option<f64> {
+    let k = state.joint_len();
+    if state.cross.len() != k * k {
+        return None;
+    }
+    let slots: Vec<usize> = chosen
+        .iter()
+        .map(|c| state.joint_slot(c.layer, c.channel, c.kind == Kind::Prune))
+        .collect();
+    let own: f64 = chosen.iter().map(|c| f64::from(c.delta_loss)).sum();
+    let mut pairs = 0.0f64;
+    for (a, &i) in slots.iter().enumerate() {
+        for (b, &j) in slots.iter().enumerate() {
+            if a != b {
+                pairs += f64::from(state.cross[i * k + j]);
+            }
+        }
+    }
+    Some(own + pairs)
 }
 
 /// Per-layer budget: at most `max(1, floor(fraction * width))` channels.
@@ -263,6 +356,7 @@ mod tests {
             lambda_macs: 0.0,
             fraction: 0.3,
             prune: true,
+            joint: false,
         };
         let cands = candidates(&arch, &st, &cfg);
         let chosen = select(&arch, &cands, &cfg);
@@ -284,6 +378,38 @@ mod tests {
     }
 
     #[test]
+    fn joint_selection_stops_at_the_minimum_of_the_set_estimate() {
+        let arch = Arch::vgg19(10, [1, 32, 32], 10).unwrap();
+        // One sample with L_hat = 1; every split of layer 0 has u = -1, so
+        // each alone is estimated at -1 + 1/4 and any k of them at
+        // -k + k^2 / 4: the set's minimum -1 is at k = 2.
+        let mut st = state_with(&arch, |l, _| if l == 0 { -0.75 } else { 0.0 }, |_, _| 0.0);
+        let mut u = alloc::vec![0.0f32; st.joint_len()];
+        for c in 0..10 {
+            u[st.joint_slot(0, c, false)] = -1.0;
+        }
+        st.update_cross(&u, 1, 1.0, 0.5, &mut Vec::new());
+        let cfg = SelectConfig {
+            lambda_params: 0.0,
+            lambda_macs: 0.0,
+            fraction: 1.0,
+            prune: false,
+            joint: true,
+        };
+        let cands = candidates(&arch, &st, &cfg);
+        assert_eq!(select(&arch, &cands, &cfg).len(), 10);
+        let chosen = select_joint(&arch, &cands, &cfg, &st);
+        let picked: Vec<(usize, usize)> = chosen.iter().map(|k| (k.layer, k.channel)).collect();
+        assert_eq!(picked, alloc::vec![(0, 0), (0, 1)]);
+        let joint = joint_delta_loss(&chosen, &st).unwrap();
+        assert!((joint + 1.0).abs() < 1e-6, "joint estimate {joint}");
+        // Without the cross products the rule is the independent one.
+        st.cross.clear();
+        assert_eq!(select_joint(&arch, &cands, &cfg, &st).len(), 10);
+        assert!(joint_delta_loss(&chosen, &st).is_none());
+    }
+
+    #[test]
     fn price_and_prune_floor_are_respected() {
         let arch = Arch::vgg19(2, [1, 32, 32], 10).unwrap();
         // Pruning both channels of a layer looks great, but one must stay.
@@ -293,6 +419,7 @@ mod tests {
             lambda_macs: 0.0,
             fraction: 1.0,
             prune: true,
+            joint: false,
         };
         let chosen = select(&arch, &candidates(&arch, &st, &cfg), &cfg);
         for l in 0..arch.layers() {
@@ -309,6 +436,7 @@ mod tests {
             lambda_macs: 0.0,
             fraction: 1.0,
             prune: false,
+            joint: false,
         };
         assert!(select(&arch, &candidates(&arch, &st, &cfg), &cfg).is_empty());
     }
@@ -327,6 +455,7 @@ mod tests {
             lambda_macs: 0.0,
             fraction: 0.25,
             prune: true,
+            joint: false,
         };
         let uni = random_splits(&arch, &cfg, true, &mut Rng::new(4));
         for l in 0..16 {

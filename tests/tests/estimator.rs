@@ -16,11 +16,14 @@
 
 use sprout_core::arch::Pool;
 use sprout_core::estimator::{
-    gauss_newton, prune_estimates, split_estimates, FrozenSigma, LayerBatch, Workspace,
+    gauss_newton, prune_estimates, prune_samples, split_estimates, FrozenSigma, LayerBatch,
+    Workspace,
 };
+use sprout_core::learn::MorphState;
 use sprout_core::model::{Mode, Model};
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::rng::Rng;
+use sprout_core::select::{joint_delta_loss, Candidate, Kind};
 use sprout_core::{Arch, Family, Network};
 use sprout_tests::randomize_bn;
 
@@ -448,6 +451,101 @@ fn rank_one_least_squares_estimate_is_exact_mobilenet() {
     let arch = Arch::new(Family::MobilenetV1, [3, 12, 12], 3, vec![4; 14]).unwrap();
     let worst = check_rank_one_exact(arch, 4);
     eprintln!("mobilenet rank-1: worst relative error {worst:.3e} (changes above 1e-3 L)");
+}
+
+/// Theorem 2 for sets: in the rank-1 least-squares setting the `u` of
+/// morphisms of one layer add exactly (sigma is frozen and channelwise), so
+/// the joint estimate of `select_joint` (own estimates plus the averaged
+/// cross products) is the true change of applying them all at once, where
+/// summing the candidates' own estimates is not.
+fn check_joint_set_exact(arch: Arch, seed: u64) {
+    let ro = RankOne::new(arch, seed);
+    let fx = &ro.fx;
+    let l = ro.layer;
+    let (cout, fan) = (fx.cout(l), fx.fan_in(l));
+    let sigma = FrozenSigma::of(&fx.net, l);
+    let batch = ro.batch(&sigma);
+    let mut rng = Rng::new(seed + 7);
+    let mut theta_rng = Rng::new(seed + 8);
+    let mut state = MorphState::new(&fx.net, 0.01, &mut theta_rng);
+    let theta = fx.theta(l, 2.0, &mut rng);
+    state.theta[l].copy_from_slice(&theta);
+    let mut ws = Workspace::default();
+    let mut split = vec![f32::NAN; cout];
+    split_estimates(&batch, &theta, &mut ws, &mut split, None);
+    let mut prune_u = vec![f32::NAN; cout];
+    prune_samples(&batch, &mut prune_u);
+    let mut prune = vec![f32::NAN; cout];
+    prune_estimates(&batch, &mut prune);
+    state.split_ema[l].copy_from_slice(&split);
+    state.prune_ema[l].copy_from_slice(&prune);
+    // One sample: the other layers' candidates contribute u = 0.
+    let k = state.joint_len();
+    let mut u = vec![0.0f32; k];
+    let first = state.joint_slot(l, 0, false);
+    u[first..first + cout].copy_from_slice(ws.last_u(1, cout));
+    u[first + cout..first + 2 * cout].copy_from_slice(&prune_u);
+    state.update_cross(&u, 1, ro.loss as f32, 0.5, &mut Vec::new());
+    // Split channels 0 and 1, prune channel 2.
+    let cand = |c: usize, kind: Kind, dl: f32| Candidate {
+        layer: l,
+        channel: c,
+        kind,
+        delta_loss: dl,
+        delta_params: 0,
+        delta_macs: 0,
+        gain: 0.0,
+    };
+    let chosen = [
+        cand(0, Kind::Split, split[0]),
+        cand(1, Kind::Split, split[1]),
+        cand(2, Kind::Prune, prune[2]),
+    ];
+    let morphisms = vec![
+        ChannelMorphism {
+            layer: l,
+            channel: 0,
+            morphism: Morphism::Split {
+                theta: theta[..fan].to_vec(),
+            },
+        },
+        ChannelMorphism {
+            layer: l,
+            channel: 1,
+            morphism: Morphism::Split {
+                theta: theta[fan..2 * fan].to_vec(),
+            },
+        },
+        ChannelMorphism {
+            layer: l,
+            channel: 2,
+            morphism: Morphism::Prune,
+        },
+    ];
+    let changed = apply(&fx.net, &morphisms, &mut []).unwrap();
+    let z2 = eval(&changed, &fx.images, 1).logits().to_vec();
+    let want = ro.true_change(&z2);
+    let got = joint_delta_loss(&chosen, &state).unwrap();
+    let tol = 1e-4 * want.abs() + 1e-6 * ro.rounding_scale(&z2);
+    assert!(
+        (got - want).abs() <= tol,
+        "joint estimate {got}, true change of the set {want} (tol {tol})"
+    );
+    let summed: f64 = chosen.iter().map(|c| f64::from(c.delta_loss)).sum();
+    assert!(
+        (summed - want).abs() > 10.0 * tol,
+        "the set's own estimates already add up ({summed} vs {want}): the check is vacuous"
+    );
+}
+
+#[test]
+fn joint_estimate_of_a_set_is_exact_for_rank_one_least_squares() {
+    for seed in [5, 6] {
+        let arch = Arch::new(Family::Vgg19, [1, 32, 32], 4, vec![4; 16]).unwrap();
+        check_joint_set_exact(arch, seed);
+    }
+    let arch = Arch::new(Family::MobilenetV1, [3, 12, 12], 3, vec![4; 14]).unwrap();
+    check_joint_set_exact(arch, 7);
 }
 
 /// Central differences of `delta_l[c]` in single entries of `theta[c]`.

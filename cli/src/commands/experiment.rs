@@ -109,6 +109,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
             lambda_macs: 0.0,
             fraction: 0.3,
             prune: false,
+            joint: false,
         },
         augment: (!a.no_augment).then(Augment::default),
         strategy: Default::default(),
@@ -158,6 +159,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         ema_alpha,
         method: Default::default(),
         theta_max: None,
+        joint: false,
     };
     let mut theta_rng = state.rng.fork();
     backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;

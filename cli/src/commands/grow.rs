@@ -15,7 +15,8 @@ use serde_json::json;
 use sprout_core::backend::{Backend, CpuBackend};
 use sprout_core::data::{Augment, Dataset, Normalization};
 use sprout_core::grow::{
-    run_phase, train_epochs, GrowConfig, GrowState, PhaseReport, Stage, Strategy,
+    run_phase, train_epochs, train_from_scratch, GrowConfig, GrowState, PhaseReport, Stage,
+    Strategy,
 };
 use sprout_core::optim::{Adam, StepSchedule};
 use sprout_core::rng::Rng;
@@ -25,6 +26,15 @@ use sprout_core::{Arch, Network};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Selection rules selectable with `--selection`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectionRule {
+    /// Each candidate by its own estimate (the paper, section 3.3).
+    Independent,
+    /// By the marginal gain under the joint estimate of the chosen set.
+    Joint,
+}
 
 /// Growth strategies selectable with `--strategy`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +115,11 @@ pub struct GrowArgs {
     /// Consider splits only, never prunes.
     #[arg(long)]
     pub no_prune: bool,
+    /// How candidates are chosen: `independent` ranks each by its own
+    /// estimate (the paper); `joint` keeps a candidate only while it adds to
+    /// the joint estimate of the set chosen so far [default: independent].
+    #[arg(long, value_enum)]
+    pub selection: Option<SelectionRule>,
     #[arg(long)]
     pub batch: Option<usize>,
     /// SGD learning rate [default: 0.05].
@@ -223,6 +238,11 @@ impl GrowArgs {
             } else {
                 g.as_ref().map(|g| g.select.prune).unwrap_or(true)
             },
+            joint: self
+                .selection
+                .map(|s| s == SelectionRule::Joint)
+                .or(g.as_ref().map(|g| g.select.joint))
+                .unwrap_or(false),
         };
         let augment = if self.no_augment {
             None
@@ -398,7 +418,7 @@ fn truncate_log(run: &RunDir, name: &str, phase: usize) -> Result<()> {
     crate::weights::write_atomic(&path, kept.as_bytes())
 }
 
-fn limited(ds: &Dataset, limit: Option<usize>) -> Dataset {
+pub(crate) fn limited(ds: &Dataset, limit: Option<usize>) -> Dataset {
     match limit {
         Some(n) if n < ds.len() => ds.subset(&(0..n).collect::<Vec<_>>()),
         _ => ds.clone(),
@@ -637,7 +657,7 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
     let prunes = r.applied.len() - splits;
     let sum_dl: f64 = r.applied.iter().map(|c| c.delta_loss as f64).sum();
     println!(
-        "phase {:>2}  loss {:.4}  test {:6.2}% -> {:6.2}% (test loss {:+.4}; BN refreshed {:6.2}%)  params {} -> {}  MACs {}  +{} splits -{} prunes  est. dL {:+.4}  widths {:?}  ({:.0} s)",
+        "phase {:>2}  loss {:.4}  test {:6.2}% -> {:6.2}% (test loss {:+.4}; BN refreshed {:6.2}%)  params {} -> {}  MACs {}  +{} splits -{} prunes  est. dL {:+.4}{}  widths {:?}  ({:.0} s)",
         r.phase,
         r.train.loss,
         100.0 * r.test.accuracy,
@@ -650,6 +670,9 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
         splits,
         prunes,
         sum_dl,
+        r.joint_delta_loss
+            .map(|j| format!(" (jointly {j:+.4})"))
+            .unwrap_or_default(),
         r.arch_after.widths,
         secs
     );
@@ -674,6 +697,7 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
             "splits": splits,
             "prunes": prunes,
             "sum_estimated_delta_loss": sum_dl,
+            "joint_estimated_delta_loss": r.joint_delta_loss,
             "seconds": secs,
         }),
     )?;
@@ -710,33 +734,24 @@ fn retrain(
     norm: &Normalization,
 ) -> Result<()> {
     let g = &cfg.grow;
-    let mut state = GrowState::new(
-        Network::init(arch, cfg.seed ^ 0x7e7a_1a17),
-        cfg.seed ^ 0x3c6e_f372,
-    );
     let mut backend = CpuBackend::new(g.batch);
-    backend.load(&state.network, None)?;
-    let mut progress = bars(0, 0);
-    let mut last = PassStats::default();
-    for _ in 0..cfg.retrain_epochs {
-        last = train_epochs(
-            &mut backend,
-            &mut state,
-            g,
-            1,
-            train,
-            norm,
-            true,
-            &mut progress,
-        )?;
-    }
-    let t = evaluate(&mut backend, test, norm, &mut Batches::new(test, g.batch))?;
+    let (last, t, net) = train_from_scratch(
+        &mut backend,
+        arch,
+        g,
+        cfg.seed,
+        cfg.retrain_epochs,
+        train,
+        test,
+        norm,
+        &mut bars(0, 0),
+    )?;
     println!(
         "retrained from scratch for {} epochs: test {:.2}%",
         cfg.retrain_epochs,
         100.0 * t.accuracy
     );
-    save_network(&run.file("retrained.safetensors"), &backend.network()?, &[])?;
+    save_network(&run.file("retrained.safetensors"), &net, &[])?;
     run.write_json(
         "retrain.json",
         &json!({"epochs": cfg.retrain_epochs, "train_loss": last.loss, "test_accuracy": t.accuracy, "test_loss": t.loss, "params": arch.params()}),
@@ -822,6 +837,7 @@ fn last_candidates(run: &RunDir) -> Result<Option<PhaseReport>> {
         arch_before: arch,
         candidates,
         applied: Vec::new(),
+        joint_delta_loss: None,
         theta_norms: Vec::new(),
     }))
 }

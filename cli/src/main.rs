@@ -23,6 +23,8 @@ enum Command {
     Compare(commands::compare::CompareArgs),
     /// Estimated vs true loss change of every split candidate (the paper's Figure 3).
     Estimate(commands::estimate::EstimateArgs),
+    /// The paper's Tables 1 and 2: every strategy and fixed baselines, retrained from scratch.
+    Table(commands::table::TableArgs),
     /// Parameters, MACs and per-layer widths of an architecture.
     Info(commands::info::InfoArgs),
     /// Train a fixed architecture and write a run directory.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Grow(a) => commands::grow::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Estimate(a) => commands::estimate::run(a),
+        Command::Table(a) => commands::table::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),

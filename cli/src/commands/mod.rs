@@ -7,4 +7,5 @@ pub mod eval;
 pub mod experiment;
 pub mod grow;
 pub mod info;
+pub mod table;
 pub mod train;

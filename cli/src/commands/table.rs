@@ -1,0 +1,560 @@
+//! `sprout table`: the paper's Tables 1 and 2. From each seed, growth with
+//! the Gauss-Newton estimator at several lambda_p, splitting steepest descent,
+//! random and uniform growth (the last two matched to the parameter count the
+//! first Gauss-Newton run reached), each final architecture retrained from
+//! scratch (the paper's protocol), next to fixed baselines trained for the
+//! same number of epochs. Every run lives in its own directory under
+//! `OUT/runs`, so an interrupted table continues where it stopped.
+
+use crate::commands::grow::{self, limited, GrowArgs};
+use crate::data::{resolve, DatasetName};
+use crate::plots::accuracy_vs_params;
+use crate::progress::bar;
+use crate::run_dir::{set_threads, RunDir};
+use crate::weights::load_arch_json;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser};
+use serde::{Deserialize, Serialize};
+use sprout_core::arch::Family;
+use sprout_core::backend::CpuBackend;
+use sprout_core::data::{Augment, Dataset, Normalization};
+use sprout_core::grow::{train_from_scratch, GrowConfig, Stage};
+use sprout_core::optim::{Adam, StepSchedule};
+use sprout_core::select::{layer_budget, SelectConfig};
+use sprout_core::Arch;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug, Clone)]
+pub struct TableArgs {
+    /// Dataset [default: the embedded Fashion-MNIST subset].
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetName>,
+    /// Directory of the dataset files.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Seed presets, comma-separated (VGG-19 at width 16, MobileNetV1 at width 32).
+    #[arg(long, value_delimiter = ',', default_value = "vgg19,mobilenet-v1")]
+    pub archs: Vec<String>,
+    /// lambda_p of the Gauss-Newton runs, comma-separated; the first also
+    /// prices splitting, and random and uniform growth match its parameter count.
+    #[arg(long, value_delimiter = ',', default_value = "3e-7,3e-6")]
+    pub lambdas: Vec<f64>,
+    /// Growth phases P.
+    #[arg(long, default_value_t = 3)]
+    pub phases: usize,
+    /// Training (and morphism-learning) epochs per phase.
+    #[arg(long, default_value_t = 1)]
+    pub phase_epochs: usize,
+    /// Training epochs after the last phase.
+    #[arg(long, default_value_t = 1)]
+    pub final_epochs: usize,
+    /// Widths of the fixed VGG-19 baselines beside the seed, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    pub vgg_widths: Vec<usize>,
+    /// Use only the first N training images (0: all).
+    #[arg(long, default_value_t = 10_000)]
+    pub train_limit: usize,
+    /// Use only the first N test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub test_limit: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    #[arg(long)]
+    pub no_augment: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value = "runs/table")]
+    pub out: PathBuf,
+}
+
+/// One row of the table, stored as `result.json` in the run's directory.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Seed preset (`vgg19` or `mobilenet-v1`).
+    pub seed: String,
+    /// `gn`, `splitting`, `random`, `uniform` or `fixed`.
+    pub method: String,
+    pub lambda_params: Option<f64>,
+    pub params: u64,
+    pub macs: u64,
+    pub widths: Vec<usize>,
+    /// Test accuracy of the grown network at the end of growth (none for fixed rows).
+    pub grown_test_accuracy: Option<f64>,
+    /// Test accuracy after training the final architecture from scratch.
+    pub test_accuracy: f64,
+    pub growth_seconds: Option<f64>,
+    pub train_seconds: f64,
+    pub epochs: usize,
+}
+
+/// Wraps the grow flags so the table can build them like a command line.
+#[derive(Parser, Debug)]
+#[command(name = "grow")]
+struct GrowCommandLine {
+    #[command(flatten)]
+    args: GrowArgs,
+}
+
+/// The growth runs of one seed, in the order they must run (random and
+/// uniform read the first Gauss-Newton run's parameter count).
+#[derive(Clone, Debug, PartialEq)]
+enum Method {
+    Gn(f64),
+    Splitting(f64),
+    Random,
+    Uniform,
+}
+
+impl Method {
+    fn name(&self) -> &'static str {
+        match self {
+            Method::Gn(_) => "gn",
+            Method::Splitting(_) => "splitting",
+            Method::Random => "random",
+            Method::Uniform => "uniform",
+        }
+    }
+
+    fn lambda(&self) -> Option<f64> {
+        match self {
+            Method::Gn(l) | Method::Splitting(l) => Some(*l),
+            _ => None,
+        }
+    }
+
+    fn dir_name(&self, seed: &str) -> String {
+        match self.lambda() {
+            Some(l) => format!("{seed}-{}-{l:e}", self.name()),
+            None => format!("{seed}-{}", self.name()),
+        }
+    }
+}
+
+impl TableArgs {
+    fn validate(&self) -> Result<()> {
+        if self.phases == 0 || self.phase_epochs == 0 {
+            bail!("--phases and --phase-epochs must be at least 1");
+        }
+        if self.lambdas.is_empty() {
+            bail!("--lambdas: give at least one value");
+        }
+        if let Some(l) = self.lambdas.iter().find(|l| !(l.is_finite() && **l >= 0.0)) {
+            bail!("--lambdas: {l} is not a finite number >= 0");
+        }
+        if self.vgg_widths.contains(&0) {
+            bail!("--vgg-widths: widths must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        for a in &self.archs {
+            Family::parse(a.trim()).map_err(|_| {
+                anyhow!("--archs: unknown architecture '{a}' (expected vgg19 or mobilenet-v1)")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Training epochs of a growth run, which every retraining and fixed
+    /// baseline gets too.
+    fn total_epochs(&self) -> usize {
+        self.phases * self.phase_epochs + self.final_epochs
+    }
+
+    fn limit(n: usize) -> Option<usize> {
+        (n > 0).then_some(n)
+    }
+
+    /// The training setup that retraining and fixed baselines share with growth.
+    fn train_config(&self) -> GrowConfig {
+        GrowConfig {
+            phases: self.phases,
+            train_epochs: self.phase_epochs,
+            morph_epochs: self.phase_epochs,
+            final_epochs: self.final_epochs,
+            batch: 64,
+            schedule: StepSchedule {
+                base: self.lr,
+                milestones: Vec::new(),
+                gamma: 0.1,
+            },
+            weight_decay: 1e-4,
+            adam: Adam::paper(),
+            ema_alpha: None,
+            theta_init: 0.01,
+            select: SelectConfig {
+                lambda_params: 0.0,
+                lambda_macs: 0.0,
+                fraction: 0.3,
+                prune: true,
+                joint: false,
+            },
+            augment: (!self.no_augment).then(Augment::default),
+            strategy: Default::default(),
+            theta_max: None,
+            split_iterations: 4,
+            split_epsilon: 0.1,
+        }
+    }
+
+    /// `sprout grow` flags for one growth run.
+    fn grow_flags(
+        &self,
+        seed: &str,
+        method: &Method,
+        fraction: Option<f64>,
+        dir: &Path,
+    ) -> Vec<String> {
+        let mut f: Vec<String> = vec!["grow".into()];
+        let mut push = |k: &str, v: String| {
+            f.push(format!("--{k}"));
+            f.push(v);
+        };
+        push("arch", seed.into());
+        if let Some(d) = self.dataset {
+            push("dataset", d.as_str().into());
+        }
+        if let Some(d) = &self.data {
+            push("data", d.display().to_string());
+        }
+        push("strategy", method.name().into());
+        if let Some(l) = method.lambda() {
+            push("lambda-params", format!("{l:e}"));
+        }
+        if let Some(fr) = fraction {
+            push("grow-fraction", format!("{fr}"));
+        }
+        push("phases", self.phases.to_string());
+        push("phase-epochs", self.phase_epochs.to_string());
+        push("final-epochs", self.final_epochs.to_string());
+        push("lr", self.lr.to_string());
+        push("seed", self.seed.to_string());
+        if let Some(n) = Self::limit(self.train_limit) {
+            push("train-limit", n.to_string());
+        }
+        if let Some(n) = Self::limit(self.test_limit) {
+            push("test-limit", n.to_string());
+        }
+        push("out", dir.display().to_string());
+        if self.no_augment {
+            f.push("--no-augment".into());
+        }
+        f
+    }
+}
+
+/// The fraction of every layer's channels that uniform growth adds per
+/// phase so that after `phases` phases its parameter count is closest to
+/// `target` (random growth adds the same number of channels, anywhere).
+fn matched_fraction(seed: &Arch, phases: usize, target: u64) -> Result<f64> {
+    let grown = |fraction: f64| -> Result<u64> {
+        let mut widths = seed.widths.clone();
+        for _ in 0..phases {
+            for w in widths.iter_mut() {
+                *w += layer_budget(*w, fraction);
+            }
+        }
+        Ok(Arch::new(seed.family, seed.input, seed.classes, widths)
+            .map_err(|e| anyhow!("{e}"))?
+            .params())
+    };
+    let mut best = (u64::MAX, 0.01);
+    for i in 1..=100 {
+        let fraction = i as f64 / 100.0;
+        let gap = grown(fraction)?.abs_diff(target);
+        if gap < best.0 {
+            best = (gap, fraction);
+        }
+    }
+    Ok(best.1)
+}
+
+fn read_row(dir: &Path) -> Option<Row> {
+    let bytes = fs::read(dir.join("result.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Trains `arch` from scratch for the table's epoch budget and records it.
+fn train_row(
+    args: &TableArgs,
+    arch: &Arch,
+    dir: &Path,
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalization,
+) -> Result<(f64, f64)> {
+    let cfg = args.train_config();
+    let epochs = args.total_epochs();
+    let batches = train.len().div_ceil(cfg.batch) as u64;
+    let pb = bar(batches, &format!("{} from scratch", dir.display()));
+    let start = Instant::now();
+    let mut backend = CpuBackend::new(cfg.batch);
+    let (_, tested, net) = train_from_scratch(
+        &mut backend,
+        arch,
+        &cfg,
+        args.seed,
+        epochs,
+        train,
+        test,
+        norm,
+        &mut |stage, done, _, loss| {
+            if let Stage::Final { epoch } = stage {
+                pb.set_position(done as u64);
+                pb.set_message(format!("epoch {}/{epochs} loss {loss:.4}", epoch + 1));
+            }
+        },
+    )?;
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    crate::weights::save_network(&dir.join("retrained.safetensors"), &net, &[])?;
+    Ok((f64::from(tested.accuracy), secs))
+}
+
+/// A growth run followed by retraining its final architecture from scratch.
+#[allow(clippy::too_many_arguments)]
+fn growth_row(
+    args: &TableArgs,
+    seed: &str,
+    method: &Method,
+    fraction: Option<f64>,
+    dir: &Path,
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalization,
+) -> Result<Row> {
+    let mut flags = args.grow_flags(seed, method, fraction, dir);
+    if dir.join("checkpoint").exists() {
+        // An interrupted growth run continues from its last phase.
+        flags.push("--resume".into());
+        flags.push(dir.display().to_string());
+    }
+    let cli = GrowCommandLine::try_parse_from(&flags)
+        .map_err(|e| anyhow!("table: bad grow flags {flags:?}: {e}"))?;
+    let start = Instant::now();
+    grow::run(&cli.args).with_context(|| format!("growth run {}", dir.display()))?;
+    let growth_seconds = start.elapsed().as_secs_f64();
+    let arch = load_arch_json(&dir.join("arch.json"))?;
+    let final_path = dir.join("final.json");
+    let fin: serde_json::Value = serde_json::from_slice(
+        &fs::read(&final_path).with_context(|| format!("cannot read {}", final_path.display()))?,
+    )
+    .with_context(|| format!("{}: not JSON", final_path.display()))?;
+    let (test_accuracy, train_seconds) = train_row(args, &arch, dir, train, test, norm)?;
+    Ok(Row {
+        seed: seed.into(),
+        method: method.name().into(),
+        lambda_params: method.lambda(),
+        params: arch.params(),
+        macs: arch.macs(),
+        widths: arch.widths.clone(),
+        grown_test_accuracy: fin["test_accuracy"].as_f64(),
+        test_accuracy,
+        growth_seconds: Some(growth_seconds),
+        train_seconds,
+        epochs: args.total_epochs(),
+    })
+}
+
+fn fixed_row(
+    args: &TableArgs,
+    arch: &Arch,
+    seed: &str,
+    dir: &Path,
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalization,
+) -> Result<Row> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (test_accuracy, train_seconds) = train_row(args, arch, dir, train, test, norm)?;
+    Ok(Row {
+        seed: seed.into(),
+        method: "fixed".into(),
+        lambda_params: None,
+        params: arch.params(),
+        macs: arch.macs(),
+        widths: arch.widths.clone(),
+        grown_test_accuracy: None,
+        test_accuracy,
+        growth_seconds: None,
+        train_seconds,
+        epochs: args.total_epochs(),
+    })
+}
+
+/// Runs `make` unless `dir` already holds a finished row, and stores its row.
+fn cached(dir: &Path, make: impl FnOnce() -> Result<Row>) -> Result<Row> {
+    if let Some(row) = read_row(dir) {
+        println!("{}: done before, reusing result.json", dir.display());
+        return Ok(row);
+    }
+    let row = make()?;
+    RunDir::create(dir)?.write_json("result.json", &row)?;
+    Ok(row)
+}
+
+/// A row's label in the table and the plot.
+pub fn label(r: &Row) -> String {
+    match (r.method.as_str(), r.lambda_params) {
+        ("fixed", _) => format!("fixed {}", width_label(&r.widths)),
+        (m, Some(l)) => format!("{m} (lambda_p {l:e})"),
+        (m, None) => m.to_string(),
+    }
+}
+
+fn width_label(widths: &[usize]) -> String {
+    match widths.split_first() {
+        Some((w, rest)) if rest.iter().all(|x| x == w) => format!("width {w}"),
+        _ => "widths".into(),
+    }
+}
+
+fn pct_error(acc: f64) -> String {
+    format!("{:.2}", 100.0 * (1.0 - acc))
+}
+
+fn secs(s: Option<f64>) -> String {
+    s.map_or_else(|| "-".into(), |s| format!("{s:.0}"))
+}
+
+/// The table as CSV and Markdown.
+pub fn render(rows: &[Row]) -> Result<(String, String)> {
+    let mut csv = String::from(
+        "seed,method,lambda_params,params,macs,grown_test_error,test_error,growth_seconds,train_seconds,epochs\n",
+    );
+    let mut md = String::from(
+        "| seed | run | params | MACs | test error grown (%) | test error retrained (%) | growth (s) | retrain (s) |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{:.1},{}",
+            r.seed,
+            r.method,
+            r.lambda_params
+                .map_or_else(String::new, |l| format!("{l:e}")),
+            r.params,
+            r.macs,
+            r.grown_test_accuracy.map_or_else(String::new, pct_error),
+            pct_error(r.test_accuracy),
+            r.growth_seconds
+                .map_or_else(String::new, |s| format!("{s:.1}")),
+            r.train_seconds,
+            r.epochs
+        )?;
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.seed,
+            label(r),
+            r.params,
+            r.macs,
+            r.grown_test_accuracy.map_or_else(|| "-".into(), pct_error),
+            pct_error(r.test_accuracy),
+            secs(r.growth_seconds),
+            secs(Some(r.train_seconds))
+        )?;
+    }
+    Ok((csv, md))
+}
+
+pub fn run(args: &TableArgs) -> Result<()> {
+    args.validate()?;
+    set_threads(args.threads)?;
+    let splits = resolve(args.dataset, args.data.as_deref())?;
+    let train = limited(&splits.train, TableArgs::limit(args.train_limit));
+    let test = limited(&splits.test, TableArgs::limit(args.test_limit));
+    let norm = Normalization::of(&train);
+    let out = RunDir::create(&args.out)?;
+    let runs = args.out.join("runs");
+    let t = &train;
+    let input = [t.channels, t.height, t.width];
+    println!(
+        "table on {} ({} train / {} test images): {} phases x {} epochs (+{} final), every architecture trained {} epochs from scratch",
+        splits.name,
+        train.len(),
+        test.len(),
+        args.phases,
+        args.phase_epochs,
+        args.final_epochs,
+        args.total_epochs()
+    );
+    let mut rows = Vec::new();
+    for name in &args.archs {
+        let family =
+            Family::parse(name.trim()).map_err(|_| anyhow!("--archs: unknown '{name}'"))?;
+        let seed_name = family.name();
+        let seed_width = match family {
+            Family::Vgg19 => 16,
+            Family::MobilenetV1 => 32,
+        };
+        let seed_arch = Arch::new(family, input, t.classes, vec![seed_width; family.layers()])
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut fixed = vec![seed_arch.clone()];
+        if family == Family::Vgg19 {
+            for &w in &args.vgg_widths {
+                fixed.push(
+                    Arch::new(family, input, t.classes, vec![w; family.layers()])
+                        .map_err(|e| anyhow!("{e}"))?,
+                );
+            }
+        }
+        for arch in &fixed {
+            let dir = runs.join(format!("{seed_name}-fixed-w{}", arch.widths[0]));
+            rows.push(cached(&dir, || {
+                fixed_row(args, arch, seed_name, &dir, &train, &test, &norm)
+            })?);
+        }
+        let mut methods: Vec<Method> = args.lambdas.iter().map(|&l| Method::Gn(l)).collect();
+        methods.push(Method::Splitting(args.lambdas[0]));
+        methods.push(Method::Random);
+        methods.push(Method::Uniform);
+        let mut target = None;
+        for method in &methods {
+            let dir = runs.join(method.dir_name(seed_name));
+            let fraction = match method {
+                Method::Random | Method::Uniform => {
+                    let target: u64 = target.ok_or_else(|| anyhow!("no gn run to match"))?;
+                    Some(matched_fraction(&seed_arch, args.phases, target)?)
+                }
+                _ => None,
+            };
+            let row = cached(&dir, || {
+                growth_row(
+                    args, seed_name, method, fraction, &dir, &train, &test, &norm,
+                )
+            })?;
+            if target.is_none() && matches!(method, Method::Gn(_)) {
+                target = Some(row.params);
+            }
+            rows.push(row);
+        }
+    }
+    let (csv, md) = render(&rows)?;
+    crate::weights::write_atomic(&out.file("table.csv"), csv.as_bytes())?;
+    crate::weights::write_atomic(&out.file("table.md"), md.as_bytes())?;
+    for name in &args.archs {
+        let seed_name = Family::parse(name.trim())
+            .map_err(|_| anyhow!("--archs: unknown '{name}'"))?
+            .name();
+        let series: Vec<(String, Vec<(f64, f64)>)> = rows
+            .iter()
+            .filter(|r| r.seed == seed_name)
+            .map(|r| (label(r), vec![(r.params as f64, 100.0 * r.test_accuracy)]))
+            .collect();
+        accuracy_vs_params(
+            &out.file(&format!("accuracy-vs-params-{seed_name}.svg")),
+            &format!("{seed_name} on {}: retrained from scratch", splits.name),
+            &series,
+        )?;
+    }
+    print!("{md}");
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

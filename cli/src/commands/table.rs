@@ -39,8 +39,9 @@ pub struct TableArgs {
     #[arg(long, value_delimiter = ',', default_value = "vgg19,mobilenet-v1")]
     pub archs: Vec<String>,
     /// lambda_p of the Gauss-Newton runs, comma-separated; the first also
-    /// prices splitting, and random and uniform growth match its parameter count.
-    #[arg(long, value_delimiter = ',', default_value = "3e-7,3e-6")]
+    /// prices splitting and the paper's independent selection, and random
+    /// and uniform growth match its parameter count.
+    #[arg(long, value_delimiter = ',', default_value = "3e-8,1e-6")]
     pub lambdas: Vec<f64>,
     /// Growth phases P.
     #[arg(long, default_value_t = 3)]
@@ -106,6 +107,8 @@ struct GrowCommandLine {
 #[derive(Clone, Debug, PartialEq)]
 enum Method {
     Gn(f64),
+    /// Gauss-Newton estimates with the paper's independent selection rule.
+    GnIndependent(f64),
     Splitting(f64),
     Random,
     Uniform,
@@ -115,6 +118,7 @@ impl Method {
     fn name(&self) -> &'static str {
         match self {
             Method::Gn(_) => "gn",
+            Method::GnIndependent(_) => "gn-independent",
             Method::Splitting(_) => "splitting",
             Method::Random => "random",
             Method::Uniform => "uniform",
@@ -123,7 +127,7 @@ impl Method {
 
     fn lambda(&self) -> Option<f64> {
         match self {
-            Method::Gn(l) | Method::Splitting(l) => Some(*l),
+            Method::Gn(l) | Method::GnIndependent(l) | Method::Splitting(l) => Some(*l),
             _ => None,
         }
     }
@@ -167,6 +171,12 @@ impl TableArgs {
         self.phases * self.phase_epochs + self.final_epochs
     }
 
+    /// The epoch from which the learning rate is ten times lower: the final
+    /// training epochs of growth, and the same epochs of every retraining.
+    fn milestone(&self) -> Option<usize> {
+        (self.final_epochs > 0).then_some(self.phases * self.phase_epochs)
+    }
+
     fn limit(n: usize) -> Option<usize> {
         (n > 0).then_some(n)
     }
@@ -181,7 +191,7 @@ impl TableArgs {
             batch: 64,
             schedule: StepSchedule {
                 base: self.lr,
-                milestones: Vec::new(),
+                milestones: self.milestone().into_iter().collect(),
                 gamma: 0.1,
             },
             weight_decay: 1e-4,
@@ -223,7 +233,17 @@ impl TableArgs {
         if let Some(d) = &self.data {
             push("data", d.display().to_string());
         }
-        push("strategy", method.name().into());
+        let strategy = match method {
+            Method::GnIndependent(_) => {
+                push("selection", "independent".into());
+                "gn"
+            }
+            m => m.name(),
+        };
+        push("strategy", strategy.into());
+        if let Some(m) = self.milestone() {
+            push("milestones", m.to_string());
+        }
         if let Some(l) = method.lambda() {
             push("lambda-params", format!("{l:e}"));
         }
@@ -403,6 +423,7 @@ fn cached(dir: &Path, make: impl FnOnce() -> Result<Row>) -> Result<Row> {
 pub fn label(r: &Row) -> String {
     match (r.method.as_str(), r.lambda_params) {
         ("fixed", _) => format!("fixed {}", width_label(&r.widths)),
+        ("gn-independent", Some(l)) => format!("gn, paper's selection (lambda_p {l:e})"),
         (m, Some(l)) => format!("{m} (lambda_p {l:e})"),
         (m, None) => m.to_string(),
     }
@@ -512,6 +533,7 @@ pub fn run(args: &TableArgs) -> Result<()> {
             })?);
         }
         let mut methods: Vec<Method> = args.lambdas.iter().map(|&l| Method::Gn(l)).collect();
+        methods.push(Method::GnIndependent(args.lambdas[0]));
         methods.push(Method::Splitting(args.lambdas[0]));
         methods.push(Method::Random);
         methods.push(Method::Uniform);

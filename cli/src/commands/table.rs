@@ -41,7 +41,7 @@ pub struct TableArgs {
     /// lambda_p of the Gauss-Newton runs, comma-separated; the first also
     /// prices splitting and the paper's independent selection, and random
     /// and uniform growth match its parameter count.
-    #[arg(long, value_delimiter = ',', default_value = "3e-8,1e-6")]
+    #[arg(long, value_delimiter = ',', default_value = "3e-7,1e-6")]
     pub lambdas: Vec<f64>,
     /// Growth phases P.
     #[arg(long, default_value_t = 3)]

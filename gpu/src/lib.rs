@@ -7,8 +7,13 @@
 //! any. Parameters stay on the device; a step sends back only its loss and
 //! correct count.
 
+pub mod backend;
 pub mod context;
+pub mod graph;
 pub mod kernel;
 pub mod kernels;
+pub mod layout;
+pub mod morph;
 
+pub use backend::GpuBackend;
 pub use context::{adapters, AdapterSummary, Gpu};

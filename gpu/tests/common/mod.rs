@@ -66,3 +66,30 @@ pub fn close(name: &str, got: &[f32], want: &[f32], rtol: f32) -> Result<(), Str
     }
     Ok(())
 }
+
+/// `|got - want| <= rtol * max |want| + atol` everywhere: for whole-network
+/// tensors, whose small entries come out of cancelling sums.
+pub fn close_to_max(
+    name: &str,
+    got: &[f32],
+    want: &[f32],
+    rtol: f32,
+    atol: f32,
+) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{name}: {} values, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        // Written so that NaN fails.
+        let ok = (g - w).abs() <= rtol * scale + atol;
+        if !ok {
+            return Err(format!("{name}[{i}]: gpu {g} vs cpu {w} (largest {scale})"));
+        }
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@
 use crate::commands::eval::load_dataset;
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName, Splits};
+use crate::device::DeviceArgs;
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::{load_network, load_tensors, save_network, save_tensors};
@@ -12,7 +13,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sprout_core::backend::{Backend, CpuBackend};
 use sprout_core::data::{Augment, Dataset, Normalization};
 use sprout_core::grow::{
     run_phase, train_epochs, GrowConfig, GrowState, PhaseReport, Stage, Strategy,
@@ -141,6 +141,9 @@ pub struct GrowArgs {
     pub test_limit: Option<usize>,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Engine for the steps.
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Run directory [default: runs/grow].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -552,14 +555,14 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         g.select.lambda_params,
         g.select.lambda_macs
     );
-    let mut backend = CpuBackend::new(g.batch);
+    let mut backend = args.device.open(g.batch)?;
     let mut last_report: Option<PhaseReport> = None;
     while state.phase < g.phases {
         let start = Instant::now();
         let phase = state.phase + 1;
         let mut progress = bars(phase, g.phases);
         let report = run_phase(
-            &mut backend,
+            backend.as_mut(),
             &mut state,
             g,
             &train,
@@ -582,7 +585,7 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         let mut progress = bars(g.phases, g.phases);
         backend.load(&state.network, Some(&state.momentum))?;
         let train_stats = train_epochs(
-            &mut backend,
+            backend.as_mut(),
             &mut state,
             g,
             g.final_epochs,
@@ -594,7 +597,7 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         state.network = backend.network()?;
         state.momentum = backend.momentum()?;
         let test_stats = evaluate(
-            &mut backend,
+            backend.as_mut(),
             &test,
             &norm,
             &mut Batches::new(&test, g.batch),
@@ -625,7 +628,15 @@ pub fn run(args: &GrowArgs) -> Result<()> {
     save_network(&run.file("model.safetensors"), &state.network, &[])?;
     run.write_json("arch.json", &state.network.arch)?;
     if cfg.retrain_epochs > 0 {
-        retrain(&run, &cfg, &state.network.arch, &train, &test, &norm)?;
+        retrain(
+            &run,
+            &cfg,
+            &state.network.arch,
+            &train,
+            &test,
+            &norm,
+            &args.device,
+        )?;
     }
     write_figures(&run, last_report.as_ref())?;
     println!("wrote {}", run.path.display());
@@ -708,19 +719,20 @@ fn retrain(
     train: &Dataset,
     test: &Dataset,
     norm: &Normalization,
+    device: &DeviceArgs,
 ) -> Result<()> {
     let g = &cfg.grow;
     let mut state = GrowState::new(
         Network::init(arch, cfg.seed ^ 0x7e7a_1a17),
         cfg.seed ^ 0x3c6e_f372,
     );
-    let mut backend = CpuBackend::new(g.batch);
+    let mut backend = device.open(g.batch)?;
     backend.load(&state.network, None)?;
     let mut progress = bars(0, 0);
     let mut last = PassStats::default();
     for _ in 0..cfg.retrain_epochs {
         last = train_epochs(
-            &mut backend,
+            backend.as_mut(),
             &mut state,
             g,
             1,
@@ -730,7 +742,12 @@ fn retrain(
             &mut progress,
         )?;
     }
-    let t = evaluate(&mut backend, test, norm, &mut Batches::new(test, g.batch))?;
+    let t = evaluate(
+        backend.as_mut(),
+        test,
+        norm,
+        &mut Batches::new(test, g.batch),
+    )?;
     println!(
         "retrained from scratch for {} epochs: test {:.2}%",
         cfg.retrain_epochs,

@@ -1,6 +1,6 @@
 // dw = sum over samples and output positions of dy * x: one workgroup per
-// weight, its lanes striding over batch x space, then a workgroup sum (no
-// float atomics).
+// weight, its lanes striding over the output rows of the batch, then a
+// workgroup sum (no float atomics).
 
 struct Params {
     n: u32, cin: u32, cout: u32, k: u32,
@@ -27,18 +27,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let ci = (gi / kk) % p.cin;
     let co = gi / (kk * p.cin);
     let oplane = p.oh * p.ow;
-    let count = select(0u, p.n * oplane, live);
+    // Lanes take whole output rows, so the inner loop needs no division.
+    let rows = select(0u, p.n * p.oh, live);
     var acc = 0.0;
-    for (var j = lid; j < count; j += LANES) {
-        let s = j / oplane;
-        let pos = j % oplane;
-        let oy = pos / p.ow;
-        let ox = pos % p.ow;
+    for (var r = lid; r < rows; r += LANES) {
+        let s = r / p.oh;
+        let oy = r % p.oh;
         let iy = i32(oy * p.stride + ky) - i32(p.pad);
-        let ix = i32(ox * p.stride + kx) - i32(p.pad);
-        if (iy >= 0 && iy < i32(p.ih) && ix >= 0 && ix < i32(p.iw)) {
-            acc += dy[(s * p.cout + co) * oplane + pos]
-                * x[((s * p.cin + ci) * p.ih + u32(iy)) * p.iw + u32(ix)];
+        if (iy < 0 || iy >= i32(p.ih)) {
+            continue;
+        }
+        let xrow = ((s * p.cin + ci) * p.ih + u32(iy)) * p.iw;
+        let drow = (s * p.cout + co) * oplane + oy * p.ow;
+        for (var ox = 0u; ox < p.ow; ox++) {
+            let ix = i32(ox * p.stride + kx) - i32(p.pad);
+            if (ix >= 0 && ix < i32(p.iw)) {
+                acc += dy[drow + ox] * x[xrow + u32(ix)];
+            }
         }
     }
     let sum = workgroup_sum(lid, acc);

@@ -7,8 +7,10 @@ use sprout_core::kernels::conv::ConvGeom;
 
 use Access::{Read, Uniform, Write};
 
-/// Output channels each forward invocation computes (`CO_TILE` in the shader).
+/// Channels each forward (output) or input-gradient (input) invocation computes.
 const CO_TILE: usize = 4;
+/// Pixels of a row each forward or input-gradient invocation computes (`PX_TILE`).
+const PX_TILE: usize = 4;
 const WG: u32 = 64;
 
 /// Pipelines of `shaders/conv/`.
@@ -34,14 +36,14 @@ fn check(g: &ConvGeom, n: usize, x: &View, w: &View, y: &View) -> Result<()> {
 
 impl Conv {
     pub fn new(gpu: &Gpu) -> Result<Conv> {
-        let wg = [("WG", WG as f64)];
+        let tiled = [("WG", WG as f64), ("PX_TILE", PX_TILE as f64)];
         Ok(Conv {
             forward: Kernel::new(
                 gpu,
                 "conv forward",
                 include_str!("../../../shaders/conv/forward.wgsl"),
                 &[Uniform, Read, Read, Write],
-                &[("WG", WG as f64), ("CO_TILE", CO_TILE as f64)],
+                &tiled,
                 WG,
             )?,
             backward_input: Kernel::new(
@@ -49,7 +51,7 @@ impl Conv {
                 "conv backward input",
                 include_str!("../../../shaders/conv/backward_input.wgsl"),
                 &[Uniform, Read, Read, Write],
-                &wg,
+                &tiled,
                 WG,
             )?,
             backward_weight: Kernel::new(
@@ -74,7 +76,7 @@ impl Conv {
         y: &View,
     ) -> Result<Op> {
         check(g, n, x, w, y)?;
-        let tiles = g.cout.div_ceil(CO_TILE);
+        let tiles = g.cout.div_ceil(CO_TILE) * g.out_hw.0 * g.out_hw.1.div_ceil(PX_TILE);
         let k = &self.forward;
         k.op(
             gpu,
@@ -84,7 +86,7 @@ impl Conv {
                 Res::View(w),
                 Res::View(y),
             ],
-            k.groups_for(n * tiles * g.out_plane()),
+            k.groups_for(n * tiles),
         )
     }
 
@@ -108,7 +110,7 @@ impl Conv {
                 Res::View(w),
                 Res::View(dx),
             ],
-            k.groups_for(n * g.cin * g.in_plane()),
+            k.groups_for(n * g.cin.div_ceil(CO_TILE) * g.in_hw.0 * g.in_hw.1.div_ceil(PX_TILE)),
         )
     }
 

@@ -23,7 +23,8 @@ pub struct DeviceArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
     /// With --backend gpu: the adapter whose name contains this
-    /// (case-insensitive; see `sprout devices`) [default: the best one].
+    /// (case-insensitive; see `sprout devices`) [default: WGPU_ADAPTER_NAME if
+    /// set, else the best one].
     #[arg(long)]
     pub adapter: Option<String>,
 }

@@ -56,11 +56,12 @@ pub struct Gpu {
 
 impl Gpu {
     /// Opens the best adapter, or the first whose name contains `name`
-    /// (case-insensitive), with wgpu's default limits so that what runs here
-    /// runs on any conforming GPU.
+    /// (case-insensitive; without one, `WGPU_ADAPTER_NAME` if set), with
+    /// wgpu's default limits so that what runs here runs on any conforming GPU.
     pub fn new(name: Option<&str>) -> Result<Gpu> {
         let inst = instance();
-        let adapter = match name {
+        let from_env = std::env::var("WGPU_ADAPTER_NAME").ok();
+        let adapter = match name.or(from_env.as_deref()) {
             Some(want) => {
                 let all = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
                 let lower = want.to_lowercase();

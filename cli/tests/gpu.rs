@@ -134,5 +134,21 @@ fn bad_device_flags_fail_clearly() {
         .output()
         .unwrap());
     assert!(e.contains("no GPU adapter matches 'no-such-device'"), "{e}");
+    let e = err(sprout()
+        .args([
+            "grow",
+            "--strategy",
+            "splitting",
+            "--backend",
+            "gpu",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert!(
+        e.contains("splitting is not supported on the gpu backend"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

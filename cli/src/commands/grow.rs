@@ -5,7 +5,7 @@
 use crate::commands::eval::load_dataset;
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName, Splits};
-use crate::device::DeviceArgs;
+use crate::device::{BackendKind, DeviceArgs};
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::{load_network, load_tensors, save_network, save_tensors};
@@ -539,6 +539,9 @@ pub fn run(args: &GrowArgs) -> Result<()> {
             (run, cfg, state, false)
         }
     };
+    if args.device.backend == BackendKind::Gpu && cfg.grow.strategy == Strategy::Splitting {
+        bail!("--strategy splitting is not supported on the gpu backend; use --backend cpu");
+    }
     let (train, test) = load_splits(&cfg)?;
     let norm = Normalization::of(&train);
     let g = &cfg.grow;

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod data;
+pub mod device;
 pub mod plots;
 pub mod progress;
 pub mod run_dir;

@@ -33,6 +33,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Training and inference throughput of the seed networks.
     Bench(commands::bench::BenchArgs),
+    /// GPU adapters that --backend gpu can use.
+    Devices(commands::devices::DevicesArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Devices(a) => commands::devices::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,10 @@
 //! `sprout bench`: training and inference throughput of the seed networks.
 
+use crate::device::{BackendKind, DeviceArgs};
 use crate::run_dir::set_threads;
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
-use sprout_core::backend::{Backend, CpuBackend};
 use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
 use sprout_core::learn::{MorphConfig, MorphState};
 use sprout_core::model::{Mode, Model};
@@ -32,6 +32,9 @@ pub struct BenchArgs {
     pub net: Option<String>,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Engine to measure; the score-all rows always run on the CPU.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// One measured row.
@@ -92,6 +95,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let mut rows = Vec::new();
+    let mut engine = String::from("cpu");
     for (name, arch) in seed_networks() {
         if let Some(only) = &args.net {
             if !name.starts_with(only.as_str()) {
@@ -104,7 +108,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let labels: Vec<u32> = (0..args.batch)
             .map(|_| rng.below(arch.classes) as u32)
             .collect();
-        let mut backend = CpuBackend::new(args.batch);
+        let (mut backend, described) = args.device.open_described(args.batch)?;
+        engine = described;
         backend.load(&Network::init(&arch, 0), None)?;
         let sgd = Sgd::paper(0.01);
         let macs = arch.macs() as f64;
@@ -145,6 +150,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             images_per_s: morph,
             flops_per_image: 0.0,
         });
+        if args.device.backend != BackendKind::Cpu {
+            continue;
+        }
         let (est, brute) = score_all(
             &net,
             &images,
@@ -166,7 +174,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             flops_per_image: 0.0,
         });
     }
-    print_rows(&rows, args.json, args.batch);
+    print_rows(&rows, args.json, args.batch, &engine);
     Ok(())
 }
 
@@ -238,10 +246,10 @@ pub fn score_all(
     Ok((est, brute))
 }
 
-pub fn print_rows(rows: &[Row], as_json: bool, batch: usize) {
+pub fn print_rows(rows: &[Row], as_json: bool, batch: usize, engine: &str) {
     if !as_json {
         println!(
-            "{:<18} {:<22} {:>12} {:>10}   (batch {batch}, {} threads)",
+            "{:<18} {:<22} {:>12} {:>10}   (batch {batch}, {engine}, {} threads)",
             "net",
             "step",
             "images/s",
@@ -267,7 +275,7 @@ pub fn print_rows(rows: &[Row], as_json: bool, batch: usize) {
         if as_json {
             println!(
                 "{}",
-                json!({"net": r.net, "step": r.step, "images_per_s": r.images_per_s, "gflops": gflops, "batch": batch})
+                json!({"net": r.net, "step": r.step, "images_per_s": r.images_per_s, "gflops": gflops, "batch": batch, "engine": engine})
             );
         } else {
             let g = if r.flops_per_image > 0.0 {

@@ -4,10 +4,10 @@
 
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName};
+use crate::device::DeviceArgs;
 use crate::progress::bar;
 use anyhow::{bail, Result};
 use clap::Args;
-use sprout_core::backend::{Backend, CpuBackend};
 use sprout_core::data::{fill_batch, Augment, Dataset, Normalization};
 use sprout_core::grow::{train_epochs, GrowConfig, GrowState, Stage};
 use sprout_core::learn::{MorphConfig, MorphState};
@@ -56,6 +56,9 @@ pub struct ExperimentArgs {
     pub seed: u64,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Engine for the steps.
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Use only the first N training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
@@ -120,7 +123,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let norm = Normalization::of(&train);
     let mut state = GrowState::new(Network::init(&arch, a.seed), a.seed ^ 0x6a09_e667);
-    let mut backend = CpuBackend::new(a.batch);
+    let mut backend = a.device.open(a.batch)?;
     backend.load(&state.network, None)?;
     let mut current: Option<(Stage, indicatif::ProgressBar)> = None;
     let mut progress = |stage: Stage, done: usize, total: usize, loss: f32| {
@@ -135,7 +138,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         }
     };
     let train_stats = train_epochs(
-        &mut backend,
+        backend.as_mut(),
         &mut state,
         &cfg,
         a.train_epochs,

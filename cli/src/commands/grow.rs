@@ -5,6 +5,7 @@
 use crate::commands::eval::load_dataset;
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName, Splits};
+use crate::device::{BackendKind, DeviceArgs};
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::{load_network, load_tensors, save_network, save_tensors};
@@ -12,7 +13,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sprout_core::backend::{Backend, CpuBackend};
 use sprout_core::data::{Augment, Dataset, Normalization};
 use sprout_core::grow::{
     run_phase, train_epochs, train_from_scratch, GrowConfig, GrowState, PhaseReport, Stage,
@@ -157,6 +157,9 @@ pub struct GrowArgs {
     pub test_limit: Option<usize>,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Engine for the steps.
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Run directory [default: runs/grow].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -565,6 +568,9 @@ pub fn run(args: &GrowArgs) -> Result<()> {
             (run, cfg, state, false)
         }
     };
+    if args.device.backend == BackendKind::Gpu && cfg.grow.strategy == Strategy::Splitting {
+        bail!("--strategy splitting is not supported on the gpu backend; use --backend cpu");
+    }
     let (train, test) = load_splits(&cfg)?;
     let norm = Normalization::of(&train);
     let g = &cfg.grow;
@@ -581,14 +587,14 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         g.select.lambda_params,
         g.select.lambda_macs
     );
-    let mut backend = CpuBackend::new(g.batch);
+    let mut backend = args.device.open(g.batch)?;
     let mut last_report: Option<PhaseReport> = None;
     while state.phase < g.phases {
         let start = Instant::now();
         let phase = state.phase + 1;
         let mut progress = bars(phase, g.phases);
         let report = run_phase(
-            &mut backend,
+            backend.as_mut(),
             &mut state,
             g,
             &train,
@@ -611,7 +617,7 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         let mut progress = bars(g.phases, g.phases);
         backend.load(&state.network, Some(&state.momentum))?;
         let train_stats = train_epochs(
-            &mut backend,
+            backend.as_mut(),
             &mut state,
             g,
             g.final_epochs,
@@ -623,7 +629,7 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         state.network = backend.network()?;
         state.momentum = backend.momentum()?;
         let test_stats = evaluate(
-            &mut backend,
+            backend.as_mut(),
             &test,
             &norm,
             &mut Batches::new(&test, g.batch),
@@ -654,7 +660,15 @@ pub fn run(args: &GrowArgs) -> Result<()> {
     save_network(&run.file("model.safetensors"), &state.network, &[])?;
     run.write_json("arch.json", &state.network.arch)?;
     if cfg.retrain_epochs > 0 {
-        retrain(&run, &cfg, &state.network.arch, &train, &test, &norm)?;
+        retrain(
+            &run,
+            &cfg,
+            &state.network.arch,
+            &train,
+            &test,
+            &norm,
+            &args.device,
+        )?;
     }
     write_figures(&run, last_report.as_ref())?;
     println!("wrote {}", run.path.display());
@@ -741,11 +755,12 @@ fn retrain(
     train: &Dataset,
     test: &Dataset,
     norm: &Normalization,
+    device: &DeviceArgs,
 ) -> Result<()> {
     let g = &cfg.grow;
-    let mut backend = CpuBackend::new(g.batch);
+    let mut backend = device.open(g.batch)?;
     let (last, t, net) = train_from_scratch(
-        &mut backend,
+        backend.as_mut(),
         arch,
         g,
         cfg.seed,

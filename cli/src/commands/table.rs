@@ -8,6 +8,7 @@
 
 use crate::commands::grow::{self, limited, GrowArgs};
 use crate::data::{resolve, DatasetName};
+use crate::device::{BackendKind, DeviceArgs};
 use crate::plots::accuracy_vs_params;
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
@@ -16,7 +17,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 use sprout_core::arch::Family;
-use sprout_core::backend::CpuBackend;
 use sprout_core::data::{Augment, Dataset, Normalization};
 use sprout_core::grow::{train_from_scratch, GrowConfig, Stage};
 use sprout_core::optim::{Adam, StepSchedule};
@@ -70,6 +70,8 @@ pub struct TableArgs {
     pub seed: u64,
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     #[arg(long, default_value = "runs/table")]
     pub out: PathBuf,
 }
@@ -261,6 +263,12 @@ impl TableArgs {
         if let Some(n) = Self::limit(self.test_limit) {
             push("test-limit", n.to_string());
         }
+        if self.device.backend == BackendKind::Gpu {
+            push("backend", "gpu".into());
+        }
+        if let Some(a) = &self.device.adapter {
+            push("adapter", a.clone());
+        }
         push("out", dir.display().to_string());
         if self.no_augment {
             f.push("--no-augment".into());
@@ -314,9 +322,9 @@ fn train_row(
     let batches = train.len().div_ceil(cfg.batch) as u64;
     let pb = bar(batches, &format!("{} from scratch", dir.display()));
     let start = Instant::now();
-    let mut backend = CpuBackend::new(cfg.batch);
+    let mut backend = args.device.open(cfg.batch)?;
     let (_, tested, net) = train_from_scratch(
-        &mut backend,
+        backend.as_mut(),
         arch,
         &cfg,
         args.seed,

@@ -2,13 +2,14 @@
 
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName};
+use crate::device::DeviceArgs;
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::save_network;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use sprout_core::backend::{Backend, CpuBackend};
+
 use sprout_core::data::{Augment, Normalization};
 use sprout_core::optim::{Sgd, StepSchedule};
 use sprout_core::rng::Rng;
@@ -63,6 +64,9 @@ pub struct TrainArgs {
     /// Run directory.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
+    /// Engine for the steps.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 impl TrainArgs {
@@ -143,7 +147,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         arch.macs()
     );
     let net = Network::init(&arch, args.seed);
-    let mut backend = CpuBackend::new(args.batch);
+    let mut backend = args.device.open(args.batch)?;
     backend.load(&net, None)?;
     let norm = Normalization::of(&splits.train);
     let augment = args.augment();
@@ -161,7 +165,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
         let start = Instant::now();
         let stats = train_epoch(
-            &mut backend,
+            backend.as_mut(),
             &splits.train,
             &norm,
             &mut buffers,
@@ -176,7 +180,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .with_context(|| format!("epoch {}", epoch + 1))?;
         let secs = start.elapsed().as_secs_f64();
         pb.finish_and_clear();
-        let test = evaluate(&mut backend, &splits.test, &norm, &mut eval_buffers)?;
+        let test = evaluate(backend.as_mut(), &splits.test, &norm, &mut eval_buffers)?;
         let ips = stats.samples as f64 / secs;
         println!(
             "epoch {:>3}/{}  loss {:.4}  train {:6.2}%  test {:6.2}%  {:7.0} img/s",

@@ -1,0 +1,348 @@
+//! [`GpuBackend`]: sprout-core's [`Backend`] with every step on the device.
+//!
+//! Same semantics as `CpuBackend`. Pipelines are built once per device;
+//! buffers and the recorded dispatches of each step kind are built once per
+//! architecture and batch size and replayed. A step uploads its images and
+//! labels, submits once and reads back only `(loss, correct)`; parameters
+//! cross to the host only on [`Backend::load`], [`Backend::network`] and
+//! [`Backend::momentum`], morphism state on `begin_morph` and `end_morph`.
+
+use crate::context::{AdapterSummary, Gpu};
+use crate::graph::Graph;
+use crate::kernel::{submit, Op};
+use crate::kernels::batchnorm::Stats;
+use crate::kernels::optimizer::{sgd_words, MorphHyper};
+use crate::kernels::Kernels;
+use crate::morph::MorphBuffers;
+use sprout_core::backend::{Backend, BatchStats};
+use sprout_core::error::{Error, Result};
+use sprout_core::learn::{MorphConfig, MorphMethod, MorphState};
+use sprout_core::network::Network;
+use sprout_core::optim::Sgd;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
+/// The kinds of step, each recorded once per batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Step {
+    Train,
+    Eval,
+    Calibrate,
+    Morph,
+}
+
+/// The wgpu backend.
+#[derive(Debug)]
+pub struct GpuBackend {
+    gpu: Gpu,
+    kernels: Kernels,
+    capacity: usize,
+    sgd_hyper: wgpu::Buffer,
+    morph_hyper: wgpu::Buffer,
+    state: Option<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    graph: Graph,
+    plans: HashMap<(Step, usize), Vec<Op>>,
+    morph: Option<Phase>,
+}
+
+#[derive(Debug)]
+struct Phase {
+    state: MorphState,
+    buffers: MorphBuffers,
+    plans: HashMap<usize, Vec<Op>>,
+}
+
+impl GpuBackend {
+    /// A backend for batches of at most `batch_capacity` images on the best
+    /// adapter, or the first whose name contains `adapter` (case-insensitive).
+    pub fn new(batch_capacity: usize, adapter: Option<&str>) -> Result<GpuBackend> {
+        let gpu = Gpu::new(adapter)?;
+        let kernels = Kernels::new(&gpu)?;
+        Ok(GpuBackend {
+            capacity: batch_capacity.max(1),
+            sgd_hyper: gpu.uniform("sgd settings", 4)?,
+            morph_hyper: gpu.uniform("morphism settings", 8)?,
+            kernels,
+            gpu,
+            state: None,
+        })
+    }
+
+    /// The adapter this backend runs on.
+    pub fn adapter(&self) -> AdapterSummary {
+        self.gpu.adapter()
+    }
+
+    fn state(&mut self) -> Result<&mut State> {
+        self.state
+            .as_mut()
+            .ok_or_else(|| Error::Backend("no network loaded".into()))
+    }
+
+    /// Uploads a batch after the same checks the CPU backend makes.
+    fn upload_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()> {
+        let capacity = self.capacity;
+        let gpu = &self.gpu;
+        let s = self
+            .state
+            .as_ref()
+            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+        let arch = &s.graph.arch;
+        let len: usize = arch.input.iter().product();
+        if n == 0 || n > capacity || images.len() < n * len || labels.len() < n {
+            return Err(Error::Shape(format!(
+                "batch of {n} images (capacity {capacity}) with {} values and {} labels; each image needs {len}",
+                images.len(),
+                labels.len()
+            )));
+        }
+        if let Some(&bad) = labels[..n].iter().find(|&&l| l as usize >= arch.classes) {
+            return Err(Error::Shape(format!(
+                "label {bad} out of range for {} classes",
+                arch.classes
+            )));
+        }
+        gpu.write(&s.graph.input, &images[..n * len])?;
+        gpu.write_u32(&s.graph.labels, &labels[..n])
+    }
+
+    /// Records (once) and submits step `step` on `n` images; returns the batch totals.
+    fn run(&mut self, step: Step, n: usize) -> Result<BatchStats> {
+        let GpuBackend {
+            gpu,
+            kernels: k,
+            sgd_hyper,
+            morph_hyper,
+            state,
+            ..
+        } = self;
+        let s = state
+            .as_mut()
+            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+        let g = &s.graph;
+        let ops = match (step, &mut s.morph) {
+            (Step::Morph, Some(phase)) => {
+                if let Entry::Vacant(slot) = phase.plans.entry(n) {
+                    let mut ops = Vec::new();
+                    gpu.scoped("recording a morphism step", || {
+                        g.forward(gpu, k, n, Stats::Running, &mut ops)?;
+                        g.loss(gpu, k, n, &mut ops)?;
+                        g.backward(gpu, k, n, Stats::Running, false, &mut ops)?;
+                        phase.buffers.record(gpu, k, g, n, morph_hyper, &mut ops)
+                    })?;
+                    slot.insert(ops);
+                }
+                &phase.plans[&n]
+            }
+            (Step::Morph, None) => {
+                return Err(Error::Backend(
+                    "morph_batch outside a morphism phase".into(),
+                ))
+            }
+            _ => {
+                if let Entry::Vacant(slot) = s.plans.entry((step, n)) {
+                    let mut ops = Vec::new();
+                    gpu.scoped("recording a step", || {
+                        match step {
+                            Step::Train => {
+                                g.forward(gpu, k, n, Stats::Batch, &mut ops)?;
+                                g.loss(gpu, k, n, &mut ops)?;
+                                g.backward(gpu, k, n, Stats::Batch, true, &mut ops)?;
+                                g.update_running(gpu, k, n, &g.totals, &mut ops)?;
+                                ops.push(k.optim.sgd(
+                                    gpu,
+                                    sgd_hyper,
+                                    &g.mask,
+                                    &g.grads,
+                                    &g.totals,
+                                    &g.params,
+                                    &g.momentum,
+                                )?);
+                            }
+                            Step::Eval => {
+                                g.forward(gpu, k, n, Stats::Running, &mut ops)?;
+                                g.loss(gpu, k, n, &mut ops)?;
+                            }
+                            Step::Calibrate => {
+                                g.forward(gpu, k, n, Stats::Batch, &mut ops)?;
+                                g.update_running(gpu, k, n, &g.one, &mut ops)?;
+                            }
+                            Step::Morph => {}
+                        }
+                        Ok(())
+                    })?;
+                    slot.insert(ops);
+                }
+                &s.plans[&(step, n)]
+            }
+        };
+        let readback = (step != Step::Calibrate).then_some((&g.totals, 2));
+        let totals = gpu.scoped("running a step", || submit(gpu, ops, readback))?;
+        let (loss, correct) = match totals.as_slice() {
+            [l, c, ..] => (*l, *c as usize),
+            _ => (0.0, 0),
+        };
+        Ok(BatchStats {
+            loss,
+            correct,
+            samples: n,
+        })
+    }
+}
+
+impl Backend for GpuBackend {
+    fn load(&mut self, net: &Network, momentum: Option<&[Vec<f32>]>) -> Result<()> {
+        let net = Network::from_tensors(net.arch.clone(), net.tensors.clone())?;
+        if let Some(m) = momentum {
+            if m.len() != net.tensors.len()
+                || m.iter().zip(&net.tensors).any(|(a, b)| a.len() != b.len())
+            {
+                return Err(Error::Shape(
+                    "momentum buffers do not match the network's tensors".into(),
+                ));
+            }
+        }
+        let state = match self.state.take() {
+            Some(s) if s.graph.arch == net.arch => State { morph: None, ..s },
+            _ => State {
+                graph: Graph::new(&self.gpu, &net.arch, self.capacity)?,
+                plans: HashMap::new(),
+                morph: None,
+            },
+        };
+        let g = &state.graph;
+        self.gpu.write(&g.params, &g.layout.pack(&net.tensors)?)?;
+        let m = match momentum {
+            Some(m) => g.layout.pack(m)?,
+            None => vec![0.0; g.layout.total],
+        };
+        self.gpu.write(&g.momentum, &m)?;
+        self.state = Some(state);
+        self.gpu.check()
+    }
+
+    fn train_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        sgd: &Sgd,
+    ) -> Result<BatchStats> {
+        self.upload_batch(images, labels, n)?;
+        self.gpu.write_uniform(&self.sgd_hyper, &sgd_words(sgd));
+        let stats = self.run(Step::Train, n)?;
+        if !stats.loss.is_finite() {
+            return Err(Error::NonFinite(format!("training loss is {}", stats.loss)));
+        }
+        Ok(stats)
+    }
+
+    fn eval_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<BatchStats> {
+        self.upload_batch(images, labels, n)?;
+        self.run(Step::Eval, n)
+    }
+
+    fn network(&mut self) -> Result<Network> {
+        let gpu = &self.gpu;
+        let s = self
+            .state
+            .as_ref()
+            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+        let g = &s.graph;
+        let flat = gpu.read(&g.params, g.layout.total)?;
+        Network::from_tensors(g.arch.clone(), g.layout.unpack(&flat)?)
+    }
+
+    fn momentum(&mut self) -> Result<Vec<Vec<f32>>> {
+        let gpu = &self.gpu;
+        let s = self
+            .state
+            .as_ref()
+            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+        let g = &s.graph;
+        g.layout.unpack(&gpu.read(&g.momentum, g.layout.total)?)
+    }
+
+    fn calibrate_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()> {
+        self.upload_batch(images, labels, n)?;
+        self.run(Step::Calibrate, n).map(|_| ())
+    }
+
+    fn begin_morph(&mut self, state: MorphState) -> Result<()> {
+        let net = self.network()?;
+        state.check(&net)?;
+        let gpu = &self.gpu;
+        let s = self
+            .state
+            .as_mut()
+            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+        let buffers = MorphBuffers::new(gpu, &s.graph, &state)?;
+        s.morph = Some(Phase {
+            state,
+            buffers,
+            plans: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    fn morph_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        cfg: &MorphConfig,
+    ) -> Result<BatchStats> {
+        if let MorphMethod::Splitting { .. } = cfg.method {
+            return Err(Error::Backend(
+                "splitting steepest descent is not supported on the gpu backend; use --backend cpu"
+                    .into(),
+            ));
+        }
+        self.upload_batch(images, labels, n)?;
+        let steps = {
+            let phase = self
+                .state()?
+                .morph
+                .as_ref()
+                .ok_or_else(|| Error::Backend("morph_batch outside a morphism phase".into()))?;
+            phase.state.steps
+        };
+        let hyper = MorphHyper {
+            adam: cfg.adam,
+            t: steps + 1,
+            ema_alpha: cfg.ema_alpha,
+            ema_first: steps == 0,
+            theta_max: cfg.theta_max,
+        };
+        self.gpu.write_uniform(&self.morph_hyper, &hyper.words());
+        let stats = self.run(Step::Morph, n)?;
+        if !(stats.loss.is_finite() && stats.loss > 0.0) {
+            return Err(Error::NonFinite(format!(
+                "morphism-phase loss is {}",
+                stats.loss
+            )));
+        }
+        if let Some(phase) = self.state()?.morph.as_mut() {
+            phase.state.steps += 1;
+        }
+        Ok(stats)
+    }
+
+    fn end_morph(&mut self) -> Result<MorphState> {
+        let gpu = &self.gpu;
+        let s = self
+            .state
+            .as_mut()
+            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+        let mut phase = s
+            .morph
+            .take()
+            .ok_or_else(|| Error::Backend("end_morph outside a morphism phase".into()))?;
+        phase.buffers.read_into(gpu, &mut phase.state)?;
+        Ok(phase.state)
+    }
+}

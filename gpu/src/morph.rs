@@ -1,0 +1,295 @@
+//! A morphism-learning phase on the device: theta, its Adam moments and the
+//! moving averages of every candidate's estimate, the estimator's workspace,
+//! and the recording of one Gauss-Newton step for every layer (DESIGN.md,
+//! "The estimator"; sprout-core's `estimator::split_estimates`).
+//!
+//! Per layer, with `d = conv(x, theta)` and the frozen sigma (BN at its
+//! running statistics, shared by both split halves):
+//! `Delta_a = sigma(y + d) + sigma(y - d) - 2 sigma(y)`,
+//! `u = (S / 2) * sum(Delta_a * dL/da)` per sample and channel, eq. (1) into
+//! the moving average, and eq. (1)'s gradient pushed back through both
+//! branches of sigma and the theta conv.
+
+use crate::context::Gpu;
+use crate::graph::{bn_geom, depthwise_params, dw_geom, Graph};
+use crate::kernel::{Op, View};
+use crate::kernels::batchnorm::Stats;
+use crate::kernels::Kernels;
+use crate::layout::Layout;
+use sprout_core::arch::Post;
+use sprout_core::error::{Error, Result};
+use sprout_core::learn::MorphState;
+use sprout_core::model::conv_geom;
+
+/// Device buffers of one morphism phase.
+#[derive(Debug)]
+pub struct MorphBuffers {
+    /// One tensor per layer, shaped like its conv kernel.
+    weights: Layout,
+    /// One tensor per layer, one value per channel.
+    channels: Layout,
+    theta: View,
+    grad: View,
+    m: View,
+    v: View,
+    split_ema: View,
+    prune_ema: View,
+    w_norms: View,
+    d: View,
+    h: [View; 2],
+    z: [View; 2],
+    a: [View; 2],
+    u: View,
+    u_prune: View,
+    g: View,
+    gh: View,
+    gz: View,
+    dd: [View; 2],
+}
+
+impl MorphBuffers {
+    /// Uploads `state` and allocates the workspace for `graph`'s batch capacity.
+    pub fn new(gpu: &Gpu, graph: &Graph, state: &MorphState) -> Result<MorphBuffers> {
+        let weights = Layout::new(graph.units.iter().map(|u| u.weight_len()));
+        let channels = Layout::new(graph.units.iter().map(|u| u.cout));
+        let cap = graph.capacity;
+        let conv = graph
+            .units
+            .iter()
+            .map(|u| cap * u.conv_len())
+            .max()
+            .unwrap_or(1);
+        let out = graph
+            .units
+            .iter()
+            .map(|u| cap * u.out_len())
+            .max()
+            .unwrap_or(1);
+        let planes = graph.units.iter().map(|u| cap * u.cout).max().unwrap_or(1);
+        let buf = |label: &str, len: usize| gpu.buffer(label, len);
+        let pair = |label: &str, len: usize| -> Result<[View; 2]> {
+            Ok([buf(label, len)?, buf(label, len)?])
+        };
+        Ok(MorphBuffers {
+            theta: gpu.upload("theta", &weights.pack(&state.theta)?)?,
+            grad: buf("theta gradient", weights.total)?,
+            m: gpu.upload("adam m", &weights.pack(&state.adam_m)?)?,
+            v: gpu.upload("adam v", &weights.pack(&state.adam_v)?)?,
+            split_ema: gpu.upload("split estimates", &channels.pack(&state.split_ema)?)?,
+            prune_ema: gpu.upload("prune estimates", &channels.pack(&state.prune_ema)?)?,
+            w_norms: gpu.upload("kernel norms", &channels.pack(&state.w_norms)?)?,
+            d: buf("theta conv", conv)?,
+            h: pair("shifted bn-relu", conv)?,
+            z: pair("shifted depthwise", out)?,
+            a: pair("shifted output", out)?,
+            u: buf("split u", planes)?,
+            u_prune: buf("prune u", planes)?,
+            g: buf("estimate gradient", out)?,
+            gh: buf("estimate gradient at h", conv)?,
+            gz: buf("estimate gradient at z", out)?,
+            dd: pair("estimate gradient at y", conv)?,
+            weights,
+            channels,
+        })
+    }
+
+    fn layer(&self, v: &View, l: usize) -> Result<View> {
+        v.sub(self.weights.offsets[l], self.weights.lens[l])
+    }
+
+    fn per_channel(&self, v: &View, l: usize) -> Result<View> {
+        v.sub(self.channels.offsets[l], self.channels.lens[l])
+    }
+
+    /// One morphism step after the graph's eval-mode forward, loss and
+    /// activation backward: every layer's estimates into the moving
+    /// averages, then one Adam step on all of theta and the trust region.
+    pub fn record(
+        &self,
+        gpu: &Gpu,
+        k: &Kernels,
+        graph: &Graph,
+        n: usize,
+        hyper: &wgpu::Buffer,
+        ops: &mut Vec<Op>,
+    ) -> Result<()> {
+        let loss = &graph.totals;
+        for (l, u) in graph.units.iter().enumerate() {
+            let p = graph.index.units[l];
+            let b = &graph.bufs[l];
+            let (c, po) = (u.cout, u.out_hw.0 * u.out_hw.1);
+            let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
+            let x = graph.unit_input(l);
+            let a0 = b.output();
+            let geom = conv_geom(u);
+            let g = bn_geom(u, n, false);
+            let blk = graph.bn_block(p.bn)?;
+            let theta = self.layer(&self.theta, l)?;
+            ops.push(k.conv.forward(gpu, &geom, n, x, &theta, &self.d)?);
+            // sigma(y + d) and sigma(y - d).
+            for (i, sign) in [1.0f32, -1.0].into_iter().enumerate() {
+                ops.push(
+                    k.estimator
+                        .shifted_bn_relu(gpu, &g, &b.y, &self.d, sign, &blk, &self.h[i])?,
+                );
+                match u.post {
+                    Post::None => {}
+                    Post::MaxPool => ops.push(k.pool.max_forward(
+                        gpu,
+                        n * c,
+                        u.conv_hw,
+                        &self.h[i],
+                        &self.a[i],
+                    )?),
+                    Post::Depthwise { stride } => {
+                        let (dk, dbn) = depthwise_params(&p)?;
+                        ops.push(k.depthwise.forward(
+                            gpu,
+                            &dw_geom(u, stride),
+                            n,
+                            &self.h[i],
+                            &graph.tensor(dk)?,
+                            &self.z[i],
+                        )?);
+                        let g2 = bn_geom(u, n, true);
+                        ops.push(k.bn.forward(
+                            gpu,
+                            &g2,
+                            &self.z[i],
+                            &graph.bn_block(dbn)?,
+                            &b.dw_stats,
+                            Stats::Running,
+                            &self.a[i],
+                        )?);
+                    }
+                }
+            }
+            let branch = |i: usize| {
+                if u.post == Post::None {
+                    &self.h[i]
+                } else {
+                    &self.a[i]
+                }
+            };
+            let est = &k.estimator;
+            ops.push(est.split_u(gpu, n, n * c, po, branch(0), branch(1), a0, &b.da, &self.u)?);
+            ops.push(est.ema(
+                gpu,
+                hyper,
+                n,
+                c,
+                &self.u,
+                loss,
+                &self.per_channel(&self.split_ema, l)?,
+            )?);
+            ops.push(est.prune_u(gpu, n, n * c, po, a0, &b.da, &self.u_prune)?);
+            ops.push(est.ema(
+                gpu,
+                hyper,
+                n,
+                c,
+                &self.u_prune,
+                loss,
+                &self.per_channel(&self.prune_ema, l)?,
+            )?);
+            // dDeltaL/dy through each branch of the frozen sigma.
+            ops.push(est.grad_coef(gpu, out_len, po, &self.u, &b.da, loss, &self.g)?);
+            for i in 0..2 {
+                let gh: &View = match u.post {
+                    Post::None => &self.g,
+                    Post::MaxPool => {
+                        ops.push(k.pool.max_backward(
+                            gpu,
+                            n * c,
+                            u.conv_hw,
+                            &self.h[i],
+                            &self.g,
+                            &self.gh,
+                        )?);
+                        &self.gh
+                    }
+                    Post::Depthwise { stride } => {
+                        let (dk, dbn) = depthwise_params(&p)?;
+                        let g2 = bn_geom(u, n, true);
+                        let dblk = graph.bn_block(dbn)?;
+                        ops.push(k.bn.backward(
+                            gpu,
+                            &g2,
+                            &self.z[i],
+                            &self.a[i],
+                            &self.g,
+                            &b.dw_stats,
+                            &dblk,
+                            &b.dw_stats,
+                            Stats::Running,
+                            &self.gz,
+                        )?);
+                        ops.push(k.depthwise.backward_input(
+                            gpu,
+                            &dw_geom(u, stride),
+                            n,
+                            &self.gz,
+                            &graph.tensor(dk)?,
+                            &self.gh,
+                        )?);
+                        &self.gh
+                    }
+                };
+                ops.push(k.bn.backward(
+                    gpu,
+                    &g,
+                    &b.y,
+                    &self.h[i],
+                    gh,
+                    &b.stats,
+                    &blk,
+                    &b.stats,
+                    Stats::Running,
+                    &self.dd[i],
+                )?);
+            }
+            ops.push(
+                k.elementwise
+                    .sub(gpu, conv_len, &self.dd[0], &self.dd[1], &self.d)?,
+            );
+            ops.push(k.conv.backward_weight(
+                gpu,
+                &geom,
+                n,
+                x,
+                &self.d,
+                &self.layer(&self.grad, l)?,
+            )?);
+        }
+        ops.push(
+            k.optim
+                .adam(gpu, hyper, &self.grad, loss, &self.theta, &self.m, &self.v)?,
+        );
+        for (l, u) in graph.units.iter().enumerate() {
+            let theta = self.layer(&self.theta, l)?;
+            let norms = self.per_channel(&self.w_norms, l)?;
+            ops.push(
+                k.optim
+                    .trust_region(gpu, hyper, u.cout, u.fan_in(), &norms, loss, &theta)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies theta, the moments and the moving averages back into `state`.
+    pub fn read_into(&self, gpu: &Gpu, state: &mut MorphState) -> Result<()> {
+        let w = &self.weights;
+        let c = &self.channels;
+        state.theta = w.unpack(&gpu.read(&self.theta, w.total)?)?;
+        state.adam_m = w.unpack(&gpu.read(&self.m, w.total)?)?;
+        state.adam_v = w.unpack(&gpu.read(&self.v, w.total)?)?;
+        state.split_ema = c.unpack(&gpu.read(&self.split_ema, c.total)?)?;
+        state.prune_ema = c.unpack(&gpu.read(&self.prune_ema, c.total)?)?;
+        if state.theta.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(
+                "theta became NaN or infinite on the GPU".into(),
+            ));
+        }
+        Ok(())
+    }
+}

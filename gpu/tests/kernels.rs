@@ -1,0 +1,531 @@
+//! Every kernel against sprout-core's reference kernel on small random shapes.
+
+mod common;
+
+use common::{close, normal, Harness};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use sprout_core::kernels::batchnorm::{self as bn, BnGeom};
+use sprout_core::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeom};
+use sprout_core::kernels::depthwise::{depthwise_backward, depthwise_forward, DwGeom};
+use sprout_core::kernels::linear::{linear_backward, linear_forward};
+use sprout_core::kernels::loss::softmax_cross_entropy;
+use sprout_core::kernels::pool::{gap_backward, gap_forward, maxpool_backward, maxpool_forward};
+use sprout_core::kernels::Scratch;
+use sprout_core::optim::{Adam, Sgd};
+use sprout_core::rng::Rng;
+use sprout_gpu::kernel::aligned;
+use sprout_gpu::kernels::batchnorm::{stride, Stats};
+use sprout_gpu::kernels::linear::LinearGeom;
+use sprout_gpu::kernels::optimizer::{sgd_words, MorphHyper};
+
+const RTOL: f32 = 1e-4;
+
+fn runner() -> TestRunner {
+    TestRunner::new(Config::with_cases(8))
+}
+
+fn check(r: Result<(), String>) -> Result<(), TestCaseError> {
+    r.map_err(TestCaseError::fail)
+}
+
+#[test]
+fn conv_matches_cpu() {
+    let t = Harness::new();
+    let shapes = (
+        1usize..4,
+        1usize..5,
+        1usize..7,
+        prop_oneof![Just(1usize), Just(3)],
+        1usize..3,
+        0usize..2,
+        3usize..9,
+        3usize..9,
+        any::<u64>(),
+    );
+    runner()
+        .run(
+            &shapes,
+            |(n, cin, cout, kernel, stride, pad, h, w, seed)| {
+                let out = |x: usize| (x + 2 * pad - kernel) / stride + 1;
+                let g = ConvGeom {
+                    cin,
+                    cout,
+                    kernel,
+                    stride,
+                    pad,
+                    in_hw: (h, w),
+                    out_hw: (out(h), out(w)),
+                };
+                let mut rng = Rng::new(seed);
+                let x = normal(&mut rng, n * cin * h * w);
+                let wt = normal(&mut rng, cout * g.patch());
+                let dy = normal(&mut rng, n * cout * g.out_plane());
+                let mut scratch = Scratch::new();
+                let mut y = vec![0.0; dy.len()];
+                conv2d_forward(&g, n, &x, &wt, &mut y, &mut scratch);
+                let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);
+                conv2d_backward(&g, n, &x, &wt, &dy, Some(&mut dx), &mut dw, &mut scratch);
+
+                let (xv, wv, dyv) = (t.upload(&x), t.upload(&wt), t.upload(&dy));
+                let (yv, dxv, dwv) = (
+                    t.poisoned(y.len()),
+                    t.poisoned(dx.len()),
+                    t.poisoned(dw.len()),
+                );
+                let k = &t.k.conv;
+                t.run(&[
+                    k.forward(&t.gpu, &g, n, &xv, &wv, &yv).unwrap(),
+                    k.backward_input(&t.gpu, &g, n, &dyv, &wv, &dxv).unwrap(),
+                    k.backward_weight(&t.gpu, &g, n, &xv, &dyv, &dwv).unwrap(),
+                ]);
+                check(close("y", &t.read(&yv, y.len()), &y, RTOL))?;
+                check(close("dx", &t.read(&dxv, dx.len()), &dx, RTOL))?;
+                check(close("dw", &t.read(&dwv, dw.len()), &dw, RTOL))
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn conv_rejects_short_buffers() {
+    let t = Harness::new();
+    let g = ConvGeom {
+        cin: 2,
+        cout: 3,
+        kernel: 3,
+        stride: 1,
+        pad: 1,
+        in_hw: (4, 4),
+        out_hw: (4, 4),
+    };
+    let (x, w, y) = (
+        t.poisoned(2 * 16 - 1),
+        t.poisoned(3 * 18),
+        t.poisoned(3 * 16),
+    );
+    let err = t.k.conv.forward(&t.gpu, &g, 1, &x, &w, &y);
+    assert!(matches!(err, Err(sprout_core::Error::Shape(_))), "{err:?}");
+}
+
+#[test]
+fn depthwise_matches_cpu() {
+    let t = Harness::new();
+    let shapes = (
+        1usize..4,
+        1usize..6,
+        1usize..3,
+        2usize..10,
+        2usize..10,
+        any::<u64>(),
+    );
+    runner()
+        .run(&shapes, |(n, c, stride, h, w, seed)| {
+            let out = |x: usize| (x + 2 - 3) / stride + 1;
+            let g = DwGeom {
+                channels: c,
+                stride,
+                in_hw: (h, w),
+                out_hw: (out(h), out(w)),
+            };
+            let mut rng = Rng::new(seed);
+            let x = normal(&mut rng, n * c * h * w);
+            let kk = normal(&mut rng, c * 9);
+            let op = g.out_hw.0 * g.out_hw.1;
+            let dy = normal(&mut rng, n * c * op);
+            let mut y = vec![0.0; dy.len()];
+            depthwise_forward(&g, n, &x, &kk, &mut y);
+            let (mut dx, mut dk) = (vec![0.0; x.len()], vec![0.0; kk.len()]);
+            depthwise_backward(&g, n, &x, &kk, &dy, Some(&mut dx), &mut dk);
+
+            let (xv, kv, dyv) = (t.upload(&x), t.upload(&kk), t.upload(&dy));
+            let (yv, dxv, dkv) = (
+                t.poisoned(y.len()),
+                t.poisoned(dx.len()),
+                t.poisoned(dk.len()),
+            );
+            let k = &t.k.depthwise;
+            t.run(&[
+                k.forward(&t.gpu, &g, n, &xv, &kv, &yv).unwrap(),
+                k.backward_input(&t.gpu, &g, n, &dyv, &kv, &dxv).unwrap(),
+                k.backward_weight(&t.gpu, &g, n, &xv, &dyv, &dkv).unwrap(),
+            ]);
+            check(close("y", &t.read(&yv, y.len()), &y, RTOL))?;
+            check(close("dx", &t.read(&dxv, dx.len()), &dx, RTOL))?;
+            check(close("dk", &t.read(&dkv, dk.len()), &dk, RTOL))
+        })
+        .unwrap();
+}
+
+/// A BN block as the backend lays it out: gamma, beta, running mean and
+/// variance, each `stride(c)` long.
+fn bn_block(gamma: &[f32], beta: &[f32], rm: &[f32], rv: &[f32]) -> Vec<f32> {
+    let st = stride(gamma.len());
+    let mut v = vec![0.0; 4 * st];
+    for (j, t) in [gamma, beta, rm, rv].iter().enumerate() {
+        v[j * st..j * st + t.len()].copy_from_slice(t);
+    }
+    v
+}
+
+#[test]
+fn batchnorm_train_matches_cpu() {
+    let t = Harness::new();
+    let shapes = (2usize..5, 1usize..6, 1usize..30, any::<u64>());
+    runner()
+        .run(&shapes, |(n, c, plane, seed)| {
+            let g = BnGeom {
+                n,
+                channels: c,
+                plane,
+            };
+            let len = n * c * plane;
+            let mut rng = Rng::new(seed);
+            let y: Vec<f32> = (0..len).map(|_| 1.5 * rng.normal() + 0.3).collect();
+            let da = normal(&mut rng, len);
+            let gamma: Vec<f32> = (0..c).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+            let beta: Vec<f32> = (0..c).map(|_| 0.3 * rng.normal()).collect();
+            let rm: Vec<f32> = (0..c).map(|_| 0.1 * rng.normal()).collect();
+            let rv: Vec<f32> = (0..c).map(|_| 1.0 + 0.1 * rng.uniform()).collect();
+            // CPU reference.
+            let (mut mean, mut var, mut sc, mut sh) =
+                (vec![0.0; c], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+            bn::batch_stats(&g, &y, &mut mean, &mut var);
+            bn::fold(&gamma, &beta, &mean, &var, &mut sc, &mut sh);
+            let mut a = vec![0.0; len];
+            bn::scale_shift_relu(&g, &y, &sc, &sh, &mut a);
+            let (mut dy, mut dg, mut db) = (vec![0.0; len], vec![0.0; c], vec![0.0; c]);
+            bn::backward_train(
+                &g, &y, &a, &da, &mean, &var, &gamma, &mut dy, &mut dg, &mut db,
+            );
+            let (mut rm2, mut rv2) = (rm.clone(), rv.clone());
+            bn::update_running(&g, &mean, &var, &mut rm2, &mut rv2);
+
+            let st = stride(c);
+            let bnv = t.upload(&bn_block(&gamma, &beta, &rm, &rv));
+            let (yv, dav) = (t.upload(&y), t.upload(&da));
+            let stats = t.poisoned(2 * st);
+            let (av, dyv, grads) = (t.poisoned(len), t.poisoned(len), t.poisoned(2 * st));
+            let loss = t.upload(&[1.0]);
+            let k = &t.k.bn;
+            let gpu = &t.gpu;
+            t.run(&[
+                k.stats(gpu, &g, &yv, &stats).unwrap(),
+                k.forward(gpu, &g, &yv, &bnv, &stats, Stats::Batch, &av)
+                    .unwrap(),
+                k.backward_params(gpu, &g, &yv, &av, &dav, &stats, &bnv, Stats::Batch, &grads)
+                    .unwrap(),
+                k.backward(
+                    gpu,
+                    &g,
+                    &yv,
+                    &av,
+                    &dav,
+                    &stats,
+                    &bnv,
+                    &grads,
+                    Stats::Batch,
+                    &dyv,
+                )
+                .unwrap(),
+                k.update_running(gpu, &g, &stats, &bnv, &loss).unwrap(),
+            ]);
+            let s = t.read(&stats, 2 * st);
+            check(close("mean", &s[..c], &mean, RTOL))?;
+            check(close("var", &s[st..st + c], &var, RTOL))?;
+            check(close("a", &t.read(&av, len), &a, RTOL))?;
+            let gr = t.read(&grads, 2 * st);
+            check(close("dgamma", &gr[..c], &dg, 1e-3))?;
+            check(close("dbeta", &gr[st..st + c], &db, RTOL))?;
+            check(close("dy", &t.read(&dyv, len), &dy, 1e-3))?;
+            let b = t.read(&bnv, 4 * st);
+            check(close("running mean", &b[2 * st..2 * st + c], &rm2, RTOL))?;
+            check(close("running var", &b[3 * st..3 * st + c], &rv2, RTOL))
+        })
+        .unwrap();
+}
+
+#[test]
+fn batchnorm_eval_matches_cpu() {
+    let t = Harness::new();
+    let shapes = (1usize..4, 1usize..6, 1usize..30, any::<u64>());
+    runner()
+        .run(&shapes, |(n, c, plane, seed)| {
+            let g = BnGeom {
+                n,
+                channels: c,
+                plane,
+            };
+            let len = n * c * plane;
+            let mut rng = Rng::new(seed);
+            let y = normal(&mut rng, len);
+            let da = normal(&mut rng, len);
+            let gamma: Vec<f32> = (0..c).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+            let beta: Vec<f32> = (0..c).map(|_| 0.3 * rng.normal()).collect();
+            let rm: Vec<f32> = (0..c).map(|_| 0.2 * rng.normal()).collect();
+            let rv: Vec<f32> = (0..c).map(|_| 0.5 + rng.uniform()).collect();
+            let (mut sc, mut sh) = (vec![0.0; c], vec![0.0; c]);
+            bn::fold(&gamma, &beta, &rm, &rv, &mut sc, &mut sh);
+            let mut a = vec![0.0; len];
+            bn::scale_shift_relu(&g, &y, &sc, &sh, &mut a);
+            let (mut dy, mut dg, mut db) = (vec![0.0; len], vec![0.0; c], vec![0.0; c]);
+            bn::backward_eval(
+                &g,
+                &y,
+                &a,
+                &da,
+                &rm,
+                &rv,
+                &gamma,
+                &mut dy,
+                Some((&mut dg, &mut db)),
+            );
+
+            let st = stride(c);
+            let bnv = t.upload(&bn_block(&gamma, &beta, &rm, &rv));
+            let (yv, dav) = (t.upload(&y), t.upload(&da));
+            let stats = t.poisoned(2 * st);
+            let (av, dyv, grads) = (t.poisoned(len), t.poisoned(len), t.poisoned(2 * st));
+            let k = &t.k.bn;
+            let gpu = &t.gpu;
+            t.run(&[
+                k.forward(gpu, &g, &yv, &bnv, &stats, Stats::Running, &av)
+                    .unwrap(),
+                k.backward_params(
+                    gpu,
+                    &g,
+                    &yv,
+                    &av,
+                    &dav,
+                    &stats,
+                    &bnv,
+                    Stats::Running,
+                    &grads,
+                )
+                .unwrap(),
+                k.backward(
+                    gpu,
+                    &g,
+                    &yv,
+                    &av,
+                    &dav,
+                    &stats,
+                    &bnv,
+                    &grads,
+                    Stats::Running,
+                    &dyv,
+                )
+                .unwrap(),
+            ]);
+            check(close("a", &t.read(&av, len), &a, RTOL))?;
+            check(close("dy", &t.read(&dyv, len), &dy, RTOL))?;
+            let gr = t.read(&grads, 2 * st);
+            check(close("dgamma", &gr[..c], &dg, 1e-3))?;
+            check(close("dbeta", &gr[st..st + c], &db, RTOL))
+        })
+        .unwrap();
+}
+
+#[test]
+fn pools_match_cpu() {
+    let t = Harness::new();
+    let shapes = (1usize..8, 1usize..9, 1usize..9, any::<u64>());
+    runner()
+        .run(&shapes, |(planes, h, w, seed)| {
+            let mut rng = Rng::new(seed);
+            let x = normal(&mut rng, planes * h * w);
+            let (oh, ow) = (h / 2, w / 2);
+            let da = normal(&mut rng, planes * oh * ow);
+            let mut a = vec![0.0; da.len()];
+            maxpool_forward(planes, (h, w), &x, &mut a);
+            let mut dh = vec![0.0; x.len()];
+            maxpool_backward(planes, (h, w), &x, &da, &mut dh);
+            let mut f = vec![0.0; planes];
+            gap_forward(planes, h * w, &x, &mut f);
+            let df = normal(&mut rng, planes);
+            let mut dg = vec![0.0; x.len()];
+            gap_backward(planes, h * w, &df, &mut dg);
+
+            let (xv, dav, dfv) = (t.upload(&x), t.upload(&da), t.upload(&df));
+            let (av, dhv, fv, dgv) = (
+                t.poisoned(a.len()),
+                t.poisoned(x.len()),
+                t.poisoned(planes),
+                t.poisoned(x.len()),
+            );
+            let k = &t.k.pool;
+            let gpu = &t.gpu;
+            let mut ops = vec![
+                k.max_backward(gpu, planes, (h, w), &xv, &dav, &dhv)
+                    .unwrap(),
+                k.avg_forward(gpu, planes, h * w, &xv, &fv).unwrap(),
+                k.avg_backward(gpu, planes, h * w, &dfv, &dgv).unwrap(),
+            ];
+            if !a.is_empty() {
+                ops.push(k.max_forward(gpu, planes, (h, w), &xv, &av).unwrap());
+                t.run(&ops);
+                check(close("max", &t.read(&av, a.len()), &a, RTOL))?;
+            } else {
+                t.run(&ops);
+            }
+            check(close("max backward", &t.read(&dhv, x.len()), &dh, RTOL))?;
+            check(close("average", &t.read(&fv, planes), &f, RTOL))?;
+            check(close("average backward", &t.read(&dgv, x.len()), &dg, RTOL))
+        })
+        .unwrap();
+}
+
+#[test]
+fn linear_and_loss_match_cpu() {
+    let t = Harness::new();
+    let shapes = (1usize..6, 1usize..20, 2usize..7, any::<u64>());
+    runner()
+        .run(&shapes, |(n, features, classes, seed)| {
+            let mut rng = Rng::new(seed);
+            let f = normal(&mut rng, n * features);
+            let w = normal(&mut rng, classes * features);
+            let b = normal(&mut rng, classes);
+            let labels: Vec<u32> = (0..n).map(|_| rng.below(classes) as u32).collect();
+            let mut logits = vec![0.0; n * classes];
+            linear_forward(n, features, classes, &f, &w, &b, &mut logits);
+            let mut dl = vec![0.0; logits.len()];
+            let (loss, correct) = softmax_cross_entropy(n, classes, &logits, &labels, &mut dl);
+            let (mut df, mut dw, mut db) =
+                (vec![0.0; f.len()], vec![0.0; w.len()], vec![0.0; classes]);
+            linear_backward(
+                n,
+                features,
+                classes,
+                &f,
+                &w,
+                &dl,
+                Some(&mut df),
+                &mut dw,
+                &mut db,
+            );
+
+            let g = LinearGeom {
+                n,
+                features,
+                classes,
+            };
+            let (fv, wv, bv, lv) = (
+                t.upload(&f),
+                t.upload(&w),
+                t.upload(&b),
+                t.upload_u32(&labels),
+            );
+            let (zv, dzv, rows, out) = (
+                t.poisoned(logits.len()),
+                t.poisoned(dl.len()),
+                t.poisoned(2 * n),
+                t.poisoned(2),
+            );
+            let (dfv, dwv, dbv) = (
+                t.poisoned(df.len()),
+                t.poisoned(dw.len()),
+                t.poisoned(classes),
+            );
+            let gpu = &t.gpu;
+            t.run(&[
+                t.k.linear.forward(gpu, &g, &fv, &wv, &bv, &zv).unwrap(),
+                t.k.loss
+                    .softmax_xent(gpu, n, classes, &zv, &lv, &dzv, &rows)
+                    .unwrap(),
+                t.k.loss.reduce(gpu, n, &rows, &out).unwrap(),
+                t.k.linear.backward_input(gpu, &g, &dzv, &wv, &dfv).unwrap(),
+                t.k.linear
+                    .backward_weight(gpu, &g, &fv, &dzv, &dwv, &dbv)
+                    .unwrap(),
+            ]);
+            check(close("logits", &t.read(&zv, logits.len()), &logits, RTOL))?;
+            check(close("dlogits", &t.read(&dzv, dl.len()), &dl, RTOL))?;
+            let o = t.read(&out, 2);
+            check(close("loss", &o[..1], &[loss], RTOL))?;
+            prop_assert_eq!(o[1], correct as f32);
+            check(close("df", &t.read(&dfv, df.len()), &df, RTOL))?;
+            check(close("dw", &t.read(&dwv, dw.len()), &dw, RTOL))?;
+            check(close("db", &t.read(&dbv, classes), &db, RTOL))
+        })
+        .unwrap();
+}
+
+#[test]
+fn optimizers_match_cpu() {
+    let t = Harness::new();
+    let shapes = (1usize..300, 1u32..5, any::<bool>(), any::<u64>());
+    runner()
+        .run(&shapes, |(len, step, nesterov, seed)| {
+            let mut rng = Rng::new(seed);
+            let p = normal(&mut rng, len);
+            let g = normal(&mut rng, len);
+            let m = normal(&mut rng, len);
+            let v: Vec<f32> = (0..len).map(|_| rng.uniform()).collect();
+            let mask: Vec<f32> = (0..len)
+                .map(|i| if i % 7 == 3 { 0.0 } else { 1.0 })
+                .collect();
+            let sgd = Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 1e-3,
+                nesterov,
+            };
+            let (mut p1, mut b1) = (p.clone(), m.clone());
+            for i in 0..len {
+                if mask[i] == 1.0 {
+                    sgd.step(&mut p1[i..i + 1], &g[i..i + 1], &mut b1[i..i + 1]);
+                }
+            }
+            let adam = Adam::paper();
+            let (mut p2, mut m2, mut v2) = (p.clone(), m.clone(), v.clone());
+            adam.step(step, &mut p2, &g, &mut m2, &mut v2);
+
+            let gpu = &t.gpu;
+            let hyper = gpu.uniform("sgd", 4).unwrap();
+            gpu.write_uniform(&hyper, &sgd_words(&sgd));
+            let mh = MorphHyper {
+                adam,
+                t: step,
+                ema_alpha: 0.1,
+                ema_first: false,
+                theta_max: None,
+            };
+            let ahyper = gpu.uniform("adam", 8).unwrap();
+            gpu.write_uniform(&ahyper, &mh.words());
+            let loss = t.upload(&[0.5]);
+            let (pv, gv, bv, maskv) = (t.upload(&p), t.upload(&g), t.upload(&m), t.upload(&mask));
+            let (tv, mv, vv) = (t.upload(&p), t.upload(&m), t.upload(&v));
+            t.run(&[
+                t.k.optim
+                    .sgd(gpu, &hyper, &maskv, &gv, &loss, &pv, &bv)
+                    .unwrap(),
+                t.k.optim
+                    .adam(gpu, &ahyper, &gv, &loss, &tv, &mv, &vv)
+                    .unwrap(),
+            ]);
+            check(close("sgd params", &t.read(&pv, len), &p1, RTOL))?;
+            check(close("sgd momentum", &t.read(&bv, len), &b1, RTOL))?;
+            check(close("adam theta", &t.read(&tv, len), &p2, RTOL))?;
+            check(close("adam m", &t.read(&mv, len), &m2, RTOL))?;
+            check(close("adam v", &t.read(&vv, len), &v2, RTOL))
+        })
+        .unwrap();
+}
+
+#[test]
+fn updates_are_skipped_on_a_non_finite_loss() {
+    let t = Harness::new();
+    let gpu = &t.gpu;
+    let sgd = Sgd::paper(0.1);
+    let hyper = gpu.uniform("sgd", 4).unwrap();
+    gpu.write_uniform(&hyper, &sgd_words(&sgd));
+    let p = vec![1.0f32; aligned(5)];
+    let (pv, gv, bv, maskv) = (t.upload(&p), t.upload(&p), t.upload(&p), t.upload(&p));
+    let loss = t.upload(&[f32::NAN]);
+    t.run(&[t
+        .k
+        .optim
+        .sgd(gpu, &hyper, &maskv, &gv, &loss, &pv, &bv)
+        .unwrap()]);
+    assert_eq!(t.read(&pv, p.len()), p);
+}

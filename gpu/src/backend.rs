@@ -28,7 +28,10 @@ enum Step {
     Train,
     Eval,
     Calibrate,
-    Morph,
+    /// With `joint`, the step also averages the joint estimate's cross terms.
+    Morph {
+        joint: bool,
+    },
 }
 
 /// The wgpu backend.
@@ -53,7 +56,8 @@ struct State {
 struct Phase {
     state: MorphState,
     buffers: MorphBuffers,
-    plans: HashMap<usize, Vec<Op>>,
+    /// Recorded steps by batch size and whether they average the cross terms.
+    plans: HashMap<(usize, bool), Vec<Op>>,
 }
 
 impl GpuBackend {
@@ -65,7 +69,7 @@ impl GpuBackend {
         Ok(GpuBackend {
             capacity: batch_capacity.max(1),
             sgd_hyper: gpu.uniform("sgd settings", 4)?,
-            morph_hyper: gpu.uniform("morphism settings", 8)?,
+            morph_hyper: gpu.uniform("morphism settings", MorphHyper::WORDS)?,
             kernels,
             gpu,
             state: None,
@@ -125,20 +129,22 @@ impl GpuBackend {
             .ok_or_else(|| Error::Backend("no network loaded".into()))?;
         let g = &s.graph;
         let ops = match (step, &mut s.morph) {
-            (Step::Morph, Some(phase)) => {
-                if let Entry::Vacant(slot) = phase.plans.entry(n) {
+            (Step::Morph { joint }, Some(phase)) => {
+                if let Entry::Vacant(slot) = phase.plans.entry((n, joint)) {
                     let mut ops = Vec::new();
                     gpu.scoped("recording a morphism step", || {
                         g.forward(gpu, k, n, Stats::Running, &mut ops)?;
                         g.loss(gpu, k, n, &mut ops)?;
                         g.backward(gpu, k, n, Stats::Running, false, &mut ops)?;
-                        phase.buffers.record(gpu, k, g, n, morph_hyper, &mut ops)
+                        phase
+                            .buffers
+                            .record(gpu, k, g, n, joint, morph_hyper, &mut ops)
                     })?;
                     slot.insert(ops);
                 }
-                &phase.plans[&n]
+                &phase.plans[&(n, joint)]
             }
-            (Step::Morph, None) => {
+            (Step::Morph { .. }, None) => {
                 return Err(Error::Backend(
                     "morph_batch outside a morphism phase".into(),
                 ))
@@ -171,7 +177,7 @@ impl GpuBackend {
                                 g.forward(gpu, k, n, Stats::Batch, &mut ops)?;
                                 g.update_running(gpu, k, n, &g.one, &mut ops)?;
                             }
-                            Step::Morph => {}
+                            Step::Morph { .. } => {}
                         }
                         Ok(())
                     })?;
@@ -303,13 +309,23 @@ impl Backend for GpuBackend {
             ));
         }
         self.upload_batch(images, labels, n)?;
-        let steps = {
-            let phase = self
-                .state()?
+        // The joint estimate (sprout-core's `MorphConfig::joint`): the cross
+        // terms start on the phase's first batch or the first that asks for them.
+        let joint = cfg.joint && cfg.method == MorphMethod::GaussNewton;
+        let (steps, cross_started) = {
+            let gpu = &self.gpu;
+            let s = self
+                .state
+                .as_mut()
+                .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+            let phase = s
                 .morph
-                .as_ref()
+                .as_mut()
                 .ok_or_else(|| Error::Backend("morph_batch outside a morphism phase".into()))?;
-            phase.state.steps
+            if joint {
+                phase.buffers.enable_joint(gpu, &s.graph)?;
+            }
+            (phase.state.steps, phase.buffers.cross_started())
         };
         let hyper = MorphHyper {
             adam: cfg.adam,
@@ -317,9 +333,10 @@ impl Backend for GpuBackend {
             ema_alpha: cfg.ema_alpha,
             ema_first: steps == 0,
             theta_max: cfg.theta_max,
+            cross_first: steps == 0 || !cross_started,
         };
         self.gpu.write_uniform(&self.morph_hyper, &hyper.words());
-        let stats = self.run(Step::Morph, n)?;
+        let stats = self.run(Step::Morph { joint }, n)?;
         if !(stats.loss.is_finite() && stats.loss > 0.0) {
             return Err(Error::NonFinite(format!(
                 "morphism-phase loss is {}",
@@ -328,6 +345,9 @@ impl Backend for GpuBackend {
         }
         if let Some(phase) = self.state()?.morph.as_mut() {
             phase.state.steps += 1;
+            if joint {
+                phase.buffers.cross_updated();
+            }
         }
         Ok(stats)
     }

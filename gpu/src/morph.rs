@@ -9,11 +9,18 @@
 //! `u = (S / 2) * sum(Delta_a * dL/da)` per sample and channel, eq. (1) into
 //! the moving average, and eq. (1)'s gradient pushed back through both
 //! branches of sigma and the theta conv.
+//!
+//! Every layer's per-sample `u` of splits and prunes stays on the device for
+//! the whole batch, so that with the joint estimate on, one more kernel folds
+//! `U^T U / (4 L_hat S)` (`U` the `S x K` matrix of every candidate's `u`,
+//! slots as `MorphState::joint_slot`) into the moving average of the cross
+//! terms, as sprout-core's `MorphState::update_cross` does.
 
 use crate::context::Gpu;
 use crate::graph::{bn_geom, depthwise_params, dw_geom, Graph};
 use crate::kernel::{Op, View};
 use crate::kernels::batchnorm::Stats;
+use crate::kernels::estimator::Slots;
 use crate::kernels::Kernels;
 use crate::layout::Layout;
 use sprout_core::arch::Post;
@@ -39,12 +46,27 @@ pub struct MorphBuffers {
     h: [View; 2],
     z: [View; 2],
     a: [View; 2],
+    /// Per layer two blocks of `capacity * cout` values, `[n, cout]` each:
+    /// the split u, then the prune u.
+    u_blocks: Layout,
     u: View,
-    u_prune: View,
+    /// The joint estimate's state, once a step asks for it.
+    joint: Option<Joint>,
     g: View,
     gh: View,
     gz: View,
     dd: [View; 2],
+}
+
+/// The joint estimate on the device: the `K x K` moving average of the cross
+/// terms (row-major, slots as `MorphState::joint_slot`) and the slot table
+/// that finds each candidate's u in [`MorphBuffers`]'s u blocks.
+#[derive(Debug)]
+struct Joint {
+    cross: View,
+    slots: Slots,
+    /// Whether `cross` holds an average (uploaded or computed this phase).
+    started: bool,
 }
 
 impl MorphBuffers {
@@ -65,12 +87,12 @@ impl MorphBuffers {
             .map(|u| cap * u.out_len())
             .max()
             .unwrap_or(1);
-        let planes = graph.units.iter().map(|u| cap * u.cout).max().unwrap_or(1);
+        let u_blocks = Layout::new(graph.units.iter().flat_map(|u| [cap * u.cout; 2]));
         let buf = |label: &str, len: usize| gpu.buffer(label, len);
         let pair = |label: &str, len: usize| -> Result<[View; 2]> {
             Ok([buf(label, len)?, buf(label, len)?])
         };
-        Ok(MorphBuffers {
+        let mut buffers = MorphBuffers {
             theta: gpu.upload("theta", &weights.pack(&state.theta)?)?,
             grad: buf("theta gradient", weights.total)?,
             m: gpu.upload("adam m", &weights.pack(&state.adam_m)?)?,
@@ -82,15 +104,69 @@ impl MorphBuffers {
             h: pair("shifted bn-relu", conv)?,
             z: pair("shifted depthwise", out)?,
             a: pair("shifted output", out)?,
-            u: buf("split u", planes)?,
-            u_prune: buf("prune u", planes)?,
+            u: buf("split and prune u", u_blocks.total)?,
+            u_blocks,
+            joint: None,
             g: buf("estimate gradient", out)?,
             gh: buf("estimate gradient at h", conv)?,
             gz: buf("estimate gradient at z", out)?,
             dd: pair("estimate gradient at y", conv)?,
             weights,
             channels,
-        })
+        };
+        if !state.cross.is_empty() {
+            // A phase continued: the cross terms go on from where they were.
+            buffers.enable_joint(gpu, graph)?;
+            if let Some(j) = buffers.joint.as_mut() {
+                gpu.write(&j.cross, &state.cross)?;
+                j.started = true;
+            }
+        }
+        Ok(buffers)
+    }
+
+    /// Allocates the joint estimate's buffers (once per phase): the `K x K`
+    /// cross terms and the slot table, candidate `joint_slot(l, c, prune)` at
+    /// `u_blocks[2l + prune] + c` with stride `cout` of layer `l`.
+    pub fn enable_joint(&mut self, gpu: &Gpu, graph: &Graph) -> Result<()> {
+        if self.joint.is_some() {
+            return Ok(());
+        }
+        let mut entries = Vec::new();
+        for (l, u) in graph.units.iter().enumerate() {
+            for block in [2 * l, 2 * l + 1] {
+                let at = self.u_blocks.offsets[block];
+                entries.extend((0..u.cout).map(|c| (at + c, u.cout)));
+            }
+        }
+        let k = entries.len();
+        let kk = k
+            .checked_mul(k)
+            .ok_or_else(|| Error::Shape(format!("{k} x {k} cross terms are too many")))?;
+        self.joint = Some(Joint {
+            cross: gpu.buffer("joint cross terms", kk)?,
+            slots: Slots::new(gpu, &entries)?,
+            started: false,
+        });
+        Ok(())
+    }
+
+    /// Whether the cross terms hold a moving average to continue.
+    pub fn cross_started(&self) -> bool {
+        self.joint.as_ref().is_some_and(|j| j.started)
+    }
+
+    /// Notes that a submitted step updated the cross terms.
+    pub fn cross_updated(&mut self) {
+        if let Some(j) = self.joint.as_mut() {
+            j.started = true;
+        }
+    }
+
+    /// Layer `l`'s per-sample split u (`prune`: prune u), `[capacity, cout]`.
+    fn u_block(&self, l: usize, prune: bool) -> Result<View> {
+        let b = 2 * l + usize::from(prune);
+        self.u.sub(self.u_blocks.offsets[b], self.u_blocks.lens[b])
     }
 
     fn layer(&self, v: &View, l: usize) -> Result<View> {
@@ -103,13 +179,17 @@ impl MorphBuffers {
 
     /// One morphism step after the graph's eval-mode forward, loss and
     /// activation backward: every layer's estimates into the moving
-    /// averages, then one Adam step on all of theta and the trust region.
+    /// averages, with `joint` the cross terms of every pair of candidates
+    /// (after [`MorphBuffers::enable_joint`]), then one Adam step on all of
+    /// theta and the trust region.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         gpu: &Gpu,
         k: &Kernels,
         graph: &Graph,
         n: usize,
+        joint: bool,
         hyper: &wgpu::Buffer,
         ops: &mut Vec<Op>,
     ) -> Result<()> {
@@ -172,28 +252,29 @@ impl MorphBuffers {
                 }
             };
             let est = &k.estimator;
-            ops.push(est.split_u(gpu, n, n * c, po, branch(0), branch(1), a0, &b.da, &self.u)?);
+            let (u_split, u_prune) = (self.u_block(l, false)?, self.u_block(l, true)?);
+            ops.push(est.split_u(gpu, n, n * c, po, branch(0), branch(1), a0, &b.da, &u_split)?);
             ops.push(est.ema(
                 gpu,
                 hyper,
                 n,
                 c,
-                &self.u,
+                &u_split,
                 loss,
                 &self.per_channel(&self.split_ema, l)?,
             )?);
-            ops.push(est.prune_u(gpu, n, n * c, po, a0, &b.da, &self.u_prune)?);
+            ops.push(est.prune_u(gpu, n, n * c, po, a0, &b.da, &u_prune)?);
             ops.push(est.ema(
                 gpu,
                 hyper,
                 n,
                 c,
-                &self.u_prune,
+                &u_prune,
                 loss,
                 &self.per_channel(&self.prune_ema, l)?,
             )?);
             // dDeltaL/dy through each branch of the frozen sigma.
-            ops.push(est.grad_coef(gpu, out_len, po, &self.u, &b.da, loss, &self.g)?);
+            ops.push(est.grad_coef(gpu, out_len, po, &u_split, &b.da, loss, &self.g)?);
             for i in 0..2 {
                 let gh: &View = match u.post {
                     Post::None => &self.g,
@@ -261,6 +342,15 @@ impl MorphBuffers {
                 &self.layer(&self.grad, l)?,
             )?);
         }
+        if joint {
+            let j = self.joint.as_ref().ok_or_else(|| {
+                Error::Backend("joint estimate recorded before its buffers were allocated".into())
+            })?;
+            ops.push(
+                k.estimator
+                    .cross(gpu, hyper, n, &j.slots, &self.u, loss, &j.cross)?,
+            );
+        }
         ops.push(
             k.optim
                 .adam(gpu, hyper, &self.grad, loss, &self.theta, &self.m, &self.v)?,
@@ -276,7 +366,8 @@ impl MorphBuffers {
         Ok(())
     }
 
-    /// Copies theta, the moments and the moving averages back into `state`.
+    /// Copies theta, the moments and the moving averages (with the joint
+    /// estimate, the cross terms too) back into `state`.
     pub fn read_into(&self, gpu: &Gpu, state: &mut MorphState) -> Result<()> {
         let w = &self.weights;
         let c = &self.channels;
@@ -289,6 +380,14 @@ impl MorphBuffers {
             return Err(Error::NonFinite(
                 "theta became NaN or infinite on the GPU".into(),
             ));
+        }
+        if let Some(j) = self.joint.as_ref().filter(|j| j.started) {
+            state.cross = gpu.read(&j.cross, j.slots.len().pow(2))?;
+            if state.cross.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite(
+                    "joint cross terms became NaN or infinite on the GPU".into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Whole steps on the GPU backend against the CPU backend: training (loss,
 //! updated weights, running statistics, momentum), evaluation, calibration
-//! and the morphism step (estimates, theta and Adam state), on both presets
-//! at tiny widths.
+//! and the morphism step (estimates, theta and Adam state, with the joint
+//! estimate its cross terms), on both presets at tiny widths.
 
 mod common;
 
@@ -143,7 +143,26 @@ fn mobilenet_training_step_matches_cpu() {
     training_parity(mobilenet());
 }
 
-fn morph_parity(arch: Arch, theta_max: Option<f32>) {
+/// The joint estimate's `K x K` cross terms of both backends: the same
+/// shape, within `rtol` of the largest entry, and not all zero.
+fn same_cross(what: &str, gpu: &MorphState, cpu: &MorphState, rtol: f32) {
+    let k = cpu.joint_len();
+    assert_eq!(cpu.cross.len(), k * k, "{what}: cpu cross terms");
+    assert_eq!(gpu.cross.len(), k * k, "{what}: gpu cross terms");
+    if let Err(e) = close_to_max(what, &gpu.cross, &cpu.cross, rtol, 0.0) {
+        panic!("{e}");
+    }
+    assert!(cpu.cross.iter().any(|v| v.abs() > 0.0), "{what}: all zero");
+    // The average of products u_i u_j: symmetric, with a non-negative diagonal.
+    for i in 0..k {
+        assert!(gpu.cross[i * k + i] >= 0.0);
+        for j in 0..i {
+            assert_eq!(gpu.cross[i * k + j], gpu.cross[j * k + i]);
+        }
+    }
+}
+
+fn morph_parity(arch: Arch, theta_max: Option<f32>, joint: bool) {
     let net = network(&arch, 5);
     let mut cpu = CpuBackend::new(BATCH);
     let mut gpu = gpu_backend();
@@ -154,6 +173,7 @@ fn morph_parity(arch: Arch, theta_max: Option<f32>) {
     gpu.begin_morph(state.clone()).unwrap();
     let cfg = MorphConfig {
         theta_max,
+        joint,
         ..MorphConfig::paper(BATCH, 40)
     };
     for step in 0..3 {
@@ -182,6 +202,11 @@ fn morph_parity(arch: Arch, theta_max: Option<f32>) {
         close(&format!("theta {l}"), &g.theta[l], &c.theta[l], 2e-3).unwrap();
         close(&format!("adam m {l}"), &g.adam_m[l], &c.adam_m[l], 5e-3).unwrap();
     }
+    if joint {
+        same_cross("cross terms", &g, &c, 2e-3);
+    } else {
+        assert!(g.cross.is_empty() && c.cross.is_empty());
+    }
     // Theta was learned, and some split is estimated to change the loss.
     assert_ne!(g.theta, state.theta);
     assert!(g.split_ema.iter().flatten().any(|v| v.abs() > 0.0));
@@ -191,12 +216,64 @@ fn morph_parity(arch: Arch, theta_max: Option<f32>) {
 
 #[test]
 fn vgg_morph_step_matches_cpu() {
-    morph_parity(vgg(), None);
+    morph_parity(vgg(), None, false);
 }
 
 #[test]
 fn mobilenet_morph_step_matches_cpu() {
-    morph_parity(mobilenet(), Some(0.35));
+    morph_parity(mobilenet(), Some(0.35), false);
+}
+
+#[test]
+fn vgg_joint_morph_step_matches_cpu() {
+    morph_parity(vgg(), None, true);
+}
+
+#[test]
+fn mobilenet_joint_morph_step_matches_cpu() {
+    morph_parity(mobilenet(), Some(0.35), true);
+}
+
+/// The joint estimate switched on mid-phase starts its cross terms on its
+/// first batch, and a phase begun from a state with cross terms continues
+/// their average, as on the CPU.
+#[test]
+fn joint_cross_terms_start_late_and_continue() {
+    let arch = mobilenet();
+    let net = network(&arch, 6);
+    let mut cpu = CpuBackend::new(BATCH);
+    let mut gpu = gpu_backend();
+    cpu.load(&net, None).unwrap();
+    gpu.load(&net, None).unwrap();
+    let state = MorphState::new(&net, 0.3, &mut Rng::new(9));
+    cpu.begin_morph(state.clone()).unwrap();
+    gpu.begin_morph(state).unwrap();
+    let plain = MorphConfig::paper(BATCH, 40);
+    let joint = MorphConfig {
+        joint: true,
+        ..plain
+    };
+    for (step, cfg) in [plain, joint, plain, joint].iter().enumerate() {
+        let (x, y) = batch(&arch, 30 + step as u64);
+        cpu.morph_batch(&x, &y, BATCH, cfg).unwrap();
+        gpu.morph_batch(&x, &y, BATCH, cfg).unwrap();
+    }
+    let (c, g) = (cpu.end_morph().unwrap(), gpu.end_morph().unwrap());
+    same_cross("cross terms begun mid-phase", &g, &c, 2e-3);
+
+    // The next phase goes on from the CPU's state on both backends.
+    cpu.begin_morph(c.clone()).unwrap();
+    gpu.begin_morph(c.clone()).unwrap();
+    let (x, y) = batch(&arch, 40);
+    cpu.morph_batch(&x, &y, BATCH, &joint).unwrap();
+    gpu.morph_batch(&x, &y, BATCH, &joint).unwrap();
+    let (c2, g2) = (cpu.end_morph().unwrap(), gpu.end_morph().unwrap());
+    same_cross("continued cross terms", &g2, &c2, 2e-3);
+    assert_ne!(c2.cross, c.cross);
+    // A phase with the joint estimate off hands uploaded cross terms back unchanged.
+    gpu.begin_morph(c2.clone()).unwrap();
+    gpu.morph_batch(&x, &y, BATCH, &plain).unwrap();
+    assert_eq!(gpu.end_morph().unwrap().cross, c2.cross);
 }
 
 #[test]

@@ -16,8 +16,10 @@ use sprout_core::optim::{Adam, Sgd};
 use sprout_core::rng::Rng;
 use sprout_gpu::kernel::aligned;
 use sprout_gpu::kernels::batchnorm::{stride, Stats};
+use sprout_gpu::kernels::estimator::Slots;
 use sprout_gpu::kernels::linear::LinearGeom;
 use sprout_gpu::kernels::optimizer::{sgd_words, MorphHyper};
+use sprout_gpu::layout::Layout;
 
 const RTOL: f32 = 1e-4;
 
@@ -489,8 +491,9 @@ fn optimizers_match_cpu() {
                 ema_alpha: 0.1,
                 ema_first: false,
                 theta_max: None,
+                cross_first: false,
             };
-            let ahyper = gpu.uniform("adam", 8).unwrap();
+            let ahyper = gpu.uniform("adam", MorphHyper::WORDS).unwrap();
             gpu.write_uniform(&ahyper, &mh.words());
             let loss = t.upload(&[0.5]);
             let (pv, gv, bv, maskv) = (t.upload(&p), t.upload(&g), t.upload(&m), t.upload(&mask));
@@ -528,4 +531,109 @@ fn updates_are_skipped_on_a_non_finite_loss() {
         .sgd(gpu, &hyper, &maskv, &gv, &loss, &pv, &bv)
         .unwrap()]);
     assert_eq!(t.read(&pv, p.len()), p);
+}
+
+/// A morphism state with these layer widths, for its cross-term bookkeeping.
+fn joint_state(widths: &[usize]) -> sprout_core::learn::MorphState {
+    let per_channel = || widths.iter().map(|&c| vec![0.0; c]).collect::<Vec<_>>();
+    sprout_core::learn::MorphState {
+        theta: Vec::new(),
+        adam_m: Vec::new(),
+        adam_v: Vec::new(),
+        steps: 0,
+        split_ema: per_channel(),
+        prune_ema: per_channel(),
+        w_norms: per_channel(),
+        cross: Vec::new(),
+    }
+}
+
+#[test]
+fn joint_cross_terms_match_cpu() {
+    let t = Harness::new();
+    let shapes = (
+        prop::collection::vec(1usize..9, 1..4),
+        1usize..6,
+        any::<u64>(),
+    );
+    runner()
+        .run(&shapes, |(widths, n, seed)| {
+            let mut rng = Rng::new(seed);
+            let gpu = &t.gpu;
+            // Blocks of a larger capacity than the batch, as in a phase.
+            let cap = n + 2;
+            let blocks = Layout::new(widths.iter().flat_map(|&c| [cap * c; 2]));
+            let mut entries = Vec::new();
+            for (l, &c) in widths.iter().enumerate() {
+                for b in [2 * l, 2 * l + 1] {
+                    entries.extend((0..c).map(|ch| (blocks.offsets[b] + ch, c)));
+                }
+            }
+            let k = entries.len();
+            let slots = Slots::new(gpu, &entries).unwrap();
+            let mut state = joint_state(&widths);
+            assert_eq!(state.joint_len(), k);
+            let pairs = t.poisoned(k * k);
+            let uv = t.poisoned(blocks.total);
+            let loss = t.upload(&[0.7]);
+            let hyper = gpu.uniform("morph", MorphHyper::WORDS).unwrap();
+            let alpha = 0.3;
+            let mut batch = Vec::new();
+            for step in 0..2u32 {
+                // U (n x K) in slot order, and the same values in the blocks.
+                let u_mat = normal(&mut rng, n * k);
+                let mut flat = vec![0.0; blocks.total];
+                for s in 0..n {
+                    for (slot, &(o, stride)) in entries.iter().enumerate() {
+                        flat[o + s * stride] = u_mat[s * k + slot];
+                    }
+                }
+                gpu.write(&uv, &flat).unwrap();
+                let mh = MorphHyper {
+                    adam: Adam::paper(),
+                    t: step + 1,
+                    ema_alpha: alpha,
+                    ema_first: step == 0,
+                    theta_max: None,
+                    cross_first: step == 0,
+                };
+                gpu.write_uniform(&hyper, &mh.words());
+                t.run(&[t
+                    .k
+                    .estimator
+                    .cross(gpu, &hyper, n, &slots, &uv, &loss, &pairs)
+                    .unwrap()]);
+                state.steps = step;
+                state.update_cross(&u_mat, n, 0.7, alpha, &mut batch);
+                check(close(
+                    "cross terms",
+                    &t.read(&pairs, k * k),
+                    &state.cross,
+                    RTOL,
+                ))?;
+            }
+            // A batch with an unusable loss leaves the average alone.
+            let before = t.read(&pairs, k * k);
+            gpu.write(&loss, &[f32::NAN]).unwrap();
+            t.run(&[t
+                .k
+                .estimator
+                .cross(gpu, &hyper, n, &slots, &uv, &loss, &pairs)
+                .unwrap()]);
+            prop_assert_eq!(t.read(&pairs, k * k), before);
+            // Shapes are checked before anything is recorded.
+            let short = t.poisoned(k * k - 1);
+            let est = &t.k.estimator;
+            prop_assert!(est
+                .cross(gpu, &hyper, n, &slots, &uv, &loss, &short)
+                .is_err());
+            prop_assert!(est
+                .cross(gpu, &hyper, blocks.total + 1, &slots, &uv, &loss, &pairs)
+                .is_err());
+            prop_assert!(est
+                .cross(gpu, &hyper, 0, &slots, &uv, &loss, &pairs)
+                .is_err());
+            Ok(())
+        })
+        .unwrap();
 }

@@ -1,13 +1,14 @@
 //! The Gauss-Newton estimator's own kernels (DESIGN.md "The estimator"): the
 //! frozen sigma on a shifted pre-activation, the per-sample per-channel first
 //! order terms `u` of splits and prunes, eq. (1) folded into the moving
-//! averages, and eq. (1)'s gradient with respect to `Delta_a`. The theta conv
-//! and its weight gradient are [`super::conv::Conv`]'s.
+//! averages, the cross terms of the joint estimate of a set of candidates,
+//! and eq. (1)'s gradient with respect to `Delta_a`. The theta conv and its
+//! weight gradient are [`super::conv::Conv`]'s.
 
 use crate::context::Gpu;
 use crate::kernel::{need, Access, Kernel, Op, Res, View};
 use crate::kernels::batchnorm::stride;
-use sprout_core::error::Result;
+use sprout_core::error::{Error, Result};
 use sprout_core::kernels::batchnorm::BnGeom;
 
 use Access::{Read, Uniform, Write};
@@ -22,6 +23,52 @@ pub struct Estimator {
     prune_u: Kernel,
     ema: Kernel,
     grad_coef: Kernel,
+    cross: Kernel,
+}
+
+/// Where every candidate's per-sample `u` lies in one buffer: candidate `c`'s
+/// value for sample `s` is at `offset + s * stride` of its entry. Uploaded
+/// once per phase; the host keeps a copy to check shapes against.
+#[derive(Debug, Clone)]
+pub struct Slots {
+    entries: Vec<(u32, u32)>,
+    view: View,
+}
+
+impl Slots {
+    /// Uploads `(offset, stride)` per candidate, in slot order.
+    pub fn new(gpu: &Gpu, entries: &[(usize, usize)]) -> Result<Slots> {
+        let entries = entries
+            .iter()
+            .map(|&(o, s)| Ok((word(o, "slot offset")?, word(s, "slot stride")?)))
+            .collect::<Result<Vec<_>>>()?;
+        let flat: Vec<u32> = entries.iter().flat_map(|&(o, s)| [o, s]).collect();
+        let view = gpu.buffer("joint slots", flat.len())?;
+        gpu.write_u32(&view, &flat)?;
+        Ok(Slots { entries, view })
+    }
+
+    /// Number of candidates `K`.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Values of `u` that `n` samples of every candidate reach.
+    fn reach(&self, n: usize) -> usize {
+        self.entries
+            .iter()
+            .map(|&(o, s)| o as usize + n.saturating_sub(1) * s as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn word(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Shape(format!("{what} {v} does not fit in 32 bits")))
 }
 
 impl Estimator {
@@ -53,6 +100,11 @@ impl Estimator {
                 "estimate gradient",
                 include_str!("../../../shaders/estimator/grad_coef.wgsl"),
                 &[Uniform, Read, Read, Read, Write],
+            )?,
+            cross: k(
+                "joint cross terms",
+                include_str!("../../../shaders/estimator/cross.wgsl"),
+                &[Uniform, Uniform, Read, Read, Read, Write],
             )?,
         })
     }
@@ -227,6 +279,52 @@ impl Estimator {
                 Res::View(g),
             ],
             k.groups_for(total),
+        )
+    }
+
+    /// The joint estimate's cross terms over the `K` candidates of `slots`:
+    /// `pairs[i * K + j]` <- moving average of
+    /// `sum_s u_i[s] u_j[s] / (4 L_hat n)` (sprout-core's
+    /// `MorphState::update_cross`), alpha from the hyper, initialised when its
+    /// `cross_first` is set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross(
+        &self,
+        gpu: &Gpu,
+        hyper: &wgpu::Buffer,
+        n: usize,
+        slots: &Slots,
+        u: &View,
+        loss: &View,
+        pairs: &View,
+    ) -> Result<Op> {
+        let k = slots.len();
+        if n == 0 || k == 0 {
+            return Err(Error::Shape(format!(
+                "joint cross terms of {k} candidates over {n} samples"
+            )));
+        }
+        let kk = k
+            .checked_mul(k)
+            .filter(|&kk| u32::try_from(kk).is_ok())
+            .ok_or_else(|| Error::Shape(format!("{k} x {k} cross terms are too many")))?;
+        need("u", u, slots.reach(n))?;
+        need("loss", loss, 1)?;
+        need("cross terms", pairs, kk)?;
+        need("slot table", &slots.view, 2 * k)?;
+        let w = [k as u32, word(n, "batch")?];
+        let kern = &self.cross;
+        kern.op(
+            gpu,
+            &[
+                Res::Params(&w),
+                Res::Uniform(hyper),
+                Res::View(u),
+                Res::View(&slots.view),
+                Res::View(loss),
+                Res::View(pairs),
+            ],
+            kern.groups_for(kk),
         )
     }
 }

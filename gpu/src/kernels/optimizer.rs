@@ -23,7 +23,7 @@ pub fn sgd_words(s: &Sgd) -> [u32; 4] {
 }
 
 /// Settings of one morphism step, as the `Hyper` uniform of the Adam,
-/// trust-region and EMA kernels.
+/// trust-region, EMA and joint cross-term kernels.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MorphHyper {
     pub adam: Adam,
@@ -33,10 +33,16 @@ pub struct MorphHyper {
     /// Whether this batch initialises the moving averages.
     pub ema_first: bool,
     pub theta_max: Option<f32>,
+    /// Whether this batch initialises the joint cross terms: on the phase's
+    /// first batch and on the first with the joint estimate on.
+    pub cross_first: bool,
 }
 
 impl MorphHyper {
-    pub fn words(&self) -> [u32; 8] {
+    /// Words of the uniform (padded to a multiple of 16 bytes).
+    pub const WORDS: usize = 12;
+
+    pub fn words(&self) -> [u32; Self::WORDS] {
         let a = &self.adam;
         let c1 = 1.0 - a.beta1.powf(self.t as f32);
         let c2 = 1.0 - a.beta2.powf(self.t as f32);
@@ -49,6 +55,10 @@ impl MorphHyper {
             self.ema_alpha.to_bits(),
             u32::from(self.ema_first),
             self.theta_max.unwrap_or(-1.0).to_bits(),
+            u32::from(self.cross_first),
+            0,
+            0,
+            0,
         ]
     }
 }

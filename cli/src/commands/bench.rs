@@ -137,7 +137,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         // Morphism learning: eval-mode forward and backward, then per layer one
         // theta conv, sigma twice, its backward twice and one weight-gradient conv.
         let net = backend.network()?;
-        let mcfg = MorphConfig::paper(args.batch, 60_000);
+        // As grow runs it: with the joint cross terms of every candidate pair.
+        let mcfg = MorphConfig {
+            joint: true,
+            ..MorphConfig::paper(args.batch, 60_000)
+        };
         backend.begin_morph(MorphState::new(&net, 0.01, &mut rng))?;
         let morph = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
             backend.morph_batch(&images, &labels, args.batch, &mcfg)?;

@@ -8,12 +8,6 @@
 // its layer's width). Skipped when the batch loss is not usable.
 
 struct Params { k: u32, n: u32 }
-struct Hyper {
-    step: f32, c2: f32, beta1: f32, beta2: f32,
-    eps: f32, ema_alpha: f32, ema_first: u32, theta_max: f32,
-    cross_first: u32, pad0: u32, pad1: u32, pad2: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> hp: Hyper;
 @group(0) @binding(2) var<storage, read> u: array<f32>;

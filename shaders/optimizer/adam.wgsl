@@ -3,11 +3,6 @@
 // step = lr / (1 - b1^t) and c2 = 1 - b2^t computed on the host.
 // Skipped when the batch loss is not usable.
 
-struct Hyper {
-    step: f32, c2: f32, beta1: f32, beta2: f32,
-    eps: f32, ema_alpha: f32, ema_first: u32, theta_max: f32,
-}
-
 @group(0) @binding(0) var<uniform> hp: Hyper;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
 @group(0) @binding(2) var<storage, read> loss: array<f32>;

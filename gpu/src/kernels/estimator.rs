@@ -93,7 +93,10 @@ impl Estimator {
             )?,
             ema: k(
                 "estimate ema",
-                include_str!("../../../shaders/estimator/ema.wgsl"),
+                concat!(
+                    include_str!("../../../shaders/optimizer/morph_hyper.wgsl"),
+                    include_str!("../../../shaders/estimator/ema.wgsl")
+                ),
                 &[Uniform, Uniform, Read, Read, Write],
             )?,
             grad_coef: k(
@@ -103,7 +106,10 @@ impl Estimator {
             )?,
             cross: k(
                 "joint cross terms",
-                include_str!("../../../shaders/estimator/cross.wgsl"),
+                concat!(
+                    include_str!("../../../shaders/optimizer/morph_hyper.wgsl"),
+                    include_str!("../../../shaders/estimator/cross.wgsl")
+                ),
                 &[Uniform, Uniform, Read, Read, Read, Write],
             )?,
         })

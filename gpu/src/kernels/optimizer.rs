@@ -105,7 +105,10 @@ impl Optimizer {
             adam: Kernel::new(
                 gpu,
                 "adam",
-                include_str!("../../../shaders/optimizer/adam.wgsl"),
+                concat!(
+                    include_str!("../../../shaders/optimizer/morph_hyper.wgsl"),
+                    include_str!("../../../shaders/optimizer/adam.wgsl")
+                ),
                 &[Uniform, Read, Read, Write, Write, Write],
                 &wg,
                 WG,
@@ -113,7 +116,10 @@ impl Optimizer {
             trust_region: Kernel::new(
                 gpu,
                 "trust region",
-                include_str!("../../../shaders/optimizer/trust_region.wgsl"),
+                concat!(
+                    include_str!("../../../shaders/optimizer/morph_hyper.wgsl"),
+                    include_str!("../../../shaders/optimizer/trust_region.wgsl")
+                ),
                 &[Uniform, Uniform, Read, Read, Write],
                 &wg,
                 WG,

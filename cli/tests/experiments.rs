@@ -1,29 +1,31 @@
 //! The paper's Figure 3 and Figure 4 experiments end to end on a small slice
 //! of the embedded data: they run, and their files hold what they promise.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::{ok, sprout};
+use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("sprout-exp-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
+    common::tmp("exp", name)
 }
 
-fn run(args: &[&str], out: &PathBuf) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_sprout"))
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
-    text
+fn run(args: &[&str], out: &Path) -> String {
+    ok(sprout().args(args).arg("--out").arg(out).output().unwrap())
+}
+
+/// The numeric rows of `dir/name` after checking its header line.
+fn numeric_csv(dir: &Path, name: &str, header: &str) -> Vec<Vec<f64>> {
+    let csv = std::fs::read_to_string(dir.join(name)).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some(header), "{name} header");
+    lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -47,23 +49,18 @@ fn estimate_writes_candidates_thetas_plots_and_correlations() {
         ],
         &out,
     );
-    let csv = std::fs::read_to_string(out.join("candidates.csv")).unwrap();
-    let mut lines = csv.lines();
-    assert_eq!(
-        lines.next(),
-        Some("layer,channel,estimated,true,theta_norm")
+    let rows = numeric_csv(
+        &out,
+        "candidates.csv",
+        "layer,channel,estimated,true,theta_norm",
     );
-    let rows: Vec<Vec<f64>> = lines
-        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
-        .collect();
     assert_eq!(rows.len(), 16 * 4, "one row per split candidate");
     assert!(rows.iter().all(|r| r.iter().all(|v| v.is_finite())));
     assert!(
         rows.iter().all(|r| r[4] > 0.0),
         "every theta moved away from zero"
     );
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let summary = summary(&out);
     for key in ["overall", "overall_heldout_estimate"] {
         let s = summary[key]["spearman"].as_f64().unwrap();
         assert!((-1.0..=1.0).contains(&s), "{key}: {s}");
@@ -101,19 +98,14 @@ fn compare_writes_three_true_changes_per_first_layer_channel() {
         ],
         &out,
     );
-    let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
-    let mut lines = csv.lines();
-    assert_eq!(
-        lines.next(),
-        Some("channel,gn,direct,splitting_line_search")
+    let rows = numeric_csv(
+        &out,
+        "compare.csv",
+        "channel,gn,direct,splitting_line_search",
     );
-    let rows: Vec<Vec<f64>> = lines
-        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
-        .collect();
     assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|r| r.iter().all(|v| v.is_finite())));
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let summary = summary(&out);
     let f = summary["gn_beats_splitting_fraction"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&f));
     assert!(out.join("compare.svg").exists());

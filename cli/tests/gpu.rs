@@ -2,34 +2,14 @@
 //! run on the GPU completes and selects the same morphisms as on the CPU,
 //! and bad device flags fail clearly.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn sprout() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sprout"));
-    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
-    c
-}
+use common::{err, ok, sprout};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("sprout-gpu-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
-
-fn ok(out: Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "sprout failed:\n{text}");
-    text
-}
-
-fn err(out: Output) -> String {
-    assert!(!out.status.success(), "sprout should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    common::tmp("gpu", name)
 }
 
 #[test]

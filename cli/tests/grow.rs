@@ -2,19 +2,16 @@
 //! run killed mid-phase resumes to the same weights, and bad flags fail
 //! clearly without touching an existing run.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+mod common;
 
-fn sprout() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sprout"))
-}
+use common::{err, ok, sprout};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("sprout-grow-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
+    common::tmp("grow", name)
 }
+use std::time::{Duration, Instant};
 
 /// A small, fast growth run: 640 training images, phases of 1 epoch each.
 fn small_run(out: &Path, phases: usize) -> Command {
@@ -32,21 +29,6 @@ fn small_run(out: &Path, phases: usize) -> Command {
     c.args(["--threads", "2", "--seed", "3", "--width", "8", "--out"])
         .arg(out);
     c
-}
-
-fn ok(out: Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "sprout failed:\n{text}");
-    text
-}
-
-fn err(out: Output) -> String {
-    assert!(!out.status.success(), "sprout should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn phase_lines(dir: &Path) -> Vec<serde_json::Value> {

@@ -3,17 +3,13 @@
 //! and uniform growth match the first Gauss-Newton run's size as their rule
 //! allows, and a second invocation reuses the finished runs.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn sprout() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sprout"))
-}
+use common::{ok, sprout};
+use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("sprout-table-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
+    common::tmp("table", name)
 }
 
 fn table(out: &Path) -> String {
@@ -43,13 +39,7 @@ fn table(out: &Path) -> String {
         .arg(out)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "sprout table failed:\n{text}");
-    text
+    ok(o)
 }
 
 fn widths(run: &Path) -> Vec<usize> {

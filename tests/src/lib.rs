@@ -3,7 +3,7 @@
 use sprout_core::arch::{BnPart, Role};
 use sprout_core::model::{Mode, Model};
 use sprout_core::rng::Rng;
-use sprout_core::Network;
+use sprout_core::{Arch, Network};
 
 /// Gives every BN layer random affine parameters (gamma in [0.5, 1.5), beta in
 /// [`beta_low`, 0.5)) and running statistics close to the batch statistics of
@@ -45,4 +45,23 @@ pub fn randomize_bn(net: &mut Network, rng: &mut Rng, beta_low: f32) {
             }
         }
     }
+}
+
+/// A network from `seed` with random BN state ([`randomize_bn`]), `n` random
+/// images and the model after an eval-mode forward, loss and backward on
+/// them: what the estimator tests start from. Returns the network, the
+/// images, the model and the mean loss.
+pub fn evaluated_network(arch: Arch, seed: u64, n: usize) -> (Network, Vec<f32>, Model, f32) {
+    let mut rng = Rng::new(seed);
+    let mut net = Network::init(&arch, rng.next_u64());
+    randomize_bn(&mut net, &mut rng, -0.1);
+    let len = n * arch.input.iter().product::<usize>();
+    let images: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(arch.classes) as u32).collect();
+    let mut model = Model::new(&arch, n);
+    model.forward(&net, &images, n, Mode::Eval);
+    let (loss, _) = model.loss(&labels);
+    let mut grads = net.zeros_like();
+    model.backward(&net, &mut grads);
+    (net, images, model, loss)
 }

@@ -25,7 +25,7 @@ use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::rng::Rng;
 use sprout_core::select::{joint_delta_loss, Candidate, Kind};
 use sprout_core::{Arch, Family, Network};
-use sprout_tests::randomize_bn;
+use sprout_tests::evaluated_network;
 
 /// Samples per batch in the multi-sample checks.
 const S: usize = 3;
@@ -42,17 +42,7 @@ struct Fixture {
 
 impl Fixture {
     fn new(arch: Arch, seed: u64, n: usize) -> Fixture {
-        let mut rng = Rng::new(seed);
-        let mut net = Network::init(&arch, rng.next_u64());
-        randomize_bn(&mut net, &mut rng, -0.1);
-        let len = n * arch.input.iter().product::<usize>();
-        let images: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
-        let labels: Vec<u32> = (0..n).map(|_| rng.below(arch.classes) as u32).collect();
-        let mut model = Model::new(&arch, n);
-        model.forward(&net, &images, n, Mode::Eval);
-        let (loss, _) = model.loss(&labels);
-        let mut grads = net.zeros_like();
-        model.backward(&net, &mut grads);
+        let (net, images, model, loss) = evaluated_network(arch, seed, n);
         Fixture {
             net,
             images,

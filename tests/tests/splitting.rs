@@ -15,14 +15,14 @@
 
 use sprout_core::arch::Post;
 use sprout_core::estimator::{FrozenSigma, LayerBatch};
-use sprout_core::model::{Mode, Model};
+use sprout_core::model::Model;
 use sprout_core::rng::Rng;
 use sprout_core::splitting::{
     min_eigen, relu_output_grad, splitting_products, SplitAverage, SplitDirections, SplitWorkspace,
     SOFTPLUS_BETA,
 };
 use sprout_core::{Arch, Family, Network};
-use sprout_tests::randomize_bn;
+use sprout_tests::evaluated_network;
 
 /// A network with random weights and BN state and the model after an
 /// eval-mode forward, loss and backward on random images.
@@ -34,17 +34,7 @@ struct Fixture {
 
 impl Fixture {
     fn new(arch: Arch, seed: u64, n: usize) -> Fixture {
-        let mut rng = Rng::new(seed);
-        let mut net = Network::init(&arch, rng.next_u64());
-        randomize_bn(&mut net, &mut rng, -0.1);
-        let len = n * arch.input.iter().product::<usize>();
-        let images: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
-        let labels: Vec<u32> = (0..n).map(|_| rng.below(arch.classes) as u32).collect();
-        let mut model = Model::new(&arch, n);
-        model.forward(&net, &images, n, Mode::Eval);
-        let (loss, _) = model.loss(&labels);
-        let mut grads = net.zeros_like();
-        model.backward(&net, &mut grads);
+        let (net, _, model, loss) = evaluated_network(arch, seed, n);
         Fixture { net, model, loss }
     }
 

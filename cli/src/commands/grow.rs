@@ -184,7 +184,7 @@ pub struct RunConfig {
 impl GrowArgs {
     /// The configuration these flags ask for, on top of `base` (a resumed
     /// run's stored configuration) or the defaults.
-    fn config(&self, splits: &Splits, base: Option<&RunConfig>) -> Result<RunConfig> {
+    pub(crate) fn config(&self, splits: &Splits, base: Option<&RunConfig>) -> Result<RunConfig> {
         let t = &splits.train;
         let input = format!("{}x{}x{}", t.channels, t.height, t.width);
         let arch_given = self.arch.is_some()

@@ -7,7 +7,7 @@
 //! `OUT/runs`, so an interrupted table continues where it stopped.
 
 use crate::commands::grow::{self, limited, GrowArgs};
-use crate::data::{resolve, DatasetName};
+use crate::data::{resolve, DatasetName, Splits};
 use crate::device::{BackendKind, DeviceArgs};
 use crate::plots::accuracy_vs_params;
 use crate::progress::bar;
@@ -17,10 +17,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser};
 use serde::{Deserialize, Serialize};
 use sprout_core::arch::Family;
-use sprout_core::data::{Augment, Dataset, Normalization};
+use sprout_core::data::{Dataset, Normalization};
 use sprout_core::grow::{train_from_scratch, GrowConfig, Stage};
-use sprout_core::optim::{Adam, StepSchedule};
-use sprout_core::select::{layer_budget, SelectConfig};
+use sprout_core::select::layer_budget;
 use sprout_core::Arch;
 use std::fmt::Write as _;
 use std::fs;
@@ -183,36 +182,13 @@ impl TableArgs {
         (n > 0).then_some(n)
     }
 
-    /// The training setup that retraining and fixed baselines share with growth.
-    fn train_config(&self) -> GrowConfig {
-        GrowConfig {
-            phases: self.phases,
-            train_epochs: self.phase_epochs,
-            morph_epochs: self.phase_epochs,
-            final_epochs: self.final_epochs,
-            batch: 64,
-            schedule: StepSchedule {
-                base: self.lr,
-                milestones: self.milestone().into_iter().collect(),
-                gamma: 0.1,
-            },
-            weight_decay: 1e-4,
-            adam: Adam::paper(),
-            ema_alpha: None,
-            theta_init: 0.01,
-            select: SelectConfig {
-                lambda_params: 0.0,
-                lambda_macs: 0.0,
-                fraction: 0.3,
-                prune: true,
-                joint: false,
-            },
-            augment: (!self.no_augment).then(Augment::default),
-            strategy: Default::default(),
-            theta_max: None,
-            split_iterations: 4,
-            split_epsilon: 0.1,
-        }
+    /// The training setup that retraining and fixed baselines share with
+    /// growth: the growth runs' own configuration, from the same flags.
+    fn train_config(&self, splits: &Splits) -> Result<GrowConfig> {
+        let flags = self.grow_flags("vgg19", &Method::Gn(self.lambdas[0]), None, &self.out);
+        let cli = GrowCommandLine::try_parse_from(&flags)
+            .map_err(|e| anyhow!("table: bad grow flags {flags:?}: {e}"))?;
+        Ok(cli.args.config(splits, None)?.grow)
     }
 
     /// `sprout grow` flags for one growth run.
@@ -308,55 +284,58 @@ fn read_row(dir: &Path) -> Option<Row> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Trains `arch` from scratch for the table's epoch budget and records it.
-fn train_row(
-    args: &TableArgs,
-    arch: &Arch,
-    dir: &Path,
-    train: &Dataset,
-    test: &Dataset,
-    norm: &Normalization,
-) -> Result<(f64, f64)> {
-    let cfg = args.train_config();
-    let epochs = args.total_epochs();
-    let batches = train.len().div_ceil(cfg.batch) as u64;
-    let pb = bar(batches, &format!("{} from scratch", dir.display()));
-    let start = Instant::now();
-    let mut backend = args.device.open(cfg.batch)?;
-    let (_, tested, net) = train_from_scratch(
-        backend.as_mut(),
-        arch,
-        &cfg,
-        args.seed,
-        epochs,
-        train,
-        test,
-        norm,
-        &mut |stage, done, _, loss| {
-            if let Stage::Final { epoch } = stage {
-                pb.set_position(done as u64);
-                pb.set_message(format!("epoch {}/{epochs} loss {loss:.4}", epoch + 1));
-            }
-        },
-    )?;
-    pb.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
-    crate::weights::save_network(&dir.join("retrained.safetensors"), &net, &[])?;
-    Ok((f64::from(tested.accuracy), secs))
+/// What every architecture of the table is trained from scratch with.
+struct Retraining<'a> {
+    args: &'a TableArgs,
+    cfg: GrowConfig,
+    train: &'a Dataset,
+    test: &'a Dataset,
+    norm: &'a Normalization,
+}
+
+impl Retraining<'_> {
+    /// Trains `arch` from scratch for the table's epoch budget, keeps its
+    /// weights in `dir` and returns its test accuracy and the seconds taken.
+    fn run(&self, arch: &Arch, dir: &Path) -> Result<(f64, f64)> {
+        let (args, cfg, train, test, norm) =
+            (self.args, &self.cfg, self.train, self.test, self.norm);
+        let epochs = args.total_epochs();
+        let batches = train.len().div_ceil(cfg.batch) as u64;
+        let pb = bar(batches, &format!("{} from scratch", dir.display()));
+        let start = Instant::now();
+        let mut backend = args.device.open(cfg.batch)?;
+        let (_, tested, net) = train_from_scratch(
+            backend.as_mut(),
+            arch,
+            cfg,
+            args.seed,
+            epochs,
+            train,
+            test,
+            norm,
+            &mut |stage, done, _, loss| {
+                if let Stage::Final { epoch } = stage {
+                    pb.set_position(done as u64);
+                    pb.set_message(format!("epoch {}/{epochs} loss {loss:.4}", epoch + 1));
+                }
+            },
+        )?;
+        pb.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        crate::weights::save_network(&dir.join("retrained.safetensors"), &net, &[])?;
+        Ok((f64::from(tested.accuracy), secs))
+    }
 }
 
 /// A growth run followed by retraining its final architecture from scratch.
-#[allow(clippy::too_many_arguments)]
 fn growth_row(
-    args: &TableArgs,
+    retraining: &Retraining,
     seed: &str,
     method: &Method,
     fraction: Option<f64>,
     dir: &Path,
-    train: &Dataset,
-    test: &Dataset,
-    norm: &Normalization,
 ) -> Result<Row> {
+    let args = retraining.args;
     let mut flags = args.grow_flags(seed, method, fraction, dir);
     if dir.join("checkpoint").exists() {
         // An interrupted growth run continues from its last phase.
@@ -374,7 +353,7 @@ fn growth_row(
         &fs::read(&final_path).with_context(|| format!("cannot read {}", final_path.display()))?,
     )
     .with_context(|| format!("{}: not JSON", final_path.display()))?;
-    let (test_accuracy, train_seconds) = train_row(args, &arch, dir, train, test, norm)?;
+    let (test_accuracy, train_seconds) = retraining.run(&arch, dir)?;
     Ok(Row {
         seed: seed.into(),
         method: method.name().into(),
@@ -390,17 +369,10 @@ fn growth_row(
     })
 }
 
-fn fixed_row(
-    args: &TableArgs,
-    arch: &Arch,
-    seed: &str,
-    dir: &Path,
-    train: &Dataset,
-    test: &Dataset,
-    norm: &Normalization,
-) -> Result<Row> {
+fn fixed_row(retraining: &Retraining, arch: &Arch, seed: &str, dir: &Path) -> Result<Row> {
+    let args = retraining.args;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (test_accuracy, train_seconds) = train_row(args, arch, dir, train, test, norm)?;
+    let (test_accuracy, train_seconds) = retraining.run(arch, dir)?;
     Ok(Row {
         seed: seed.into(),
         method: "fixed".into(),
@@ -500,6 +472,13 @@ pub fn run(args: &TableArgs) -> Result<()> {
     let train = limited(&splits.train, TableArgs::limit(args.train_limit));
     let test = limited(&splits.test, TableArgs::limit(args.test_limit));
     let norm = Normalization::of(&train);
+    let retraining = Retraining {
+        args,
+        cfg: args.train_config(&splits)?,
+        train: &train,
+        test: &test,
+        norm: &norm,
+    };
     let out = RunDir::create(&args.out)?;
     let runs = args.out.join("runs");
     let t = &train;
@@ -537,7 +516,7 @@ pub fn run(args: &TableArgs) -> Result<()> {
         for arch in &fixed {
             let dir = runs.join(format!("{seed_name}-fixed-w{}", arch.widths[0]));
             rows.push(cached(&dir, || {
-                fixed_row(args, arch, seed_name, &dir, &train, &test, &norm)
+                fixed_row(&retraining, arch, seed_name, &dir)
             })?);
         }
         let mut methods: Vec<Method> = args.lambdas.iter().map(|&l| Method::Gn(l)).collect();
@@ -556,9 +535,7 @@ pub fn run(args: &TableArgs) -> Result<()> {
                 _ => None,
             };
             let row = cached(&dir, || {
-                growth_row(
-                    args, seed_name, method, fraction, &dir, &train, &test, &norm,
-                )
+                growth_row(&retraining, seed_name, method, fraction, &dir)
             })?;
             if target.is_none() && matches!(method, Method::Gn(_)) {
                 target = Some(row.params);

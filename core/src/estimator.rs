@@ -46,8 +46,9 @@
 use crate::arch::{Post, UnitShape};
 use crate::kernels::batchnorm::fold;
 use crate::kernels::conv::{conv2d_backward, conv2d_forward};
-use crate::kernels::depthwise::{depthwise_backward, depthwise_forward, DwGeom};
-use crate::kernels::pool::{maxpool_backward, maxpool_forward};
+use crate::kernels::depthwise::{depthwise_backward_input, depthwise_forward, DwGeom};
+use crate::kernels::lanes;
+use crate::kernels::pool::{maxpool_backward_plane, maxpool_plane};
 use crate::kernels::simd::{self, load};
 use crate::kernels::Scratch;
 use crate::model::{conv_geom, Model};
@@ -294,13 +295,35 @@ fn masked_scale(a: &[f32], g: &[f32], c: usize, plane: usize, scale: &[f32], out
     });
 }
 
-/// Forward of the frozen sigma: `h = relu(scale * y + shift)`, then `a = post(h)`
-/// (with the depthwise output kept in `z`).
+/// A frozen sigma that ends in the next block's depthwise conv (MobileNet):
+/// `relu(dw_scale * depthwise(relu(scale * y + shift)) + dw_shift)`.
+struct DepthwiseSigma<'a> {
+    scale: &'a [f32],
+    shift: &'a [f32],
+    stride: usize,
+    kernel: &'a [f32],
+    dw_scale: &'a [f32],
+    dw_shift: &'a [f32],
+}
+
+impl DepthwiseSigma<'_> {
+    fn geom(&self, u: &UnitShape) -> DwGeom {
+        DwGeom {
+            channels: u.cout,
+            stride: self.stride,
+            in_hw: u.conv_hw,
+            out_hw: u.out_hw,
+        }
+    }
+}
+
+/// Forward of the frozen sigma on `y + sign * d`: `h` after the first BN +
+/// ReLU, `z` after the depthwise conv, `a` the output.
 #[allow(clippy::too_many_arguments)]
 fn sigma_forward(
     u: &UnitShape,
     n: usize,
-    s: &Sigma,
+    s: &DepthwiseSigma,
     y: &[f32],
     d: &[f32],
     sign: f32,
@@ -308,28 +331,10 @@ fn sigma_forward(
     z: &mut [f32],
     a: &mut [f32],
 ) {
-    let (c, pc) = (u.cout, u.conv_hw.0 * u.conv_hw.1);
+    let (c, pc, po) = (u.cout, u.conv_hw.0 * u.conv_hw.1, u.out_hw.0 * u.out_hw.1);
     shifted_bn_relu(y, d, sign, c, pc, s.scale, s.shift, h);
-    match s.post {
-        SigmaPost::None => a.copy_from_slice(&h[..a.len()]),
-        SigmaPost::MaxPool => maxpool_forward(n * c, u.conv_hw, h, a),
-        SigmaPost::Depthwise {
-            stride,
-            kernel,
-            scale,
-            shift,
-        } => {
-            let g = DwGeom {
-                channels: c,
-                stride,
-                in_hw: u.conv_hw,
-                out_hw: u.out_hw,
-            };
-            depthwise_forward(&g, n, h, kernel, z);
-            let po = u.out_hw.0 * u.out_hw.1;
-            shifted_bn_relu(z, z, 0.0, c, po, scale, shift, a);
-        }
-    }
+    depthwise_forward(&s.geom(u), n, h, s.kernel, z);
+    shifted_bn_relu(z, z, 0.0, c, po, s.dw_scale, s.dw_shift, a);
 }
 
 /// Backward of [`sigma_forward`] given `ga = dL/da`: writes `dL/dy` into `gy`
@@ -338,7 +343,7 @@ fn sigma_forward(
 fn sigma_backward(
     u: &UnitShape,
     n: usize,
-    s: &Sigma,
+    s: &DepthwiseSigma,
     h: &[f32],
     a: &[f32],
     ga: &[f32],
@@ -346,32 +351,9 @@ fn sigma_backward(
     gz: &mut [f32],
     gy: &mut [f32],
 ) {
-    let (c, pc) = (u.cout, u.conv_hw.0 * u.conv_hw.1);
-    let gh: &[f32] = match s.post {
-        SigmaPost::None => ga,
-        SigmaPost::MaxPool => {
-            maxpool_backward(n * c, u.conv_hw, h, ga, gh);
-            gh
-        }
-        SigmaPost::Depthwise {
-            stride,
-            kernel,
-            scale,
-            ..
-        } => {
-            let po = u.out_hw.0 * u.out_hw.1;
-            masked_scale(a, ga, c, po, scale, gz);
-            let g = DwGeom {
-                channels: c,
-                stride,
-                in_hw: u.conv_hw,
-                out_hw: u.out_hw,
-            };
-            let mut dk = vec![0.0; c * 9];
-            depthwise_backward(&g, n, h, kernel, gz, Some(gh), &mut dk);
-            gh
-        }
-    };
+    let (c, pc, po) = (u.cout, u.conv_hw.0 * u.conv_hw.1, u.out_hw.0 * u.out_hw.1);
+    masked_scale(a, ga, c, po, s.dw_scale, gz);
+    depthwise_backward_input(&s.geom(u), n, s.kernel, gz, gh);
     masked_scale(h, gh, c, pc, s.scale, gy);
 }
 
@@ -394,19 +376,51 @@ pub fn split_estimates(
     let scratch = ws.scratch.get_or_insert_with(Scratch::new);
     let d = sized(&mut ws.d, conv_len);
     conv2d_forward(&geom, n, b.x, theta, d, scratch);
+    let SigmaPost::Depthwise {
+        stride,
+        kernel,
+        scale: dw_scale,
+        shift: dw_shift,
+    } = b.sigma.post
+    else {
+        // BN + ReLU (+ max-pool): everything after the conv is local to a
+        // plane, so one fused pass per plane does it all. (The depthwise
+        // sigma below runs as whole-batch passes through its kernels.)
+        let us = sized(&mut ws.u, n * c);
+        let dd = match grad_theta {
+            Some(_) => Some(sized(&mut ws.dd, conv_len)),
+            None => None,
+        };
+        fused_pointwise_split(b, &ws.d[..conv_len], us, dd);
+        write_estimates(us, n, c, b.loss, delta_l);
+        if let Some(grad_theta) = grad_theta {
+            conv2d_backward(
+                &geom,
+                n,
+                b.x,
+                theta,
+                &ws.dd[..conv_len],
+                None,
+                grad_theta,
+                scratch,
+            );
+        }
+        return;
+    };
+    let dw = DepthwiseSigma {
+        scale: b.sigma.scale,
+        shift: b.sigma.shift,
+        stride,
+        kernel,
+        dw_scale,
+        dw_shift,
+    };
     // sigma(y + d) and sigma(y - d).
     for (k, sign) in [1.0f32, -1.0].into_iter().enumerate() {
         let h = sized(&mut ws.h[k], conv_len);
-        let z = sized(
-            &mut ws.z[k],
-            if matches!(b.sigma.post, SigmaPost::Depthwise { .. }) {
-                out_len
-            } else {
-                0
-            },
-        );
+        let z = sized(&mut ws.z[k], out_len);
         let a = sized(&mut ws.a[k], out_len);
-        sigma_forward(&u, n, &b.sigma, b.y, &ws.d[..conv_len], sign, h, z, a);
+        sigma_forward(&u, n, &dw, b.y, &ws.d[..conv_len], sign, h, z, a);
     }
     // u[s, c] = (S / 2) * sum_p Delta_a * dL/da.
     let us = sized(&mut ws.u, n * c);
@@ -428,13 +442,7 @@ pub fn split_estimates(
         );
         o[0] = half_s * dot;
     });
-    let inv_s = 1.0 / n as f32;
-    for ch in 0..c {
-        delta_l[ch] = (0..n)
-            .map(|s| gauss_newton(us[s * c + ch], b.loss))
-            .sum::<f32>()
-            * inv_s;
-    }
+    write_estimates(us, n, c, b.loss, delta_l);
     let Some(grad_theta) = grad_theta else { return };
     // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * dL/da.
     let g = sized(&mut ws.g, out_len);
@@ -452,7 +460,7 @@ pub fn split_estimates(
     sigma_backward(
         &u,
         n,
-        &b.sigma,
+        &dw,
         &ws.h[0][..conv_len],
         &ws.a[0][..out_len],
         g,
@@ -466,7 +474,7 @@ pub fn split_estimates(
     sigma_backward(
         &u,
         n,
-        &b.sigma,
+        &dw,
         &ws.h[1][..conv_len],
         &ws.a[1][..out_len],
         &ws.g[..out_len],
@@ -490,6 +498,125 @@ pub fn split_estimates(
         grad_theta,
         scratch,
     );
+}
+
+/// Eq. (1) averaged over the samples: `delta_l[c] = 1/S sum_s (u + u^2 / (4 L_hat))`.
+fn write_estimates(us: &[f32], n: usize, c: usize, loss: f32, delta_l: &mut [f32]) {
+    let inv_s = 1.0 / n as f32;
+    for ch in 0..c {
+        delta_l[ch] = (0..n)
+            .map(|s| gauss_newton(us[s * c + ch], loss))
+            .sum::<f32>()
+            * inv_s;
+    }
+}
+
+/// [`split_estimates`] after the conv for a sigma of BN + ReLU and an optional
+/// 2x2 max-pool, one plane at a time while it is in cache: `us` gets every
+/// sample's and channel's `u`, and `dd`, when given, `dDeltaL / dd` (what the
+/// weight-gradient conv turns into the theta gradient).
+fn fused_pointwise_split(b: &LayerBatch, d: &[f32], us: &mut [f32], dd: Option<&mut [f32]>) {
+    let u = b.unit;
+    let c = u.cout;
+    let (pc, po) = (u.conv_hw.0 * u.conv_hw.1, u.out_hw.0 * u.out_hw.1);
+    let pool = matches!(b.sigma.post, SigmaPost::MaxPool);
+    let half_s = 0.5 * b.n as f32;
+    let loss = b.loss;
+    let (scale, shift) = (b.sigma.scale, b.sigma.shift);
+    let isa = lanes::isa();
+    let up = SharedMut::new(us);
+    let ddp = dd.map(SharedMut::new);
+    let mut bufs: Vec<PlaneBufs> = (0..par::threads()).map(|_| PlaneBufs::default()).collect();
+    par::for_each_part(b.n * c, &mut bufs, |planes, w| {
+        w.resize(pc, po);
+        for p in planes {
+            let ch = p % c;
+            let (sc, sh) = (f32x8::splat(scale[ch]), f32x8::splat(shift[ch]));
+            let (scs, shs) = (scale[ch], shift[ch]);
+            let y = &b.y[p * pc..(p + 1) * pc];
+            let dp = &d[p * pc..(p + 1) * pc];
+            let a0 = &b.a[p * po..(p + 1) * po];
+            let g = &b.grad_a[p * po..(p + 1) * po];
+            // h(+-d) = relu(scale * (y +- d) + shift).
+            simd::map(
+                &mut w.hp,
+                |i| (sc * (load(y, i) + load(dp, i)) + sh).max(f32x8::ZERO),
+                |i| (scs * (y[i] + dp[i]) + shs).max(0.0),
+            );
+            simd::map(
+                &mut w.hm,
+                |i| (sc * (load(y, i) - load(dp, i)) + sh).max(f32x8::ZERO),
+                |i| (scs * (y[i] - dp[i]) + shs).max(0.0),
+            );
+            let (ap, am): (&[f32], &[f32]) = if pool {
+                maxpool_plane(isa, u.conv_hw, &w.hp, &mut w.ap);
+                maxpool_plane(isa, u.conv_hw, &w.hm, &mut w.am);
+                (&w.ap, &w.am)
+            } else {
+                (&w.hp, &w.hm)
+            };
+            // u = (S / 2) * sum (sigma(y + d) + sigma(y - d) - 2 sigma(y)) * G.
+            let two = f32x8::splat(2.0);
+            let dot = simd::sum(
+                po,
+                |i| (load(ap, i) + load(am, i) - two * load(a0, i)) * load(g, i),
+                |i| (ap[i] + am[i] - 2.0 * a0[i]) * g[i],
+            );
+            let u_s = half_s * dot;
+            // SAFETY: element p has one writer.
+            unsafe { up.write(p, u_s) };
+            let Some(ddp) = ddp else { continue };
+            // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * G, then back
+            // through sigma(y + d) minus back through sigma(y - d).
+            let coef = 0.5 * (1.0 + u_s / (2.0 * loss));
+            let cv = f32x8::splat(coef);
+            simd::map(&mut w.g, |i| cv * load(g, i), |i| coef * g[i]);
+            let (rp, rm): (&[f32], &[f32]) = if pool {
+                maxpool_backward_plane(isa, u.conv_hw, &w.hp, &w.g, &mut w.rp);
+                maxpool_backward_plane(isa, u.conv_hw, &w.hm, &w.g, &mut w.rm);
+                (&w.rp, &w.rm)
+            } else {
+                (&w.g, &w.g)
+            };
+            let (hp, hm) = (&w.hp, &w.hm);
+            // SAFETY: plane p has one writer.
+            let out = unsafe { ddp.slice(p * pc, pc) };
+            simd::map(
+                out,
+                |i| {
+                    simd::relu_mask(load(hp, i), load(rp, i)) * sc
+                        - simd::relu_mask(load(hm, i), load(rm, i)) * sc
+                },
+                |i| {
+                    let masked = |h: f32, r: f32| if h > 0.0 { r * scs } else { 0.0 };
+                    masked(hp[i], rp[i]) - masked(hm[i], rm[i])
+                },
+            );
+        }
+    });
+}
+
+/// One worker's plane-sized buffers for [`fused_pointwise_split`].
+#[derive(Default)]
+struct PlaneBufs {
+    hp: Vec<f32>,
+    hm: Vec<f32>,
+    ap: Vec<f32>,
+    am: Vec<f32>,
+    g: Vec<f32>,
+    rp: Vec<f32>,
+    rm: Vec<f32>,
+}
+
+impl PlaneBufs {
+    fn resize(&mut self, conv_plane: usize, out_plane: usize) {
+        for v in [&mut self.hp, &mut self.hm, &mut self.rp, &mut self.rm] {
+            v.resize(conv_plane, 0.0);
+        }
+        for v in [&mut self.ap, &mut self.am, &mut self.g] {
+            v.resize(out_plane, 0.0);
+        }
+    }
 }
 
 /// Per-sample first-order terms of pruning every channel: `Delta_a = -a`,

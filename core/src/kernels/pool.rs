@@ -23,20 +23,34 @@ fn maxpool_forward_with(isa: Isa, planes: usize, hw: (usize, usize), h: &[f32], 
             let x = &h[p * ip + 2 * oy * hw.1..][..2 * hw.1];
             let (r0, r1) = x.split_at(hw.1);
             // SAFETY: output row `row` has one writer.
-            let out = unsafe { ap.slice(row * ow, ow) };
-            let done = match isa {
-                // SAFETY: the ISA was detected.
-                #[cfg(all(feature = "std", target_arch = "x86_64"))]
-                Isa::Avx2 => unsafe { avx::max_row(r0, r1, out) },
-                _ => 0,
-            };
-            for ox in done..ow {
-                out[ox] = r0[2 * ox]
-                    .max(r0[2 * ox + 1])
-                    .max(r1[2 * ox].max(r1[2 * ox + 1]));
-            }
+            max_row(isa, r0, r1, unsafe { ap.slice(row * ow, ow) });
         }
     });
+}
+
+/// Maxima of the 2x2 windows of rows `r0`, `r1` into `out`.
+#[inline]
+fn max_row(isa: Isa, r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    let done = match isa {
+        // SAFETY: the ISA was detected.
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        Isa::Avx2 => unsafe { avx::max_row(r0, r1, out) },
+        _ => 0,
+    };
+    for ox in done..out.len() {
+        out[ox] = r0[2 * ox]
+            .max(r0[2 * ox + 1])
+            .max(r1[2 * ox].max(r1[2 * ox + 1]));
+    }
+}
+
+/// One `hw` plane of [`maxpool_forward`], on the calling thread.
+pub(crate) fn maxpool_plane(isa: Isa, hw: (usize, usize), h: &[f32], a: &mut [f32]) {
+    let ow = hw.1 / 2;
+    for oy in 0..hw.0 / 2 {
+        let (r0, r1) = h[2 * oy * hw.1..(2 * oy + 2) * hw.1].split_at(hw.1);
+        max_row(isa, r0, r1, &mut a[oy * ow..(oy + 1) * ow]);
+    }
 }
 
 /// Output rows per parallel task.
@@ -78,42 +92,58 @@ fn maxpool_backward_with(
     let (oh, ow) = (hw.0 / 2, hw.1 / 2);
     let (ip, op) = (hw.0 * hw.1, oh * ow);
     assert!(h.len() >= planes * ip && da.len() >= planes * op && dh.len() >= planes * ip);
-    let w = hw.1;
     let dp = SharedMut::new(dh);
     par::for_each(planes.div_ceil(PLANES_PER_TASK), |t| {
         for p in t * PLANES_PER_TASK..planes.min((t + 1) * PLANES_PER_TASK) {
-            let x = &h[p * ip..(p + 1) * ip];
-            let g = &da[p * op..(p + 1) * op];
             // SAFETY: plane p has one writer.
             let out = unsafe { dp.slice(p * ip, ip) };
-            for oy in 0..oh {
-                let (r0, r1) = x[2 * oy * w..(2 * oy + 2) * w].split_at(w);
-                let (d0, d1) = out[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
-                let gr = &g[oy * ow..(oy + 1) * ow];
-                let done = match isa {
-                    // SAFETY: the ISA was detected.
-                    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-                    Isa::Avx2 => unsafe { avx::route_rows(r0, r1, gr, d0, d1) },
-                    _ => 0,
-                };
-                for ox in done..ow {
-                    let [a, b, c, d] = route(
-                        [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]],
-                        gr[ox],
-                    );
-                    d0[2 * ox] = a;
-                    d0[2 * ox + 1] = b;
-                    d1[2 * ox] = c;
-                    d1[2 * ox + 1] = d;
-                }
-                // A leftover odd column gets nothing.
-                d0[2 * ow..].fill(0.0);
-                d1[2 * ow..].fill(0.0);
-            }
-            // A leftover odd row gets nothing.
-            out[2 * oh * w..].fill(0.0);
+            maxpool_backward_plane(
+                isa,
+                hw,
+                &h[p * ip..(p + 1) * ip],
+                &da[p * op..(p + 1) * op],
+                out,
+            );
         }
     });
+}
+
+/// One `hw` plane of [`maxpool_backward`], on the calling thread: `out`
+/// (the plane's `dh`) is overwritten.
+pub(crate) fn maxpool_backward_plane(
+    isa: Isa,
+    hw: (usize, usize),
+    x: &[f32],
+    g: &[f32],
+    out: &mut [f32],
+) {
+    let (oh, ow, w) = (hw.0 / 2, hw.1 / 2, hw.1);
+    for oy in 0..oh {
+        let (r0, r1) = x[2 * oy * w..(2 * oy + 2) * w].split_at(w);
+        let (d0, d1) = out[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+        let gr = &g[oy * ow..(oy + 1) * ow];
+        let done = match isa {
+            // SAFETY: the ISA was detected.
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx2 => unsafe { avx::route_rows(r0, r1, gr, d0, d1) },
+            _ => 0,
+        };
+        for ox in done..ow {
+            let [a, b, c, d] = route(
+                [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]],
+                gr[ox],
+            );
+            d0[2 * ox] = a;
+            d0[2 * ox + 1] = b;
+            d1[2 * ox] = c;
+            d1[2 * ox + 1] = d;
+        }
+        // A leftover odd column gets nothing.
+        d0[2 * ow..].fill(0.0);
+        d1[2 * ow..].fill(0.0);
+    }
+    // A leftover odd row gets nothing.
+    out[2 * oh * w..].fill(0.0);
 }
 
 /// Planes per parallel task in the backward pass.

@@ -7,7 +7,9 @@
 use crate::arch::{Arch, HeadShape, Pool, Post, UnitShape};
 use crate::kernels::batchnorm::{self as bn, BnGeom};
 use crate::kernels::conv::{conv2d_backward, conv2d_backward_input, conv2d_forward, ConvGeom};
-use crate::kernels::depthwise::{depthwise_backward, depthwise_forward, DwGeom};
+use crate::kernels::depthwise::{
+    depthwise_backward, depthwise_backward_input, depthwise_forward, DwGeom,
+};
 use crate::kernels::linear::{linear_backward, linear_forward};
 use crate::kernels::loss::softmax_cross_entropy;
 use crate::kernels::pool::{gap_backward, gap_forward, maxpool_backward, maxpool_forward};
@@ -359,8 +361,8 @@ impl Model {
         self.backward_impl(net, grads, true);
     }
 
-    /// Like [`Model::backward`] but without the conv weight gradients (their
-    /// entries in `grads` are left stale): what the estimator needs is every
+    /// Like [`Model::backward`] but without the conv and depthwise kernel
+    /// gradients (their entries in `grads` are left stale): what the estimator needs is every
     /// unit's `dL/da` and `dL/dy`, and skipping `dL/dw` saves a third of the pass.
     pub fn backward_activations(&mut self, net: &Network, grads: &mut [Vec<f32>]) {
         self.backward_impl(net, grads, false);
@@ -462,15 +464,25 @@ impl Model {
                     in_hw: u.conv_hw,
                     out_hw: u.out_hw,
                 };
-                depthwise_backward(
-                    &dg,
-                    n,
-                    &cur.h,
-                    &net.tensors[dk],
-                    &self.tmp_dz,
-                    Some(&mut self.tmp_dh),
-                    &mut grads[dk],
-                );
+                if conv_weights {
+                    depthwise_backward(
+                        &dg,
+                        n,
+                        &cur.h,
+                        &net.tensors[dk],
+                        &self.tmp_dz,
+                        Some(&mut self.tmp_dh),
+                        &mut grads[dk],
+                    );
+                } else {
+                    depthwise_backward_input(
+                        &dg,
+                        n,
+                        &net.tensors[dk],
+                        &self.tmp_dz,
+                        &mut self.tmp_dh,
+                    );
+                }
                 &self.tmp_dh
             }
         };

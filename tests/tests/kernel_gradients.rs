@@ -19,7 +19,9 @@ use sprout_core::kernels::batchnorm::{
     BN_EPS, BN_MOMENTUM,
 };
 use sprout_core::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeom};
-use sprout_core::kernels::depthwise::{depthwise_backward, depthwise_forward, DwGeom};
+use sprout_core::kernels::depthwise::{
+    depthwise_backward, depthwise_backward_input, depthwise_forward, DwGeom,
+};
 use sprout_core::kernels::linear::{linear_backward, linear_forward};
 use sprout_core::kernels::loss::softmax_cross_entropy;
 use sprout_core::kernels::pool::{gap_backward, gap_forward, maxpool_backward, maxpool_forward};
@@ -364,6 +366,9 @@ proptest! {
         let mut dk_only = vec![f32::NAN; klen];
         depthwise_backward(&g, n, &x, &k, &r, None, &mut dk_only);
         same("dk without dx", &dk_only, &dk)?;
+        let mut dx_only = vec![f32::NAN; xlen];
+        depthwise_backward_input(&g, n, &k, &r, &mut dx_only);
+        same("dx without dk", &dx_only, &dx)?;
 
         // Linear in x and in k: every entry of both.
         for i in 0..xlen {

@@ -406,7 +406,7 @@ unsafe fn bwd_channels<V: Vf>(
     job: &Job,
     dy: &[f32],
     dx: Option<SharedMut>,
-    dk: SharedMut,
+    dk: Option<SharedMut>,
     chans: Range<usize>,
     buf: &mut [f32],
 ) {
@@ -430,7 +430,9 @@ unsafe fn bwd_channels<V: Vf>(
             }
             let (xb, rest) = buf.split_at_mut(ph * pl);
             let (dyb, out) = rest.split_at_mut(pl);
-            job.pad_input::<V>(ch, s0, k, xb);
+            if dk.is_some() {
+                job.pad_input::<V>(ch, s0, k, xb);
+            }
             pad_plain::<V>(
                 &lay,
                 &dy[(s0 * c + ch) * op..],
@@ -440,15 +442,17 @@ unsafe fn bwd_channels<V: Vf>(
                 dyb,
             );
             // The output gradient on the output grid starts at r + 1.
-            unsafe {
-                kernel_grad::<V>(
-                    xb.as_ptr(),
-                    &taps,
-                    dyb.as_ptr().add(r + 1),
-                    lay.qv_out(k),
-                    &mut acc,
-                )
-            };
+            if dk.is_some() {
+                unsafe {
+                    kernel_grad::<V>(
+                        xb.as_ptr(),
+                        &taps,
+                        dyb.as_ptr().add(r + 1),
+                        lay.qv_out(k),
+                        &mut acc,
+                    )
+                };
+            }
             if let Some(dx) = dx {
                 let (src, o) = (dyb.as_ptr(), out.as_mut_ptr());
                 if lay.s == 1 {
@@ -471,9 +475,11 @@ unsafe fn bwd_channels<V: Vf>(
             }
             s0 += k;
         }
-        for (t, a) in acc.iter().enumerate() {
-            // SAFETY: channel ch's nine kernel entries are written only here.
-            unsafe { dk.write(ch * 9 + t, a.sum()) };
+        if let Some(dk) = dk {
+            for (t, a) in acc.iter().enumerate() {
+                // SAFETY: channel ch's nine kernel entries are written only here.
+                unsafe { dk.write(ch * 9 + t, a.sum()) };
+            }
         }
     }
 }
@@ -496,7 +502,7 @@ mod avx {
         job: &Job,
         dy: &[f32],
         dx: Option<SharedMut>,
-        dk: SharedMut,
+        dk: Option<SharedMut>,
         chans: Range<usize>,
         buf: &mut [f32],
     ) {
@@ -551,7 +557,13 @@ pub fn depthwise_backward(
     dx: Option<&mut [f32]>,
     dk: &mut [f32],
 ) {
-    backward_with(lanes::isa(), g, n, x, k, dy, dx, dk);
+    backward_with(lanes::isa(), g, n, x, k, dy, dx, Some(dk));
+}
+
+/// Input gradient only of [`depthwise_forward`]: `dx` (overwritten), without
+/// the kernel gradient (about half the work of [`depthwise_backward`]).
+pub fn depthwise_backward_input(g: &DwGeom, n: usize, k: &[f32], dy: &[f32], dx: &mut [f32]) {
+    backward_with(lanes::isa(), g, n, &[], k, dy, Some(dx), None);
 }
 
 fn backward_with(
@@ -562,15 +574,20 @@ fn backward_with(
     k: &[f32],
     dy: &[f32],
     dx: Option<&mut [f32]>,
-    dk: &mut [f32],
+    dk: Option<&mut [f32]>,
 ) {
     let (ip, op, c) = (g.in_plane(), g.out_plane(), g.channels);
-    assert!(x.len() >= n * c * ip && dy.len() >= n * c * op && dk.len() >= c * 9);
+    assert!(dy.len() >= n * c * op);
+    if let Some(dk) = &dk {
+        assert!(x.len() >= n * c * ip && dk.len() >= c * 9);
+    }
     let Some(lay) = Lay::new(g, n) else {
         return backward_scalar(g, n, x, k, dy, dx, dk);
     };
     if n == 0 || c == 0 {
-        dk[..c * 9].fill(0.0);
+        if let Some(dk) = dk {
+            dk[..c * 9].fill(0.0);
+        }
         return;
     }
     let dxp = dx.map(|d| {
@@ -578,7 +595,7 @@ fn backward_with(
         SharedMut::new(d)
     });
     let job = Job { lay, c, n, x, k };
-    let dkp = SharedMut::new(dk);
+    let dkp = dk.map(SharedMut::new);
     let mut bufs = worker_bufs();
     // Workers take whole channels so each kernel gradient has one writer.
     par::for_each_part(c, &mut bufs, |chans, buf| {
@@ -629,7 +646,7 @@ fn backward_scalar(
     k: &[f32],
     dy: &[f32],
     dx: Option<&mut [f32]>,
-    dk: &mut [f32],
+    dk: Option<&mut [f32]>,
 ) {
     let (ip, op, c) = (g.in_plane(), g.out_plane(), g.channels);
     let (ih, iw) = (g.in_hw.0 as isize, g.in_hw.1 as isize);
@@ -639,13 +656,13 @@ fn backward_scalar(
         assert!(d.len() >= n * c * ip);
         SharedMut::new(d)
     });
-    let dkp = SharedMut::new(dk);
+    let dkp = dk.map(SharedMut::new);
     par::for_each(c, |ch| {
         let mut gk = [0.0f32; 9];
         let kr = &k[ch * 9..ch * 9 + 9];
         for smp in 0..n {
             let p = smp * c + ch;
-            let xpl = &x[p * ip..(p + 1) * ip];
+            let xpl = dkp.map(|_| &x[p * ip..(p + 1) * ip]);
             let dypl = &dy[p * op..(p + 1) * op];
             // SAFETY: plane p belongs to channel ch, handled only by this worker.
             let mut dxpl = dxp.map(|d| unsafe { d.slice(p * ip, ip) });
@@ -660,7 +677,9 @@ fn backward_scalar(
                         let ix = ox as isize * s - 1 + (t % 3) as isize;
                         if iy >= 0 && iy < ih && ix >= 0 && ix < iw {
                             let xi = (iy * iw + ix) as usize;
-                            gk[t] += gy * xpl[xi];
+                            if let Some(xpl) = xpl {
+                                gk[t] += gy * xpl[xi];
+                            }
                             if let Some(d) = dxpl.as_deref_mut() {
                                 d[xi] += gy * kr[t];
                             }
@@ -669,9 +688,11 @@ fn backward_scalar(
                 }
             }
         }
-        for (i, v) in gk.iter().enumerate() {
-            // SAFETY: channel ch's nine kernel entries are written only here.
-            unsafe { dkp.write(ch * 9 + i, *v) };
+        if let Some(dkp) = dkp {
+            for (i, v) in gk.iter().enumerate() {
+                // SAFETY: channel ch's nine kernel entries are written only here.
+                unsafe { dkp.write(ch * 9 + i, *v) };
+            }
         }
     });
 }
@@ -763,12 +784,15 @@ mod tests {
                             close("y", &y, &y0, 1e-5);
                             let mut dx = vec![f32::NAN; dx0.len()];
                             let mut dk = vec![f32::NAN; dk0.len()];
-                            backward_with(isa, &g, n, &x, &k, &dy, Some(&mut dx), &mut dk);
+                            backward_with(isa, &g, n, &x, &k, &dy, Some(&mut dx), Some(&mut dk));
                             close("dx", &dx, &dx0, 1e-5);
                             close("dk", &dk, &dk0, 1e-5);
                             let mut dk2 = vec![f32::NAN; dk0.len()];
-                            backward_with(isa, &g, n, &x, &k, &dy, None, &mut dk2);
+                            backward_with(isa, &g, n, &x, &k, &dy, None, Some(&mut dk2));
                             assert_eq!(dk, dk2);
+                            let mut dx2 = vec![f32::NAN; dx0.len()];
+                            backward_with(isa, &g, n, &[], &k, &dy, Some(&mut dx2), None);
+                            assert_eq!(dx, dx2);
                         }
                     }
                 }
@@ -803,9 +827,12 @@ mod tests {
                 close("y", &y, &y0, 1e-5);
                 let mut dx = vec![f32::NAN; dx0.len()];
                 let mut dk = vec![f32::NAN; dk0.len()];
-                backward_with(isa, &g, n, &x, &k, &dy, Some(&mut dx), &mut dk);
+                backward_with(isa, &g, n, &x, &k, &dy, Some(&mut dx), Some(&mut dk));
                 close("dx", &dx, &dx0, 1e-5);
                 close("dk", &dk, &dk0, 1e-4);
+                let mut dx2 = vec![f32::NAN; dx0.len()];
+                backward_with(isa, &g, n, &[], &k, &dy, Some(&mut dx2), None);
+                assert_eq!(dx, dx2);
             }
         }
     }

@@ -14,6 +14,16 @@ use sprout_core::rng::Rng;
 use sprout_core::{Arch, Network};
 use std::time::Instant;
 
+/// What a bench row times.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchStep {
+    Train,
+    Infer,
+    Morph,
+    /// Estimator against brute force, scoring every split candidate.
+    ScoreAll,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// One JSON object per line instead of a table.
@@ -30,6 +40,9 @@ pub struct BenchArgs {
     /// Only the rows of this network (vgg19 or mobilenet-v1).
     #[arg(long)]
     pub net: Option<String>,
+    /// Only these steps, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub steps: Vec<BenchStep>,
     #[arg(long)]
     pub threads: Option<usize>,
     /// Engine to measure; the score-all rows always run on the CPU.
@@ -45,6 +58,9 @@ pub struct Row {
     pub images_per_s: f64,
     /// Floating-point operations per image the step implies.
     pub flops_per_image: f64,
+    /// Morphism step: median over paired windows of its time per image over
+    /// a training step's, measured back to back so machine noise cancels.
+    pub cost_vs_train: Option<f64>,
 }
 
 /// Times `step` (one call processes `batch` images): a warm-up, then the
@@ -55,6 +71,21 @@ pub fn median_images_per_s(
     window_seconds: f64,
     mut step: impl FnMut() -> Result<()>,
 ) -> Result<f64> {
+    let steps = steps_per_window(window_seconds, &mut step)?;
+    let mut rates = Vec::with_capacity(windows);
+    for _ in 0..windows.max(1) {
+        rates.push(batch as f64 / seconds_per_step(steps, &mut step)?);
+    }
+    Ok(median(rates))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Steps per window of about `window_seconds` for `step`, after a warm-up.
+fn steps_per_window(window_seconds: f64, step: &mut impl FnMut() -> Result<()>) -> Result<usize> {
     let start = Instant::now();
     let mut warm = 0;
     while warm < 3 || start.elapsed().as_secs_f64() < 0.3 {
@@ -62,17 +93,16 @@ pub fn median_images_per_s(
         warm += 1;
     }
     let per_step = start.elapsed().as_secs_f64() / warm as f64;
-    let steps = ((window_seconds / per_step).ceil() as usize).max(1);
-    let mut rates = Vec::with_capacity(windows);
-    for _ in 0..windows.max(1) {
-        let t = Instant::now();
-        for _ in 0..steps {
-            step()?;
-        }
-        rates.push((steps * batch) as f64 / t.elapsed().as_secs_f64());
+    Ok(((window_seconds / per_step).ceil() as usize).max(1))
+}
+
+/// Seconds per call of `step` over `steps` calls.
+fn seconds_per_step(steps: usize, step: &mut impl FnMut() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    for _ in 0..steps {
+        step()?;
     }
-    rates.sort_by(|a, b| a.total_cmp(b));
-    Ok(rates[rates.len() / 2])
+    Ok(t.elapsed().as_secs_f64() / steps as f64)
 }
 
 /// The benchmarked networks: the two seeds on 1x32x32 inputs, 10 classes.
@@ -94,6 +124,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    let want = |step: BenchStep| args.steps.is_empty() || args.steps.contains(&step);
     let mut rows = Vec::new();
     let mut engine = String::from("cpu");
     for (name, arch) in seed_networks() {
@@ -113,48 +144,74 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         backend.load(&Network::init(&arch, 0), None)?;
         let sgd = Sgd::paper(0.01);
         let macs = arch.macs() as f64;
-        let train = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
-            backend.train_batch(&images, &labels, args.batch, &sgd)?;
-            Ok(())
-        })?;
-        // Training does the forward pass and two backward GEMMs per layer: 3x the MACs.
-        rows.push(Row {
-            net: name.clone(),
-            step: "train".into(),
-            images_per_s: train,
-            flops_per_image: 6.0 * macs,
-        });
-        let infer = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
-            backend.eval_batch(&images, &labels, args.batch)?;
-            Ok(())
-        })?;
-        rows.push(Row {
-            net: name.clone(),
-            step: "infer".into(),
-            images_per_s: infer,
-            flops_per_image: 2.0 * macs,
-        });
-        // Morphism learning: eval-mode forward and backward, then per layer one
-        // theta conv, sigma twice, its backward twice and one weight-gradient conv.
+        if want(BenchStep::Train) {
+            let train = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
+                backend.train_batch(&images, &labels, args.batch, &sgd)?;
+                Ok(())
+            })?;
+            // Training does the forward pass and two backward GEMMs per layer: 3x the MACs.
+            rows.push(Row {
+                net: name.clone(),
+                step: "train".into(),
+                images_per_s: train,
+                flops_per_image: 6.0 * macs,
+                cost_vs_train: None,
+            });
+        }
+        if want(BenchStep::Infer) {
+            let infer = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
+                backend.eval_batch(&images, &labels, args.batch)?;
+                Ok(())
+            })?;
+            rows.push(Row {
+                net: name.clone(),
+                step: "infer".into(),
+                images_per_s: infer,
+                flops_per_image: 2.0 * macs,
+                cost_vs_train: None,
+            });
+        }
         let net = backend.network()?;
-        // As grow runs it: with the joint cross terms of every candidate pair.
-        let mcfg = MorphConfig {
-            joint: true,
-            ..MorphConfig::paper(args.batch, 60_000)
-        };
-        backend.begin_morph(MorphState::new(&net, 0.01, &mut rng))?;
-        let morph = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
-            backend.morph_batch(&images, &labels, args.batch, &mcfg)?;
-            Ok(())
-        })?;
-        backend.end_morph()?;
-        rows.push(Row {
-            net: name.clone(),
-            step: "morph".into(),
-            images_per_s: morph,
-            flops_per_image: 0.0,
-        });
-        if args.device.backend != BackendKind::Cpu {
+        if want(BenchStep::Morph) {
+            // Morphism learning as grow runs it (with the joint cross terms of
+            // every candidate pair), timed in windows alternating with training
+            // windows so that the ratio compares steps run under the same load.
+            let mcfg = MorphConfig {
+                joint: true,
+                ..MorphConfig::paper(args.batch, 60_000)
+            };
+            let mut state = MorphState::new(&net, 0.01, &mut rng);
+            let mut train_step = || {
+                backend.train_batch(&images, &labels, args.batch, &sgd)?;
+                Ok(())
+            };
+            let train_steps = steps_per_window(args.window_seconds, &mut train_step)?;
+            let (mut morph_rates, mut ratios) = (Vec::new(), Vec::new());
+            for _ in 0..args.windows.max(1) {
+                let train_s = seconds_per_step(train_steps, &mut || {
+                    backend.train_batch(&images, &labels, args.batch, &sgd)?;
+                    Ok(())
+                })?;
+                backend.begin_morph(state)?;
+                let mut morph_step = || {
+                    backend.morph_batch(&images, &labels, args.batch, &mcfg)?;
+                    Ok(())
+                };
+                let morph_steps = steps_per_window(args.window_seconds, &mut morph_step)?;
+                let morph_s = seconds_per_step(morph_steps, &mut morph_step)?;
+                state = backend.end_morph()?;
+                morph_rates.push(args.batch as f64 / morph_s);
+                ratios.push(morph_s / train_s);
+            }
+            rows.push(Row {
+                net: name.clone(),
+                step: "morph".into(),
+                images_per_s: median(morph_rates),
+                flops_per_image: 0.0,
+                cost_vs_train: Some(median(ratios)),
+            });
+        }
+        if args.device.backend != BackendKind::Cpu || !want(BenchStep::ScoreAll) {
             continue;
         }
         let (est, brute) = score_all(
@@ -170,12 +227,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             step: "score-all-estimator".into(),
             images_per_s: est,
             flops_per_image: 0.0,
+            cost_vs_train: None,
         });
         rows.push(Row {
             net: name.clone(),
             step: "score-all-brute-force".into(),
             images_per_s: brute,
             flops_per_image: 0.0,
+            cost_vs_train: None,
         });
     }
     print_rows(&rows, args.json, args.batch, &engine);
@@ -269,9 +328,9 @@ pub fn print_rows(rows: &[Row], as_json: bool, batch: usize, engine: &str) {
                 .map(|x| x.images_per_s)
         };
         let ratio = match r.step.as_str() {
-            "morph" => {
-                base("train").map(|t| format!("cost {:.2}x a training step", t / r.images_per_s))
-            }
+            "morph" => r
+                .cost_vs_train
+                .map(|c| format!("cost {c:.2}x a training step (paired windows)")),
             "score-all-estimator" => base("score-all-brute-force")
                 .map(|b| format!("{:.0}x cheaper than brute force", r.images_per_s / b)),
             _ => None,
@@ -279,7 +338,7 @@ pub fn print_rows(rows: &[Row], as_json: bool, batch: usize, engine: &str) {
         if as_json {
             println!(
                 "{}",
-                json!({"net": r.net, "step": r.step, "images_per_s": r.images_per_s, "gflops": gflops, "batch": batch, "engine": engine})
+                json!({"net": r.net, "step": r.step, "images_per_s": r.images_per_s, "gflops": gflops, "batch": batch, "engine": engine, "cost_vs_train": r.cost_vs_train})
             );
         } else {
             let g = if r.flops_per_image > 0.0 {

@@ -210,8 +210,7 @@ pub struct Workspace {
     h: [Vec<f32>; 2],
     z: [Vec<f32>; 2],
     a: [Vec<f32>; 2],
-    g: Vec<f32>,
-    gh: Vec<f32>,
+    gh: [Vec<f32>; 2],
     gz: Vec<f32>,
     dd: Vec<f32>,
     u: Vec<f32>,
@@ -279,18 +278,29 @@ fn shifted_bn_relu(
     });
 }
 
-/// `out = [a > 0] * g * scale[c]` per plane (the backward of a frozen BN + ReLU).
-fn masked_scale(a: &[f32], g: &[f32], c: usize, plane: usize, scale: &[f32], out: &mut [f32]) {
+/// `out = [a > 0] * coef(p) * g * scale[c]` per plane `p` (the backward of a
+/// frozen BN + ReLU, with a per-plane factor on the incoming gradient).
+#[allow(clippy::too_many_arguments)]
+fn masked_scale_by(
+    a: &[f32],
+    g: &[f32],
+    c: usize,
+    plane: usize,
+    scale: &[f32],
+    coef: impl Fn(usize) -> f32 + Sync + Send,
+    out: &mut [f32],
+) {
     planes_mut(out, c, plane, |p, ch, o| {
         let (ap, gp) = (
             &a[p * plane..(p + 1) * plane],
             &g[p * plane..(p + 1) * plane],
         );
-        let sc = f32x8::splat(scale[ch]);
+        let f = coef(p) * scale[ch];
+        let fv = f32x8::splat(f);
         simd::map(
             o,
-            |i| simd::relu_mask(load(ap, i), load(gp, i)) * sc,
-            |i| if ap[i] > 0.0 { gp[i] * scale[ch] } else { 0.0 },
+            |i| simd::relu_mask(load(ap, i), load(gp, i)) * fv,
+            |i| if ap[i] > 0.0 { gp[i] * f } else { 0.0 },
         );
     });
 }
@@ -335,26 +345,6 @@ fn sigma_forward(
     shifted_bn_relu(y, d, sign, c, pc, s.scale, s.shift, h);
     depthwise_forward(&s.geom(u), n, h, s.kernel, z);
     shifted_bn_relu(z, z, 0.0, c, po, s.dw_scale, s.dw_shift, a);
-}
-
-/// Backward of [`sigma_forward`] given `ga = dL/da`: writes `dL/dy` into `gy`
-/// (`gh`, `gz` are scratch).
-#[allow(clippy::too_many_arguments)]
-fn sigma_backward(
-    u: &UnitShape,
-    n: usize,
-    s: &DepthwiseSigma,
-    h: &[f32],
-    a: &[f32],
-    ga: &[f32],
-    gh: &mut [f32],
-    gz: &mut [f32],
-    gy: &mut [f32],
-) {
-    let (c, pc, po) = (u.cout, u.conv_hw.0 * u.conv_hw.1, u.out_hw.0 * u.out_hw.1);
-    masked_scale(a, ga, c, po, s.dw_scale, gz);
-    depthwise_backward_input(&s.geom(u), n, s.kernel, gz, gh);
-    masked_scale(h, gh, c, pc, s.scale, gy);
 }
 
 /// Split estimates for every channel of the layer: `delta_l[c]` gets eq. (1)
@@ -444,56 +434,43 @@ pub fn split_estimates(
     });
     write_estimates(us, n, c, b.loss, delta_l);
     let Some(grad_theta) = grad_theta else { return };
-    // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * dL/da.
-    let g = sized(&mut ws.g, out_len);
+    // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * dL/da, back
+    // through the depthwise conv of sigma(y + d) and of sigma(y - d).
     let us = &ws.u[..n * c];
-    planes_mut(g, c, po, |p, _, o| {
-        let coef = 0.5 * (1.0 + us[p] / (2.0 * b.loss));
-        let ga = &b.grad_a[p * po..(p + 1) * po];
-        let cv = f32x8::splat(coef);
-        simd::map(o, |i| cv * load(ga, i), |i| coef * ga[i]);
-    });
-    // dd = sigma'(y + d)^T g - sigma'(y - d)^T g.
-    let gh = sized(&mut ws.gh, conv_len);
-    let gz = sized(&mut ws.gz, out_len);
-    let dd = sized(&mut ws.dd, conv_len);
-    sigma_backward(
-        &u,
-        n,
-        &dw,
-        &ws.h[0][..conv_len],
-        &ws.a[0][..out_len],
-        g,
-        gh,
-        gz,
-        dd,
-    );
-    let dplus = sized(&mut ws.d, conv_len);
-    dplus.copy_from_slice(&ws.dd[..conv_len]);
-    let dd = sized(&mut ws.dd, conv_len);
-    sigma_backward(
-        &u,
-        n,
-        &dw,
-        &ws.h[1][..conv_len],
-        &ws.a[1][..out_len],
-        &ws.g[..out_len],
-        &mut ws.gh[..conv_len],
-        &mut ws.gz[..out_len],
-        dd,
-    );
-    let (dd, plane) = (&ws.dd[..conv_len], u.conv_hw.0 * u.conv_hw.1);
-    planes_mut(&mut ws.d[..conv_len], c, plane, |p, _, o| {
-        for (x, m) in o.iter_mut().zip(&dd[p * plane..(p + 1) * plane]) {
-            *x -= m;
-        }
+    let coef = |p: usize| 0.5 * (1.0 + us[p] / (2.0 * b.loss));
+    let g = dw.geom(&u);
+    for k in 0..2 {
+        let gz = sized(&mut ws.gz, out_len);
+        masked_scale_by(&ws.a[k][..out_len], b.grad_a, c, po, dw.dw_scale, coef, gz);
+        let gh = sized(&mut ws.gh[k], conv_len);
+        depthwise_backward_input(&g, n, dw.kernel, &ws.gz[..out_len], gh);
+    }
+    // dd = sigma'(y + d)^T g - sigma'(y - d)^T g, through the first BN + ReLU.
+    let pc = u.conv_hw.0 * u.conv_hw.1;
+    let (hp, hm) = (&ws.h[0][..conv_len], &ws.h[1][..conv_len]);
+    let (gp, gm) = (&ws.gh[0][..conv_len], &ws.gh[1][..conv_len]);
+    planes_mut(sized(&mut ws.dd, conv_len), c, pc, |p, ch, o| {
+        let r = p * pc..(p + 1) * pc;
+        let (hp, hm, gp, gm) = (&hp[r.clone()], &hm[r.clone()], &gp[r.clone()], &gm[r]);
+        let (sc, scs) = (f32x8::splat(dw.scale[ch]), dw.scale[ch]);
+        simd::map(
+            o,
+            |i| {
+                simd::relu_mask(load(hp, i), load(gp, i)) * sc
+                    - simd::relu_mask(load(hm, i), load(gm, i)) * sc
+            },
+            |i| {
+                let masked = |h: f32, g: f32| if h > 0.0 { g * scs } else { 0.0 };
+                masked(hp[i], gp[i]) - masked(hm[i], gm[i])
+            },
+        );
     });
     conv2d_backward(
         &geom,
         n,
         b.x,
         theta,
-        &ws.d[..conv_len],
+        &ws.dd[..conv_len],
         None,
         grad_theta,
         scratch,

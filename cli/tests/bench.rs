@@ -1,0 +1,64 @@
+//! `sprout bench`: the rows asked for, with the keys its JSON promises.
+
+mod common;
+
+use common::{err, ok, sprout};
+
+fn bench(extra: &[&str]) -> Vec<serde_json::Value> {
+    let out = ok(sprout()
+        .args([
+            "bench",
+            "--json",
+            "--windows",
+            "1",
+            "--window-seconds",
+            "0.01",
+        ])
+        .args(["--batch", "4", "--threads", "1"])
+        .args(extra)
+        .output()
+        .unwrap());
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn steps_selects_rows_and_morph_reports_its_cost() {
+    let rows = bench(&["--net", "vgg19", "--steps", "train,morph"]);
+    let steps: Vec<&str> = rows.iter().map(|r| r["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["train", "morph"]);
+    for r in &rows {
+        assert_eq!(r["net"], "vgg19-w16");
+        assert_eq!(r["batch"], 4);
+        assert!(r["images_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(rows[0]["gflops"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["cost_vs_train"].is_null());
+    let cost = rows[1]["cost_vs_train"].as_f64().unwrap();
+    // Four convs against three, plus the estimator's own passes: never cheaper
+    // than a third of a training step, never hundreds of them.
+    assert!(
+        cost > 0.3 && cost < 100.0,
+        "morph cost {cost}x a training step"
+    );
+}
+
+#[test]
+fn score_all_rows_come_in_pairs() {
+    let rows = bench(&["--net", "mobilenet-v1", "--steps", "score-all"]);
+    let steps: Vec<&str> = rows.iter().map(|r| r["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["score-all-estimator", "score-all-brute-force"]);
+    assert!(rows.iter().all(|r| r["net"] == "mobilenet-v1-w32"));
+}
+
+#[test]
+fn bad_flags_are_named() {
+    let e = err(sprout().args(["bench", "--batch", "0"]).output().unwrap());
+    assert!(e.contains("--batch"), "{e}");
+    let e = err(sprout()
+        .args(["bench", "--steps", "backprop"])
+        .output()
+        .unwrap());
+    assert!(e.contains("backprop"), "{e}");
+}

@@ -126,7 +126,35 @@ pub fn save_tensors(
         .collect();
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| anyhow!("{}: cannot encode safetensors: {e}", path.display()))?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &sorted_header(bytes))
+}
+
+/// The safetensors encoder writes its JSON header from hash maps, so the key
+/// order (and with it the file's bytes) changes from run to run. Rewrites the
+/// header with its keys sorted: the same JSON, so the same length and offsets,
+/// and equal tensors and metadata give byte-identical files.
+fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + len as usize) else {
+        return bytes;
+    };
+    let text = match std::str::from_utf8(header) {
+        Ok(t) => t.trim_end_matches(' '),
+        Err(_) => return bytes,
+    };
+    // serde_json's maps are ordered by key.
+    let sorted = serde_json::from_str::<serde_json::Value>(text)
+        .and_then(|v| serde_json::to_vec(&v))
+        .ok();
+    if let Some(sorted) = sorted.filter(|s| s.len() == text.len()) {
+        bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+    }
+    bytes
 }
 
 /// Reads the whole file; the error names it.
@@ -579,6 +607,26 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(m.contains("none.json"), "{m}");
+    }
+
+    #[test]
+    fn equal_contents_give_identical_files() {
+        let dir = TempDir::new("weights-reproducible");
+        let data = [1.0f32, 2.0, 3.0];
+        let tensors = vec![
+            ("b".to_string(), vec![3], &data[..]),
+            ("a".to_string(), vec![1, 3], &data[..]),
+        ];
+        let keys = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
+        let meta: Vec<(&str, String)> = keys.iter().map(|k| (*k, format!("v{k}"))).collect();
+        let (p1, p2) = (dir.0.join("1.safetensors"), dir.0.join("2.safetensors"));
+        save_tensors(&p1, &tensors, &meta).unwrap();
+        save_tensors(&p2, &tensors, &meta).unwrap();
+        let (b1, b2) = (fs::read(&p1).unwrap(), fs::read(&p2).unwrap());
+        assert_eq!(b1, b2);
+        let (back, m) = load_tensors(&p1).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(m["k3"], "vk3");
     }
 
     #[test]

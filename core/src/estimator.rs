@@ -603,14 +603,10 @@ pub fn prune_samples(b: &LayerBatch, u: &mut [f32]) {
     let (n, c) = (b.n, unit.cout);
     let po = unit.out_hw.0 * unit.out_hw.1;
     let s = n as f32;
-    for (p, out) in u[..n * c].iter_mut().enumerate() {
-        let dot: f32 = b.a[p * po..(p + 1) * po]
-            .iter()
-            .zip(&b.grad_a[p * po..(p + 1) * po])
-            .map(|(a, g)| a * g)
-            .sum();
-        *out = -s * dot;
-    }
+    planes_mut(&mut u[..n * c], 1, 1, |p, _, out| {
+        let (a, g) = (&b.a[p * po..(p + 1) * po], &b.grad_a[p * po..(p + 1) * po]);
+        out[0] = -s * simd::sum(po, |i| load(a, i) * load(g, i), |i| a[i] * g[i]);
+    });
 }
 
 /// Prune estimates for every channel from [`prune_samples`]' `u` (`n x cout`).

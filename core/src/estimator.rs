@@ -261,21 +261,50 @@ fn shifted_bn_relu(
     out: &mut [f32],
 ) {
     planes_mut(out, c, plane, |p, ch, o| {
-        let (yp, dp) = (
-            &y[p * plane..(p + 1) * plane],
-            &d[p * plane..(p + 1) * plane],
-        );
-        let (sc, sh, sg) = (
-            f32x8::splat(scale[ch]),
-            f32x8::splat(shift[ch]),
-            f32x8::splat(sign),
-        );
-        simd::map(
-            o,
-            |i| (sc * (load(yp, i) + sg * load(dp, i)) + sh).max(f32x8::ZERO),
-            |i| (scale[ch] * (yp[i] + sign * dp[i]) + shift[ch]).max(0.0),
-        );
+        let r = p * plane..(p + 1) * plane;
+        shifted_bn_relu_plane(&y[r.clone()], &d[r], sign, scale[ch], shift[ch], o);
     });
+}
+
+/// One plane of [`shifted_bn_relu`]: `out = relu(scale * (y + sign * d) + shift)`.
+#[inline]
+fn shifted_bn_relu_plane(y: &[f32], d: &[f32], sign: f32, scale: f32, shift: f32, out: &mut [f32]) {
+    let (sc, sh, sg) = (f32x8::splat(scale), f32x8::splat(shift), f32x8::splat(sign));
+    simd::map(
+        out,
+        |i| (sc * (load(y, i) + sg * load(d, i)) + sh).max(f32x8::ZERO),
+        |i| (scale * (y[i] + sign * d[i]) + shift).max(0.0),
+    );
+}
+
+/// One plane's `sum (a_plus + a_minus - 2 a0) * g`: the split's `Delta_a . G`.
+#[inline]
+fn second_difference_dot(ap: &[f32], am: &[f32], a0: &[f32], g: &[f32]) -> f32 {
+    let two = f32x8::splat(2.0);
+    simd::sum(
+        g.len(),
+        |i| (load(ap, i) + load(am, i) - two * load(a0, i)) * load(g, i),
+        |i| (ap[i] + am[i] - 2.0 * a0[i]) * g[i],
+    )
+}
+
+/// One plane of `dd = [h+ > 0] g+ * scale - [h- > 0] g- * scale`: the
+/// gradients through the first BN + ReLU of sigma(y + d) and sigma(y - d),
+/// subtracted.
+#[inline]
+fn masked_difference(hp: &[f32], gp: &[f32], hm: &[f32], gm: &[f32], scale: f32, out: &mut [f32]) {
+    let sc = f32x8::splat(scale);
+    simd::map(
+        out,
+        |i| {
+            simd::relu_mask(load(hp, i), load(gp, i)) * sc
+                - simd::relu_mask(load(hm, i), load(gm, i)) * sc
+        },
+        |i| {
+            let masked = |h: f32, g: f32| if h > 0.0 { g * scale } else { 0.0 };
+            masked(hp[i], gp[i]) - masked(hm[i], gm[i])
+        },
+    );
 }
 
 /// `out = [a > 0] * coef(p) * g * scale[c]` per plane `p` (the backward of a
@@ -360,57 +389,67 @@ pub fn split_estimates(
 ) {
     let u = b.unit;
     let (n, c) = (b.n, u.cout);
-    let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
-    let po = u.out_hw.0 * u.out_hw.1;
+    let conv_len = n * u.conv_len();
     let geom = conv_geom(&u);
     let scratch = ws.scratch.get_or_insert_with(Scratch::new);
     let d = sized(&mut ws.d, conv_len);
     conv2d_forward(&geom, n, b.x, theta, d, scratch);
-    let SigmaPost::Depthwise {
-        stride,
-        kernel,
-        scale: dw_scale,
-        shift: dw_shift,
-    } = b.sigma.post
-    else {
-        // BN + ReLU (+ max-pool): everything after the conv is local to a
-        // plane, so one fused pass per plane does it all. (The depthwise
-        // sigma below runs as whole-batch passes through its kernels.)
-        let us = sized(&mut ws.u, n * c);
-        let dd = match grad_theta {
-            Some(_) => Some(sized(&mut ws.dd, conv_len)),
-            None => None,
-        };
-        fused_pointwise_split(b, &ws.d[..conv_len], us, dd);
-        write_estimates(us, n, c, b.loss, delta_l);
-        if let Some(grad_theta) = grad_theta {
-            conv2d_backward(
-                &geom,
-                n,
-                b.x,
-                theta,
-                &ws.dd[..conv_len],
-                None,
-                grad_theta,
-                scratch,
-            );
+    let want_grad = grad_theta.is_some();
+    match b.sigma.post {
+        SigmaPost::Depthwise {
+            stride,
+            kernel,
+            scale: dw_scale,
+            shift: dw_shift,
+        } => {
+            let dw = DepthwiseSigma {
+                scale: b.sigma.scale,
+                shift: b.sigma.shift,
+                stride,
+                kernel,
+                dw_scale,
+                dw_shift,
+            };
+            depthwise_split(b, &dw, ws, want_grad);
         }
-        return;
-    };
-    let dw = DepthwiseSigma {
-        scale: b.sigma.scale,
-        shift: b.sigma.shift,
-        stride,
-        kernel,
-        dw_scale,
-        dw_shift,
-    };
+        // BN + ReLU (+ max-pool): everything after the conv is local to a
+        // plane, so one fused pass per plane does it all.
+        _ => {
+            let us = sized(&mut ws.u, n * c);
+            let dd = want_grad.then(|| sized(&mut ws.dd, conv_len));
+            fused_pointwise_split(b, &ws.d[..conv_len], us, dd);
+        }
+    }
+    write_estimates(&ws.u[..n * c], n, c, b.loss, delta_l);
+    if let Some(grad_theta) = grad_theta {
+        let scratch = ws.scratch.get_or_insert_with(Scratch::new);
+        conv2d_backward(
+            &geom,
+            n,
+            b.x,
+            theta,
+            &ws.dd[..conv_len],
+            None,
+            grad_theta,
+            scratch,
+        );
+    }
+}
+
+/// [`split_estimates`] after the conv `ws.d` for a depthwise sigma, as
+/// whole-batch passes through its kernels: `ws.u` gets every sample's and
+/// channel's `u`, and with `want_grad` `ws.dd` gets `dDeltaL / dd`.
+fn depthwise_split(b: &LayerBatch, dw: &DepthwiseSigma, ws: &mut Workspace, want_grad: bool) {
+    let u = b.unit;
+    let (n, c) = (b.n, u.cout);
+    let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
+    let po = u.out_hw.0 * u.out_hw.1;
     // sigma(y + d) and sigma(y - d).
     for (k, sign) in [1.0f32, -1.0].into_iter().enumerate() {
         let h = sized(&mut ws.h[k], conv_len);
         let z = sized(&mut ws.z[k], out_len);
         let a = sized(&mut ws.a[k], out_len);
-        sigma_forward(&u, n, &dw, b.y, &ws.d[..conv_len], sign, h, z, a);
+        sigma_forward(&u, n, dw, b.y, &ws.d[..conv_len], sign, h, z, a);
     }
     // u[s, c] = (S / 2) * sum_p Delta_a * dL/da.
     let us = sized(&mut ws.u, n * c);
@@ -418,22 +457,12 @@ pub fn split_estimates(
     let (ap, am) = (&ws.a[0][..out_len], &ws.a[1][..out_len]);
     planes_mut(us, 1, 1, |p, _, o| {
         let r = p * po..(p + 1) * po;
-        let (ap, am, a0, g) = (
-            &ap[r.clone()],
-            &am[r.clone()],
-            &b.a[r.clone()],
-            &b.grad_a[r],
-        );
-        let two = f32x8::splat(2.0);
-        let dot = simd::sum(
-            po,
-            |i| (load(ap, i) + load(am, i) - two * load(a0, i)) * load(g, i),
-            |i| (ap[i] + am[i] - 2.0 * a0[i]) * g[i],
-        );
-        o[0] = half_s * dot;
+        let (ap, am) = (&ap[r.clone()], &am[r.clone()]);
+        o[0] = half_s * second_difference_dot(ap, am, &b.a[r.clone()], &b.grad_a[r]);
     });
-    write_estimates(us, n, c, b.loss, delta_l);
-    let Some(grad_theta) = grad_theta else { return };
+    if !want_grad {
+        return;
+    }
     // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * dL/da, back
     // through the depthwise conv of sigma(y + d) and of sigma(y - d).
     let us = &ws.u[..n * c];
@@ -452,29 +481,8 @@ pub fn split_estimates(
     planes_mut(sized(&mut ws.dd, conv_len), c, pc, |p, ch, o| {
         let r = p * pc..(p + 1) * pc;
         let (hp, hm, gp, gm) = (&hp[r.clone()], &hm[r.clone()], &gp[r.clone()], &gm[r]);
-        let (sc, scs) = (f32x8::splat(dw.scale[ch]), dw.scale[ch]);
-        simd::map(
-            o,
-            |i| {
-                simd::relu_mask(load(hp, i), load(gp, i)) * sc
-                    - simd::relu_mask(load(hm, i), load(gm, i)) * sc
-            },
-            |i| {
-                let masked = |h: f32, g: f32| if h > 0.0 { g * scs } else { 0.0 };
-                masked(hp[i], gp[i]) - masked(hm[i], gm[i])
-            },
-        );
+        masked_difference(hp, gp, hm, gm, dw.scale[ch], o);
     });
-    conv2d_backward(
-        &geom,
-        n,
-        b.x,
-        theta,
-        &ws.dd[..conv_len],
-        None,
-        grad_theta,
-        scratch,
-    );
 }
 
 /// Eq. (1) averaged over the samples: `delta_l[c] = 1/S sum_s (u + u^2 / (4 L_hat))`.
@@ -508,23 +516,13 @@ fn fused_pointwise_split(b: &LayerBatch, d: &[f32], us: &mut [f32], dd: Option<&
         w.resize(pc, po);
         for p in planes {
             let ch = p % c;
-            let (sc, sh) = (f32x8::splat(scale[ch]), f32x8::splat(shift[ch]));
-            let (scs, shs) = (scale[ch], shift[ch]);
+            let (sc, sh) = (scale[ch], shift[ch]);
             let y = &b.y[p * pc..(p + 1) * pc];
             let dp = &d[p * pc..(p + 1) * pc];
             let a0 = &b.a[p * po..(p + 1) * po];
             let g = &b.grad_a[p * po..(p + 1) * po];
-            // h(+-d) = relu(scale * (y +- d) + shift).
-            simd::map(
-                &mut w.hp,
-                |i| (sc * (load(y, i) + load(dp, i)) + sh).max(f32x8::ZERO),
-                |i| (scs * (y[i] + dp[i]) + shs).max(0.0),
-            );
-            simd::map(
-                &mut w.hm,
-                |i| (sc * (load(y, i) - load(dp, i)) + sh).max(f32x8::ZERO),
-                |i| (scs * (y[i] - dp[i]) + shs).max(0.0),
-            );
+            shifted_bn_relu_plane(y, dp, 1.0, sc, sh, &mut w.hp);
+            shifted_bn_relu_plane(y, dp, -1.0, sc, sh, &mut w.hm);
             let (ap, am): (&[f32], &[f32]) = if pool {
                 maxpool_plane(isa, u.conv_hw, &w.hp, &mut w.ap);
                 maxpool_plane(isa, u.conv_hw, &w.hm, &mut w.am);
@@ -533,13 +531,7 @@ fn fused_pointwise_split(b: &LayerBatch, d: &[f32], us: &mut [f32], dd: Option<&
                 (&w.hp, &w.hm)
             };
             // u = (S / 2) * sum (sigma(y + d) + sigma(y - d) - 2 sigma(y)) * G.
-            let two = f32x8::splat(2.0);
-            let dot = simd::sum(
-                po,
-                |i| (load(ap, i) + load(am, i) - two * load(a0, i)) * load(g, i),
-                |i| (ap[i] + am[i] - 2.0 * a0[i]) * g[i],
-            );
-            let u_s = half_s * dot;
+            let u_s = half_s * second_difference_dot(ap, am, a0, g);
             // SAFETY: element p has one writer.
             unsafe { up.write(p, u_s) };
             let Some(ddp) = ddp else { continue };
@@ -555,20 +547,9 @@ fn fused_pointwise_split(b: &LayerBatch, d: &[f32], us: &mut [f32], dd: Option<&
             } else {
                 (&w.g, &w.g)
             };
-            let (hp, hm) = (&w.hp, &w.hm);
             // SAFETY: plane p has one writer.
             let out = unsafe { ddp.slice(p * pc, pc) };
-            simd::map(
-                out,
-                |i| {
-                    simd::relu_mask(load(hp, i), load(rp, i)) * sc
-                        - simd::relu_mask(load(hm, i), load(rm, i)) * sc
-                },
-                |i| {
-                    let masked = |h: f32, r: f32| if h > 0.0 { r * scs } else { 0.0 };
-                    masked(hp[i], rp[i]) - masked(hm[i], rm[i])
-                },
-            );
+            masked_difference(&w.hp, rp, &w.hm, rm, sc, out);
         }
     });
 }

@@ -46,7 +46,7 @@
 use crate::arch::{Post, UnitShape};
 use crate::kernels::batchnorm::fold;
 use crate::kernels::conv::{conv2d_backward, conv2d_forward};
-use crate::kernels::depthwise::{depthwise_backward_input, depthwise_forward, DwGeom};
+use crate::kernels::depthwise::{DwGeom, DwPlane};
 use crate::kernels::lanes;
 use crate::kernels::pool::{maxpool_backward_plane, maxpool_plane};
 use crate::kernels::simd::{self, load};
@@ -207,11 +207,6 @@ pub fn gauss_newton(u: f32, loss: f32) -> f32 {
 #[derive(Clone, Debug, Default)]
 pub struct Workspace {
     d: Vec<f32>,
-    h: [Vec<f32>; 2],
-    z: [Vec<f32>; 2],
-    a: [Vec<f32>; 2],
-    gh: [Vec<f32>; 2],
-    gz: Vec<f32>,
     dd: Vec<f32>,
     u: Vec<f32>,
     scratch: Option<Scratch>,
@@ -249,24 +244,7 @@ fn planes_mut(
     });
 }
 
-/// `out = relu(scale[c] * (y + sign * d) + shift[c])` per plane.
-fn shifted_bn_relu(
-    y: &[f32],
-    d: &[f32],
-    sign: f32,
-    c: usize,
-    plane: usize,
-    scale: &[f32],
-    shift: &[f32],
-    out: &mut [f32],
-) {
-    planes_mut(out, c, plane, |p, ch, o| {
-        let r = p * plane..(p + 1) * plane;
-        shifted_bn_relu_plane(&y[r.clone()], &d[r], sign, scale[ch], shift[ch], o);
-    });
-}
-
-/// One plane of [`shifted_bn_relu`]: `out = relu(scale * (y + sign * d) + shift)`.
+/// One plane of a frozen BN + ReLU on a shifted input: `out = relu(scale * (y + sign * d) + shift)`.
 #[inline]
 fn shifted_bn_relu_plane(y: &[f32], d: &[f32], sign: f32, scale: f32, shift: f32, out: &mut [f32]) {
     let (sc, sh, sg) = (f32x8::splat(scale), f32x8::splat(shift), f32x8::splat(sign));
@@ -307,31 +285,16 @@ fn masked_difference(hp: &[f32], gp: &[f32], hm: &[f32], gm: &[f32], scale: f32,
     );
 }
 
-/// `out = [a > 0] * coef(p) * g * scale[c]` per plane `p` (the backward of a
-/// frozen BN + ReLU, with a per-plane factor on the incoming gradient).
-#[allow(clippy::too_many_arguments)]
-fn masked_scale_by(
-    a: &[f32],
-    g: &[f32],
-    c: usize,
-    plane: usize,
-    scale: &[f32],
-    coef: impl Fn(usize) -> f32 + Sync + Send,
-    out: &mut [f32],
-) {
-    planes_mut(out, c, plane, |p, ch, o| {
-        let (ap, gp) = (
-            &a[p * plane..(p + 1) * plane],
-            &g[p * plane..(p + 1) * plane],
-        );
-        let f = coef(p) * scale[ch];
-        let fv = f32x8::splat(f);
-        simd::map(
-            o,
-            |i| simd::relu_mask(load(ap, i), load(gp, i)) * fv,
-            |i| if ap[i] > 0.0 { gp[i] * f } else { 0.0 },
-        );
-    });
+/// One plane of `out = [a > 0] * f * g`: the backward of a frozen BN + ReLU
+/// (`f` its scale, times any factor on the incoming gradient `g`).
+#[inline]
+fn masked_scale_plane(a: &[f32], g: &[f32], f: f32, out: &mut [f32]) {
+    let fv = f32x8::splat(f);
+    simd::map(
+        out,
+        |i| simd::relu_mask(load(a, i), load(g, i)) * fv,
+        |i| if a[i] > 0.0 { g[i] * f } else { 0.0 },
+    );
 }
 
 /// A frozen sigma that ends in the next block's depthwise conv (MobileNet):
@@ -356,26 +319,6 @@ impl DepthwiseSigma<'_> {
     }
 }
 
-/// Forward of the frozen sigma on `y + sign * d`: `h` after the first BN +
-/// ReLU, `z` after the depthwise conv, `a` the output.
-#[allow(clippy::too_many_arguments)]
-fn sigma_forward(
-    u: &UnitShape,
-    n: usize,
-    s: &DepthwiseSigma,
-    y: &[f32],
-    d: &[f32],
-    sign: f32,
-    h: &mut [f32],
-    z: &mut [f32],
-    a: &mut [f32],
-) {
-    let (c, pc, po) = (u.cout, u.conv_hw.0 * u.conv_hw.1, u.out_hw.0 * u.out_hw.1);
-    shifted_bn_relu(y, d, sign, c, pc, s.scale, s.shift, h);
-    depthwise_forward(&s.geom(u), n, h, s.kernel, z);
-    shifted_bn_relu(z, z, 0.0, c, po, s.dw_scale, s.dw_shift, a);
-}
-
 /// Split estimates for every channel of the layer: `delta_l[c]` gets eq. (1)
 /// for the split of channel `c` with `theta[c]` (`theta` is `[cout, cin, k, k]`,
 /// stacked like the layer's kernel), and `grad_theta`, when given, gets
@@ -394,7 +337,9 @@ pub fn split_estimates(
     let scratch = ws.scratch.get_or_insert_with(Scratch::new);
     let d = sized(&mut ws.d, conv_len);
     conv2d_forward(&geom, n, b.x, theta, d, scratch);
-    let want_grad = grad_theta.is_some();
+    let us = sized(&mut ws.u, n * c);
+    let dd = grad_theta.is_some().then(|| sized(&mut ws.dd, conv_len));
+    let d = &ws.d[..conv_len];
     match b.sigma.post {
         SigmaPost::Depthwise {
             stride,
@@ -410,15 +355,11 @@ pub fn split_estimates(
                 dw_scale,
                 dw_shift,
             };
-            depthwise_split(b, &dw, ws, want_grad);
+            fused_depthwise_split(b, &dw, d, us, dd);
         }
         // BN + ReLU (+ max-pool): everything after the conv is local to a
         // plane, so one fused pass per plane does it all.
-        _ => {
-            let us = sized(&mut ws.u, n * c);
-            let dd = want_grad.then(|| sized(&mut ws.dd, conv_len));
-            fused_pointwise_split(b, &ws.d[..conv_len], us, dd);
-        }
+        _ => fused_pointwise_split(b, d, us, dd),
     }
     write_estimates(&ws.u[..n * c], n, c, b.loss, delta_l);
     if let Some(grad_theta) = grad_theta {
@@ -436,53 +377,93 @@ pub fn split_estimates(
     }
 }
 
-/// [`split_estimates`] after the conv `ws.d` for a depthwise sigma, as
-/// whole-batch passes through its kernels: `ws.u` gets every sample's and
-/// channel's `u`, and with `want_grad` `ws.dd` gets `dDeltaL / dd`.
-fn depthwise_split(b: &LayerBatch, dw: &DepthwiseSigma, ws: &mut Workspace, want_grad: bool) {
+/// [`split_estimates`] after the conv for a depthwise sigma (BN + ReLU, the
+/// next block's depthwise conv, its BN + ReLU), one plane at a time while it
+/// is in cache: every step of sigma is local to a sample's channel plane.
+/// `us` and `dd` as in [`fused_pointwise_split`].
+fn fused_depthwise_split(
+    b: &LayerBatch,
+    dw: &DepthwiseSigma,
+    d: &[f32],
+    us: &mut [f32],
+    dd: Option<&mut [f32]>,
+) {
     let u = b.unit;
-    let (n, c) = (b.n, u.cout);
-    let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
-    let po = u.out_hw.0 * u.out_hw.1;
-    // sigma(y + d) and sigma(y - d).
-    for (k, sign) in [1.0f32, -1.0].into_iter().enumerate() {
-        let h = sized(&mut ws.h[k], conv_len);
-        let z = sized(&mut ws.z[k], out_len);
-        let a = sized(&mut ws.a[k], out_len);
-        sigma_forward(&u, n, dw, b.y, &ws.d[..conv_len], sign, h, z, a);
-    }
-    // u[s, c] = (S / 2) * sum_p Delta_a * dL/da.
-    let us = sized(&mut ws.u, n * c);
-    let half_s = 0.5 * n as f32;
-    let (ap, am) = (&ws.a[0][..out_len], &ws.a[1][..out_len]);
-    planes_mut(us, 1, 1, |p, _, o| {
-        let r = p * po..(p + 1) * po;
-        let (ap, am) = (&ap[r.clone()], &am[r.clone()]);
-        o[0] = half_s * second_difference_dot(ap, am, &b.a[r.clone()], &b.grad_a[r]);
+    let c = u.cout;
+    let (pc, po) = (u.conv_hw.0 * u.conv_hw.1, u.out_hw.0 * u.out_hw.1);
+    let half_s = 0.5 * b.n as f32;
+    let loss = b.loss;
+    let geom = dw.geom(&u);
+    let up = SharedMut::new(us);
+    let ddp = dd.map(SharedMut::new);
+    let mut bufs: Vec<DepthwiseBufs> = (0..par::threads())
+        .map(|_| DepthwiseBufs::new(&geom, pc, po))
+        .collect();
+    par::for_each_part(b.n * c, &mut bufs, |planes, w| {
+        for p in planes {
+            let ch = p % c;
+            let y = &b.y[p * pc..(p + 1) * pc];
+            let dp = &d[p * pc..(p + 1) * pc];
+            let a0 = &b.a[p * po..(p + 1) * po];
+            let g = &b.grad_a[p * po..(p + 1) * po];
+            let k = &dw.kernel[ch * 9..(ch + 1) * 9];
+            let (sc, sh) = (dw.scale[ch], dw.shift[ch]);
+            let (dsc, dsh) = (dw.dw_scale[ch], dw.dw_shift[ch]);
+            // sigma(y + d) and sigma(y - d).
+            shifted_bn_relu_plane(y, dp, 1.0, sc, sh, &mut w.hp);
+            shifted_bn_relu_plane(y, dp, -1.0, sc, sh, &mut w.hm);
+            w.conv.forward(&w.hp, k, &mut w.zp);
+            w.conv.forward(&w.hm, k, &mut w.zm);
+            shifted_bn_relu_plane(&w.zp, &w.zp, 0.0, dsc, dsh, &mut w.ap);
+            shifted_bn_relu_plane(&w.zm, &w.zm, 0.0, dsc, dsh, &mut w.am);
+            // u = (S / 2) * sum (sigma(y + d) + sigma(y - d) - 2 sigma(y)) * G.
+            let u_s = half_s * second_difference_dot(&w.ap, &w.am, a0, g);
+            // SAFETY: element p has one writer.
+            unsafe { up.write(p, u_s) };
+            let Some(ddp) = ddp else { continue };
+            // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * G, back
+            // through the depthwise conv of sigma(y + d) and of sigma(y - d).
+            let f = 0.5 * (1.0 + u_s / (2.0 * loss)) * dsc;
+            masked_scale_plane(&w.ap, g, f, &mut w.gz);
+            w.conv.backward_input(k, &w.gz, &mut w.ghp);
+            masked_scale_plane(&w.am, g, f, &mut w.gz);
+            w.conv.backward_input(k, &w.gz, &mut w.ghm);
+            // SAFETY: plane p has one writer.
+            let out = unsafe { ddp.slice(p * pc, pc) };
+            masked_difference(&w.hp, &w.ghp, &w.hm, &w.ghm, sc, out);
+        }
     });
-    if !want_grad {
-        return;
+}
+
+/// One worker's plane-sized buffers for [`fused_depthwise_split`].
+struct DepthwiseBufs {
+    conv: DwPlane,
+    hp: Vec<f32>,
+    hm: Vec<f32>,
+    ghp: Vec<f32>,
+    ghm: Vec<f32>,
+    zp: Vec<f32>,
+    zm: Vec<f32>,
+    ap: Vec<f32>,
+    am: Vec<f32>,
+    gz: Vec<f32>,
+}
+
+impl DepthwiseBufs {
+    fn new(geom: &DwGeom, conv_plane: usize, out_plane: usize) -> Self {
+        DepthwiseBufs {
+            conv: DwPlane::new(geom),
+            hp: vec![0.0; conv_plane],
+            hm: vec![0.0; conv_plane],
+            ghp: vec![0.0; conv_plane],
+            ghm: vec![0.0; conv_plane],
+            zp: vec![0.0; out_plane],
+            zm: vec![0.0; out_plane],
+            ap: vec![0.0; out_plane],
+            am: vec![0.0; out_plane],
+            gz: vec![0.0; out_plane],
+        }
     }
-    // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * dL/da, back
-    // through the depthwise conv of sigma(y + d) and of sigma(y - d).
-    let us = &ws.u[..n * c];
-    let coef = |p: usize| 0.5 * (1.0 + us[p] / (2.0 * b.loss));
-    let g = dw.geom(&u);
-    for k in 0..2 {
-        let gz = sized(&mut ws.gz, out_len);
-        masked_scale_by(&ws.a[k][..out_len], b.grad_a, c, po, dw.dw_scale, coef, gz);
-        let gh = sized(&mut ws.gh[k], conv_len);
-        depthwise_backward_input(&g, n, dw.kernel, &ws.gz[..out_len], gh);
-    }
-    // dd = sigma'(y + d)^T g - sigma'(y - d)^T g, through the first BN + ReLU.
-    let pc = u.conv_hw.0 * u.conv_hw.1;
-    let (hp, hm) = (&ws.h[0][..conv_len], &ws.h[1][..conv_len]);
-    let (gp, gm) = (&ws.gh[0][..conv_len], &ws.gh[1][..conv_len]);
-    planes_mut(sized(&mut ws.dd, conv_len), c, pc, |p, ch, o| {
-        let r = p * pc..(p + 1) * pc;
-        let (hp, hm, gp, gm) = (&hp[r.clone()], &hm[r.clone()], &gp[r.clone()], &gm[r]);
-        masked_difference(hp, gp, hm, gm, dw.scale[ch], o);
-    });
 }
 
 /// Eq. (1) averaged over the samples: `delta_l[c] = 1/S sum_s (u + u^2 / (4 L_hat))`.

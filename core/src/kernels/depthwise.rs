@@ -610,6 +610,83 @@ fn backward_with(
     });
 }
 
+/// One plane at a time on the calling thread, with buffers kept between
+/// calls: for passes that fuse a depthwise conv with other per-plane work
+/// inside their own parallel loop (the estimator's depthwise sigma).
+#[derive(Debug)]
+pub struct DwPlane {
+    geom: DwGeom,
+    lay: Option<Lay>,
+    isa: Isa,
+    fwd_buf: Vec<f32>,
+    bwd_buf: Vec<f32>,
+}
+
+impl DwPlane {
+    /// For planes of `g` (its channel count is ignored).
+    pub fn new(g: &DwGeom) -> Self {
+        let geom = DwGeom { channels: 1, ..*g };
+        DwPlane {
+            geom,
+            lay: Lay::new(&geom, 1),
+            isa: lanes::isa(),
+            fwd_buf: Vec::new(),
+            bwd_buf: Vec::new(),
+        }
+    }
+
+    /// `y = depthwise(x, k)` for one plane; `k` holds the channel's nine taps.
+    pub fn forward(&mut self, x: &[f32], k: &[f32], y: &mut [f32]) {
+        let g = &self.geom;
+        assert!(x.len() >= g.in_plane() && y.len() >= g.out_plane() && k.len() >= 9);
+        let Some(lay) = self.lay else {
+            return forward_scalar(g, 1, x, k, y);
+        };
+        let job = Job {
+            lay,
+            c: 1,
+            n: 1,
+            x,
+            k,
+        };
+        // Pads write only the grid interior, so the zero borders last.
+        self.fwd_buf.resize(job.fwd_len(), 0.0);
+        let yp = SharedMut::new(y);
+        // SAFETY: one plane, one writer; the ISA was detected.
+        match self.isa {
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx2 => unsafe { avx::fwd(&job, yp, 0..1, &mut self.fwd_buf) },
+            Isa::Portable => unsafe { fwd_channels::<f32x8>(&job, yp, 0..1, &mut self.fwd_buf) },
+        }
+    }
+
+    /// Input gradient of [`DwPlane::forward`] for one plane (overwritten).
+    pub fn backward_input(&mut self, k: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let g = &self.geom;
+        assert!(dy.len() >= g.out_plane() && dx.len() >= g.in_plane() && k.len() >= 9);
+        let Some(lay) = self.lay else {
+            return backward_scalar(g, 1, &[], k, dy, Some(dx), None);
+        };
+        let job = Job {
+            lay,
+            c: 1,
+            n: 1,
+            x: &[],
+            k,
+        };
+        self.bwd_buf.resize(job.bwd_len(), 0.0);
+        let dxp = Some(SharedMut::new(dx));
+        // SAFETY: one plane, one writer; the ISA was detected.
+        match self.isa {
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Isa::Avx2 => unsafe { avx::bwd(&job, dy, dxp, None, 0..1, &mut self.bwd_buf) },
+            Isa::Portable => unsafe {
+                bwd_channels::<f32x8>(&job, dy, dxp, None, 0..1, &mut self.bwd_buf)
+            },
+        }
+    }
+}
+
 /// The definition, for strides other than 1 and 2.
 fn forward_scalar(g: &DwGeom, n: usize, x: &[f32], k: &[f32], y: &mut [f32]) {
     let (ip, op, c) = (g.in_plane(), g.out_plane(), g.channels);
@@ -759,6 +836,16 @@ mod tests {
         v
     }
 
+    /// `c` channels of `h x w` at `stride`, with the usual output size.
+    fn geom(c: usize, stride: usize, h: usize, w: usize) -> DwGeom {
+        DwGeom {
+            channels: c,
+            stride,
+            in_hw: (h, w),
+            out_hw: ((h - 1) / stride + 1, (w - 1) / stride + 1),
+        }
+    }
+
     /// Both instantiations agree with the definition on every small geometry.
     #[test]
     fn fast_paths_match_definition() {
@@ -766,13 +853,8 @@ mod tests {
             for h in 1..=9 {
                 for w in 1..=9 {
                     for (n, c) in [(1, 1), (2, 3), (3, 5), (1, 4), (3, 2)] {
-                        let out_hw = ((h - 1) / stride + 1, (w - 1) / stride + 1);
-                        let g = DwGeom {
-                            channels: c,
-                            stride,
-                            in_hw: (h, w),
-                            out_hw,
-                        };
+                        let g = geom(c, stride, h, w);
+                        let out_hw = g.out_hw;
                         let seed = h * 31 + w * 7 + n + c;
                         let x = pseudo(n * c * h * w, seed);
                         let k = pseudo(c * 9, seed + 1);
@@ -800,6 +882,35 @@ mod tests {
         }
     }
 
+    /// One reused [`DwPlane`], forward and backward calls interleaved, gives
+    /// the definition plane by plane.
+    #[test]
+    fn plane_at_a_time_matches_definition() {
+        for stride in 1..=3 {
+            for (h, w) in [(1, 1), (2, 3), (4, 4), (5, 7), (8, 8), (16, 16), (9, 2)] {
+                let (n, c) = (2, 3);
+                let g = geom(c, stride, h, w);
+                let out_hw = g.out_hw;
+                let (ip, op) = (h * w, out_hw.0 * out_hw.1);
+                let x = pseudo(n * c * ip, h + w);
+                let k = pseudo(c * 9, stride);
+                let dy = pseudo(n * c * op, 3 * h + w);
+                let [y0, dx0, _] = direct(&g, n, &x, &k, &dy);
+                let mut plane = DwPlane::new(&g);
+                let mut y = vec![f32::NAN; y0.len()];
+                let mut dx = vec![f32::NAN; dx0.len()];
+                for p in 0..n * c {
+                    let kc = &k[(p % c) * 9..(p % c) * 9 + 9];
+                    plane.forward(&x[p * ip..(p + 1) * ip], kc, &mut y[p * op..(p + 1) * op]);
+                    let (dyp, dxp) = (&dy[p * op..(p + 1) * op], &mut dx[p * ip..(p + 1) * ip]);
+                    plane.backward_input(kc, dyp, dxp);
+                }
+                close("y", &y, &y0, 1e-5);
+                close("dx", &dx, &dx0, 1e-5);
+            }
+        }
+    }
+
     /// Batches longer than one chunk, with a short last chunk.
     #[test]
     fn chunked_batches_match_definition() {
@@ -810,13 +921,8 @@ mod tests {
             (4, 1, 101, 2),
             (32, 2, 3, 2),
         ] {
-            let out_hw = ((h - 1) / stride + 1, (h - 1) / stride + 1);
-            let g = DwGeom {
-                channels: c,
-                stride,
-                in_hw: (h, h),
-                out_hw,
-            };
+            let g = geom(c, stride, h, h);
+            let out_hw = g.out_hw;
             let x = pseudo(n * c * h * h, 5);
             let k = pseudo(c * 9, 6);
             let dy = pseudo(n * c * out_hw.0 * out_hw.1, 7);

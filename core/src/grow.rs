@@ -12,8 +12,8 @@ use crate::network::Network;
 use crate::optim::{Adam, Sgd, StepSchedule};
 use crate::rng::Rng;
 use crate::select::{
-    candidates, joint_delta_loss, random_splits, select, select_joint, to_morphisms, Candidate,
-    SelectConfig,
+    candidates, joint_delta_loss, random_splits, select, select_joint, select_scaled, split_scale,
+    to_morphisms, Candidate, Kind, SelectConfig,
 };
 use crate::train::{evaluate, shuffled_pass, train_epoch, Batches, PassStats};
 use alloc::vec::Vec;
@@ -186,6 +186,9 @@ pub struct PhaseReport {
     pub applied: Vec<Candidate>,
     /// Eq. (1) for the applied set as a whole (with joint selection only).
     pub joint_delta_loss: Option<f64>,
+    /// The common factor applied to the chosen splits' theta
+    /// ([`SelectConfig::scale_splits`]).
+    pub split_scale: Option<f64>,
     /// Learned theta norms per layer and channel (for plots).
     pub theta_norms: Vec<Vec<f32>>,
 }
@@ -255,6 +258,25 @@ pub fn train_from_scratch(
     )?;
     let tested = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
     Ok((last, tested, backend.network()?))
+}
+
+/// Multiplies the theta of every split in `chosen` by `scale`, but keeps each
+/// at least `floor * |w_in[c]|` (the initial noise level): with theta = 0 the
+/// two halves would get equal gradients and never become different channels.
+fn shrink_split_thetas(state: &mut MorphState, chosen: &[Candidate], scale: f32, floor: f32) {
+    for k in chosen.iter().filter(|k| k.kind == Kind::Split) {
+        let norm = state.theta_norm(k.layer, k.channel);
+        let least = floor * state.w_norms[k.layer][k.channel];
+        let factor = if norm * scale < least {
+            (least / norm.max(1e-12)).min(1.0)
+        } else {
+            scale
+        };
+        let fan = state.theta[k.layer].len() / state.w_norms[k.layer].len();
+        for v in &mut state.theta[k.layer][k.channel * fan..(k.channel + 1) * fan] {
+            *v *= factor;
+        }
+    }
 }
 
 /// Turns splitting eigenpairs into split candidates: theta = eps_l * v_min with
@@ -327,7 +349,8 @@ pub fn run_phase(
                     .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
                 method,
                 theta_max: cfg.theta_max,
-                joint: cfg.select.joint && cfg.strategy == Strategy::Gn,
+                joint: (cfg.select.joint || cfg.select.scale_splits)
+                    && cfg.strategy == Strategy::Gn,
             };
             backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
             let mut buffers = Batches::new(train, cfg.batch);
@@ -350,7 +373,11 @@ pub fn run_phase(
                 select_cfg.prune = false;
             }
             let cands = candidates(&arch_before, &learned, &select_cfg);
-            let applied = if select_cfg.joint && cfg.strategy == Strategy::Gn {
+            let applied = if cfg.strategy != Strategy::Gn {
+                select(&arch_before, &cands, &select_cfg)
+            } else if select_cfg.scale_splits {
+                select_scaled(&arch_before, &cands, &select_cfg, &learned)
+            } else if select_cfg.joint {
                 select_joint(&arch_before, &cands, &select_cfg, &learned)
             } else {
                 select(&arch_before, &cands, &select_cfg)
@@ -365,8 +392,23 @@ pub fn run_phase(
             (noise, applied.clone(), applied, PassStats::default())
         }
     };
-    let joint_delta = joint_delta_loss(&applied, &learned);
-    let morphisms = to_morphisms(&arch_before, &applied, &learned);
+    let scaled = (cfg.select.scale_splits && cfg.strategy == Strategy::Gn)
+        .then(|| split_scale(&applied, &learned))
+        .flatten();
+    let (joint_delta, morphisms) = match scaled {
+        Some(s) => {
+            let mut shrunk = learned.clone();
+            shrink_split_thetas(&mut shrunk, &applied, s.scale as f32, cfg.theta_init);
+            (
+                Some(s.delta_loss),
+                to_morphisms(&arch_before, &applied, &shrunk),
+            )
+        }
+        None => (
+            joint_delta_loss(&applied, &learned),
+            to_morphisms(&arch_before, &applied, &learned),
+        ),
+    };
     let mut extra = [core::mem::take(&mut momentum)];
     let grown = morph::apply(&trained, &morphisms, &mut extra)?;
     let [momentum] = extra;
@@ -418,6 +460,7 @@ pub fn run_phase(
         candidates: cands,
         applied,
         joint_delta_loss: joint_delta,
+        split_scale: scaled.map(|s| s.scale),
         theta_norms,
     })
 }

@@ -113,6 +113,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
             fraction: 0.3,
             prune: false,
             joint: false,
+            scale_splits: false,
         },
         augment: (!a.no_augment).then(Augment::default),
         strategy: Default::default(),

@@ -147,18 +147,7 @@ impl MorphState {
     ) {
         let k = self.joint_len();
         batch.resize(k * k, 0.0);
-        crate::kernels::gemm::gemm(
-            k,
-            k,
-            n,
-            1.0 / (4.0 * loss * n as f32),
-            u,
-            true,
-            u,
-            false,
-            0.0,
-            batch,
-        );
+        crate::kernels::gemm::gram(k, n, 1.0 / (4.0 * loss * n as f32), u, batch);
         if self.cross.len() != k * k || self.steps == 0 {
             self.cross.clear();
             self.cross.extend_from_slice(batch);

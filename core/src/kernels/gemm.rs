@@ -75,6 +75,58 @@ pub fn gemm(
     }
 }
 
+/// `c[k x k] = alpha * a^T a` for `a` of `n` rows of `k` (row-major): a
+/// Gram matrix, computed in blocks on and above the diagonal (a little over
+/// half the work of [`gemm`]) and mirrored below it.
+pub fn gram(k: usize, n: usize, alpha: f32, a: &[f32], c: &mut [f32]) {
+    assert!(
+        a.len() >= n * k && c.len() >= k * k,
+        "gram: a has {} elements (needs {}), c {} (needs {})",
+        a.len(),
+        n * k,
+        c.len(),
+        k * k
+    );
+    if n == 0 {
+        c[..k * k].fill(0.0);
+        return;
+    }
+    const BLOCK: usize = 128;
+    let ks = k as isize;
+    for i0 in (0..k).step_by(BLOCK) {
+        let rows = BLOCK.min(k - i0);
+        for j0 in (i0..k).step_by(BLOCK) {
+            let cols = BLOCK.min(k - j0);
+            // SAFETY: row i < k and column j < k of the block read a[s * k + i0 + i]
+            // and a[s * k + j0 + j] for s < n, and write c[(i0 + i) * k + j0 + j],
+            // all in bounds by the assert above.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    n,
+                    cols,
+                    alpha,
+                    a.as_ptr().add(i0),
+                    1,
+                    ks,
+                    a.as_ptr().add(j0),
+                    ks,
+                    1,
+                    0.0,
+                    c.as_mut_ptr().add(i0 * k + j0),
+                    ks,
+                    1,
+                );
+            }
+        }
+    }
+    for i in 0..k {
+        for j in 0..i {
+            c[i * k + j] = c[j * k + i];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +169,23 @@ mod tests {
                 for (x, y) in c.iter().zip(&want) {
                     assert!((x - y).abs() < 1e-5);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn gram_matches_the_full_product() {
+        for (k, n) in [(1, 3), (5, 7), (130, 9), (300, 64), (256, 1), (4, 0)] {
+            let a: alloc::vec::Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut want = vec![0.0; k * k];
+            gemm(k, k, n, 0.5, &a, true, &a, false, 0.0, &mut want);
+            let mut c = vec![f32::NAN; k * k];
+            gram(k, n, 0.5, &a, &mut c);
+            for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "k {k} n {n} at {i}: {x} vs {y}"
+                );
             }
         }
     }

@@ -46,7 +46,7 @@
 use crate::arch::{Post, UnitShape};
 use crate::kernels::batchnorm::fold;
 use crate::kernels::conv::{conv2d_backward, conv2d_forward};
-use crate::kernels::depthwise::{DwGeom, DwPlane};
+use crate::kernels::depthwise::{DwGeom, DwPlanes};
 use crate::kernels::lanes;
 use crate::kernels::pool::{maxpool_backward_plane, maxpool_plane};
 use crate::kernels::simd::{self, load};
@@ -378,9 +378,10 @@ pub fn split_estimates(
 }
 
 /// [`split_estimates`] after the conv for a depthwise sigma (BN + ReLU, the
-/// next block's depthwise conv, its BN + ReLU), one plane at a time while it
-/// is in cache: every step of sigma is local to a sample's channel plane.
-/// `us` and `dd` as in [`fused_pointwise_split`].
+/// next block's depthwise conv, its BN + ReLU), a group of one channel's
+/// planes at a time while they are in cache: every step of sigma is local to
+/// a sample's channel plane, and the depthwise conv stacks the group's planes
+/// in one grid. `us` and `dd` as in [`fused_pointwise_split`].
 fn fused_depthwise_split(
     b: &LayerBatch,
     dw: &DepthwiseSigma,
@@ -389,55 +390,74 @@ fn fused_depthwise_split(
     dd: Option<&mut [f32]>,
 ) {
     let u = b.unit;
-    let c = u.cout;
+    let (n, c) = (b.n, u.cout);
     let (pc, po) = (u.conv_hw.0 * u.conv_hw.1, u.out_hw.0 * u.out_hw.1);
-    let half_s = 0.5 * b.n as f32;
+    let half_s = 0.5 * n as f32;
     let loss = b.loss;
     let geom = dw.geom(&u);
+    let group = DwPlanes::new(&geom, n).group();
+    let chunks = n.div_ceil(group);
     let up = SharedMut::new(us);
     let ddp = dd.map(SharedMut::new);
     let mut bufs: Vec<DepthwiseBufs> = (0..par::threads())
-        .map(|_| DepthwiseBufs::new(&geom, pc, po))
+        .map(|_| DepthwiseBufs::new(&geom, n, pc, po))
         .collect();
-    par::for_each_part(b.n * c, &mut bufs, |planes, w| {
-        for p in planes {
-            let ch = p % c;
-            let y = &b.y[p * pc..(p + 1) * pc];
-            let dp = &d[p * pc..(p + 1) * pc];
-            let a0 = &b.a[p * po..(p + 1) * po];
-            let g = &b.grad_a[p * po..(p + 1) * po];
+    par::for_each_part(c * chunks, &mut bufs, |items, w| {
+        for item in items {
+            let (ch, s0) = (item / chunks, (item % chunks) * group);
+            let m = group.min(n - s0);
+            // Sample s0 + j's plane of channel ch.
+            let plane = |j: usize| (s0 + j) * c + ch;
             let k = &dw.kernel[ch * 9..(ch + 1) * 9];
             let (sc, sh) = (dw.scale[ch], dw.shift[ch]);
             let (dsc, dsh) = (dw.dw_scale[ch], dw.dw_shift[ch]);
+            let (cl, ol) = (m * pc, m * po);
             // sigma(y + d) and sigma(y - d).
-            shifted_bn_relu_plane(y, dp, 1.0, sc, sh, &mut w.hp);
-            shifted_bn_relu_plane(y, dp, -1.0, sc, sh, &mut w.hm);
-            w.conv.forward(&w.hp, k, &mut w.zp);
-            w.conv.forward(&w.hm, k, &mut w.zm);
-            shifted_bn_relu_plane(&w.zp, &w.zp, 0.0, dsc, dsh, &mut w.ap);
-            shifted_bn_relu_plane(&w.zm, &w.zm, 0.0, dsc, dsh, &mut w.am);
-            // u = (S / 2) * sum (sigma(y + d) + sigma(y - d) - 2 sigma(y)) * G.
-            let u_s = half_s * second_difference_dot(&w.ap, &w.am, a0, g);
-            // SAFETY: element p has one writer.
-            unsafe { up.write(p, u_s) };
-            let Some(ddp) = ddp else { continue };
+            for j in 0..m {
+                let r = plane(j) * pc..(plane(j) + 1) * pc;
+                let (y, dp) = (&b.y[r.clone()], &d[r]);
+                let h = j * pc..(j + 1) * pc;
+                shifted_bn_relu_plane(y, dp, 1.0, sc, sh, &mut w.hp[h.clone()]);
+                shifted_bn_relu_plane(y, dp, -1.0, sc, sh, &mut w.hm[h]);
+            }
+            w.conv.forward(m, &w.hp[..cl], k, &mut w.zp[..ol]);
+            w.conv.forward(m, &w.hm[..cl], k, &mut w.zm[..ol]);
+            shifted_bn_relu_plane(&w.zp[..ol], &w.zp[..ol], 0.0, dsc, dsh, &mut w.ap[..ol]);
+            shifted_bn_relu_plane(&w.zm[..ol], &w.zm[..ol], 0.0, dsc, dsh, &mut w.am[..ol]);
+            // u = (S / 2) * sum (sigma(y + d) + sigma(y - d) - 2 sigma(y)) * G;
             // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * G, back
             // through the depthwise conv of sigma(y + d) and of sigma(y - d).
-            let f = 0.5 * (1.0 + u_s / (2.0 * loss)) * dsc;
-            masked_scale_plane(&w.ap, g, f, &mut w.gz);
-            w.conv.backward_input(k, &w.gz, &mut w.ghp);
-            masked_scale_plane(&w.am, g, f, &mut w.gz);
-            w.conv.backward_input(k, &w.gz, &mut w.ghm);
-            // SAFETY: plane p has one writer.
-            let out = unsafe { ddp.slice(p * pc, pc) };
-            masked_difference(&w.hp, &w.ghp, &w.hm, &w.ghm, sc, out);
+            for j in 0..m {
+                let (p, o) = (plane(j), j * po..(j + 1) * po);
+                let (a0, g) = (&b.a[p * po..(p + 1) * po], &b.grad_a[p * po..(p + 1) * po]);
+                let u_s = half_s * second_difference_dot(&w.ap[o.clone()], &w.am[o.clone()], a0, g);
+                // SAFETY: element p has one writer.
+                unsafe { up.write(p, u_s) };
+                w.coef[j] = 0.5 * (1.0 + u_s / (2.0 * loss)) * dsc;
+            }
+            let Some(ddp) = ddp else { continue };
+            for j in 0..m {
+                let (p, o) = (plane(j), j * po..(j + 1) * po);
+                let (g, f) = (&b.grad_a[p * po..(p + 1) * po], w.coef[j]);
+                masked_scale_plane(&w.ap[o.clone()], g, f, &mut w.gzp[o.clone()]);
+                masked_scale_plane(&w.am[o.clone()], g, f, &mut w.gzm[o]);
+            }
+            w.conv.backward_input(m, k, &w.gzp[..ol], &mut w.ghp[..cl]);
+            w.conv.backward_input(m, k, &w.gzm[..ol], &mut w.ghm[..cl]);
+            for j in 0..m {
+                let h = j * pc..(j + 1) * pc;
+                // SAFETY: plane p has one writer.
+                let out = unsafe { ddp.slice(plane(j) * pc, pc) };
+                let (hp, hm) = (&w.hp[h.clone()], &w.hm[h.clone()]);
+                masked_difference(hp, &w.ghp[h.clone()], hm, &w.ghm[h], sc, out);
+            }
         }
     });
 }
 
-/// One worker's plane-sized buffers for [`fused_depthwise_split`].
+/// One worker's buffers for [`fused_depthwise_split`]: a group of planes each.
 struct DepthwiseBufs {
-    conv: DwPlane,
+    conv: DwPlanes,
     hp: Vec<f32>,
     hm: Vec<f32>,
     ghp: Vec<f32>,
@@ -446,22 +466,29 @@ struct DepthwiseBufs {
     zm: Vec<f32>,
     ap: Vec<f32>,
     am: Vec<f32>,
-    gz: Vec<f32>,
+    gzp: Vec<f32>,
+    gzm: Vec<f32>,
+    /// Per plane: the factor on G of the way back.
+    coef: Vec<f32>,
 }
 
 impl DepthwiseBufs {
-    fn new(geom: &DwGeom, conv_plane: usize, out_plane: usize) -> Self {
+    fn new(geom: &DwGeom, most: usize, conv_plane: usize, out_plane: usize) -> Self {
+        let conv = DwPlanes::new(geom, most);
+        let (cl, ol) = (conv.group() * conv_plane, conv.group() * out_plane);
         DepthwiseBufs {
-            conv: DwPlane::new(geom),
-            hp: vec![0.0; conv_plane],
-            hm: vec![0.0; conv_plane],
-            ghp: vec![0.0; conv_plane],
-            ghm: vec![0.0; conv_plane],
-            zp: vec![0.0; out_plane],
-            zm: vec![0.0; out_plane],
-            ap: vec![0.0; out_plane],
-            am: vec![0.0; out_plane],
-            gz: vec![0.0; out_plane],
+            coef: vec![0.0; conv.group()],
+            conv,
+            hp: vec![0.0; cl],
+            hm: vec![0.0; cl],
+            ghp: vec![0.0; cl],
+            ghm: vec![0.0; cl],
+            zp: vec![0.0; ol],
+            zm: vec![0.0; ol],
+            ap: vec![0.0; ol],
+            am: vec![0.0; ol],
+            gzp: vec![0.0; ol],
+            gzm: vec![0.0; ol],
         }
     }
 }

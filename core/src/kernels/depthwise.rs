@@ -610,49 +610,63 @@ fn backward_with(
     });
 }
 
-/// One plane at a time on the calling thread, with buffers kept between
-/// calls: for passes that fuse a depthwise conv with other per-plane work
-/// inside their own parallel loop (the estimator's depthwise sigma).
+/// A group of planes of one channel at a time on the calling thread, with
+/// buffers kept between calls: for passes that fuse a depthwise conv with
+/// other per-plane work inside their own parallel loop (the estimator's
+/// depthwise sigma). The planes of a group are stacked in one bordered grid,
+/// as the batched kernels stack samples, so small planes still give long
+/// vector runs.
 #[derive(Debug)]
-pub struct DwPlane {
+pub struct DwPlanes {
     geom: DwGeom,
     lay: Option<Lay>,
+    group: usize,
     isa: Isa,
     fwd_buf: Vec<f32>,
     bwd_buf: Vec<f32>,
 }
 
-impl DwPlane {
-    /// For planes of `g` (its channel count is ignored).
-    pub fn new(g: &DwGeom) -> Self {
+impl DwPlanes {
+    /// For groups of at most `most` planes of `g` (its channel count is
+    /// ignored); [`DwPlanes::group`] says how many one grid holds.
+    pub fn new(g: &DwGeom, most: usize) -> Self {
         let geom = DwGeom { channels: 1, ..*g };
-        DwPlane {
+        let lay = Lay::new(&geom, most.max(1));
+        DwPlanes {
             geom,
-            lay: Lay::new(&geom, 1),
+            lay,
+            group: lay.map_or(1, |l| l.m),
             isa: lanes::isa(),
             fwd_buf: Vec::new(),
             bwd_buf: Vec::new(),
         }
     }
 
-    /// `y = depthwise(x, k)` for one plane; `k` holds the channel's nine taps.
-    pub fn forward(&mut self, x: &[f32], k: &[f32], y: &mut [f32]) {
+    /// Largest number of planes per call.
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// `y = depthwise(x, k)` for `planes` (at most [`DwPlanes::group`])
+    /// consecutive planes; `k` holds the channel's nine taps.
+    pub fn forward(&mut self, planes: usize, x: &[f32], k: &[f32], y: &mut [f32]) {
         let g = &self.geom;
-        assert!(x.len() >= g.in_plane() && y.len() >= g.out_plane() && k.len() >= 9);
+        assert!(planes <= self.group && k.len() >= 9);
+        assert!(x.len() >= planes * g.in_plane() && y.len() >= planes * g.out_plane());
         let Some(lay) = self.lay else {
-            return forward_scalar(g, 1, x, k, y);
+            return forward_scalar(g, planes, x, k, y);
         };
         let job = Job {
             lay,
             c: 1,
-            n: 1,
+            n: planes,
             x,
             k,
         };
         // Pads write only the grid interior, so the zero borders last.
         self.fwd_buf.resize(job.fwd_len(), 0.0);
         let yp = SharedMut::new(y);
-        // SAFETY: one plane, one writer; the ISA was detected.
+        // SAFETY: one channel, one writer; the ISA was detected.
         match self.isa {
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             Isa::Avx2 => unsafe { avx::fwd(&job, yp, 0..1, &mut self.fwd_buf) },
@@ -660,23 +674,24 @@ impl DwPlane {
         }
     }
 
-    /// Input gradient of [`DwPlane::forward`] for one plane (overwritten).
-    pub fn backward_input(&mut self, k: &[f32], dy: &[f32], dx: &mut [f32]) {
+    /// Input gradient of [`DwPlanes::forward`] (overwritten).
+    pub fn backward_input(&mut self, planes: usize, k: &[f32], dy: &[f32], dx: &mut [f32]) {
         let g = &self.geom;
-        assert!(dy.len() >= g.out_plane() && dx.len() >= g.in_plane() && k.len() >= 9);
+        assert!(planes <= self.group && k.len() >= 9);
+        assert!(dy.len() >= planes * g.out_plane() && dx.len() >= planes * g.in_plane());
         let Some(lay) = self.lay else {
-            return backward_scalar(g, 1, &[], k, dy, Some(dx), None);
+            return backward_scalar(g, planes, &[], k, dy, Some(dx), None);
         };
         let job = Job {
             lay,
             c: 1,
-            n: 1,
+            n: planes,
             x: &[],
             k,
         };
         self.bwd_buf.resize(job.bwd_len(), 0.0);
         let dxp = Some(SharedMut::new(dx));
-        // SAFETY: one plane, one writer; the ISA was detected.
+        // SAFETY: one channel, one writer; the ISA was detected.
         match self.isa {
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
             Isa::Avx2 => unsafe { avx::bwd(&job, dy, dxp, None, 0..1, &mut self.bwd_buf) },
@@ -882,31 +897,47 @@ mod tests {
         }
     }
 
-    /// One reused [`DwPlane`], forward and backward calls interleaved, gives
-    /// the definition plane by plane.
+    /// One reused [`DwPlanes`], forward and backward calls interleaved, in
+    /// full and short groups, gives the definition plane by plane.
     #[test]
-    fn plane_at_a_time_matches_definition() {
+    fn planes_in_groups_match_definition() {
         for stride in 1..=3 {
             for (h, w) in [(1, 1), (2, 3), (4, 4), (5, 7), (8, 8), (16, 16), (9, 2)] {
-                let (n, c) = (2, 3);
+                let (n, c) = (5, 2);
                 let g = geom(c, stride, h, w);
-                let out_hw = g.out_hw;
-                let (ip, op) = (h * w, out_hw.0 * out_hw.1);
-                let x = pseudo(n * c * ip, h + w);
+                let (ip, op) = (h * w, g.out_hw.0 * g.out_hw.1);
+                // Channel-major planes: channel ch's n planes are consecutive.
+                let x = pseudo(c * n * ip, h + w);
                 let k = pseudo(c * 9, stride);
-                let dy = pseudo(n * c * op, 3 * h + w);
-                let [y0, dx0, _] = direct(&g, n, &x, &k, &dy);
-                let mut plane = DwPlane::new(&g);
-                let mut y = vec![f32::NAN; y0.len()];
-                let mut dx = vec![f32::NAN; dx0.len()];
-                for p in 0..n * c {
-                    let kc = &k[(p % c) * 9..(p % c) * 9 + 9];
-                    plane.forward(&x[p * ip..(p + 1) * ip], kc, &mut y[p * op..(p + 1) * op]);
-                    let (dyp, dxp) = (&dy[p * op..(p + 1) * op], &mut dx[p * ip..(p + 1) * ip]);
-                    plane.backward_input(kc, dyp, dxp);
+                let dy = pseudo(c * n * op, 3 * h + w);
+                let g1 = DwGeom { channels: 1, ..g };
+                for most in [1, 3, n] {
+                    let mut conv = DwPlanes::new(&g, most);
+                    assert!(conv.group() >= 1 && conv.group() <= most);
+                    for ch in 0..c {
+                        let kc = &k[ch * 9..ch * 9 + 9];
+                        let [y0, dx0, _] = direct(
+                            &g1,
+                            n,
+                            &x[ch * n * ip..(ch + 1) * n * ip],
+                            kc,
+                            &dy[ch * n * op..(ch + 1) * n * op],
+                        );
+                        let mut y = vec![f32::NAN; n * op];
+                        let mut dx = vec![f32::NAN; n * ip];
+                        let mut s0 = 0;
+                        while s0 < n {
+                            let m = conv.group().min(n - s0);
+                            let xs = &x[(ch * n + s0) * ip..(ch * n + s0 + m) * ip];
+                            conv.forward(m, xs, kc, &mut y[s0 * op..(s0 + m) * op]);
+                            let dys = &dy[(ch * n + s0) * op..(ch * n + s0 + m) * op];
+                            conv.backward_input(m, kc, dys, &mut dx[s0 * ip..(s0 + m) * ip]);
+                            s0 += m;
+                        }
+                        close("y", &y, &y0, 1e-5);
+                        close("dx", &dx, &dx0, 1e-5);
+                    }
                 }
-                close("y", &y, &y0, 1e-5);
-                close("dx", &dx, &dx0, 1e-5);
             }
         }
     }

@@ -395,13 +395,13 @@ fn fused_depthwise_split(
     let half_s = 0.5 * n as f32;
     let loss = b.loss;
     let geom = dw.geom(&u);
-    let group = DwPlanes::new(&geom, n).group();
-    let chunks = n.div_ceil(group);
-    let up = SharedMut::new(us);
-    let ddp = dd.map(SharedMut::new);
     let mut bufs: Vec<DepthwiseBufs> = (0..par::threads())
         .map(|_| DepthwiseBufs::new(&geom, n, pc, po))
         .collect();
+    let group = bufs[0].conv.group();
+    let chunks = n.div_ceil(group);
+    let up = SharedMut::new(us);
+    let ddp = dd.map(SharedMut::new);
     par::for_each_part(c * chunks, &mut bufs, |items, w| {
         for item in items {
             let (ch, s0) = (item / chunks, (item % chunks) * group);

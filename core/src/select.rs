@@ -221,24 +221,7 @@ pub fn select_joint(
 /// [`select_joint`]: `sum_i DeltaL_i + sum_{i != j} Q_ij`. `None` without
 /// [`MorphState::cross`].
 pub fn joint_delta_loss(chosen: &[Candidate], state: &MorphState) -> Option<f64> {
-    let k = state.joint_len();
-    if state.cross.len() != k * k {
-        return None;
-    }
-    let slots: Vec<usize> = chosen
-        .iter()
-        .map(|c| state.joint_slot(c.layer, c.channel, c.kind == Kind::Prune))
-        .collect();
-    let own: f64 = chosen.iter().map(|c| f64::from(c.delta_loss)).sum();
-    let mut pairs = 0.0f64;
-    for (a, &i) in slots.iter().enumerate() {
-        for (b, &j) in slots.iter().enumerate() {
-            if a != b {
-                pairs += f64::from(state.cross[i * k + j]);
-            }
-        }
-    }
-    Some(own + pairs)
+    SetTerms::of(chosen, state).map(|t| t.estimate(1.0))
 }
 
 /// Selection for [`SelectConfig::scale_splits`]: prunes cannot be scaled (their
@@ -308,48 +291,79 @@ pub struct SplitScale {
 /// the minimum that each candidate was learned to reach alone. `None` without
 /// [`MorphState::cross`].
 pub fn split_scale(chosen: &[Candidate], state: &MorphState) -> Option<SplitScale> {
-    let k = state.joint_len();
-    if state.cross.len() != k * k {
-        return None;
-    }
-    let slots: Vec<(usize, bool)> = chosen
-        .iter()
-        .map(|c| {
-            let split = c.kind == Kind::Split;
-            (state.joint_slot(c.layer, c.channel, !split), split)
-        })
-        .collect();
-    let q = |i: usize, j: usize| f64::from(state.cross[i * k + j]);
-    let (mut a_s, mut a_p) = (0.0f64, 0.0f64);
-    for (c, &(i, split)) in chosen.iter().zip(&slots) {
-        let first_order = f64::from(c.delta_loss) - q(i, i);
-        if split {
-            a_s += first_order;
-        } else {
-            a_p += first_order;
-        }
-    }
-    let (mut q_ss, mut q_sp, mut q_pp) = (0.0f64, 0.0f64, 0.0f64);
-    for &(i, si) in &slots {
-        for &(j, sj) in &slots {
-            match (si, sj) {
-                (true, true) => q_ss += q(i, j),
-                (false, false) => q_pp += q(i, j),
-                (true, false) => q_sp += q(i, j),
-                (false, true) => {}
-            }
-        }
-    }
-    let slope = a_s + 2.0 * q_sp;
-    let scale = if q_ss > 0.0 {
-        (-slope / (2.0 * q_ss)).clamp(0.0, 1.0)
+    let t = SetTerms::of(chosen, state)?;
+    let slope = t.a_s + 2.0 * t.q_sp;
+    let scale = if t.q_ss > 0.0 {
+        (-slope / (2.0 * t.q_ss)).clamp(0.0, 1.0)
     } else if slope < 0.0 {
         1.0
     } else {
         0.0
     };
-    let delta_loss = scale * a_s + a_p + scale * scale * q_ss + 2.0 * scale * q_sp + q_pp;
-    Some(SplitScale { scale, delta_loss })
+    Some(SplitScale {
+        scale,
+        delta_loss: t.estimate(scale),
+    })
+}
+
+/// The pieces of a set's eq. (1) with its splits' `u` scaled by `t`:
+/// first-order sums `a_s`, `a_p` (`a_i = m_i - Q_ii`) and cross-term sums
+/// over split/split, split/prune and prune/prune pairs.
+struct SetTerms {
+    a_s: f64,
+    a_p: f64,
+    q_ss: f64,
+    q_sp: f64,
+    q_pp: f64,
+}
+
+impl SetTerms {
+    /// `None` without [`MorphState::cross`].
+    fn of(chosen: &[Candidate], state: &MorphState) -> Option<SetTerms> {
+        let k = state.joint_len();
+        if state.cross.len() != k * k {
+            return None;
+        }
+        let slots: Vec<(usize, bool)> = chosen
+            .iter()
+            .map(|c| {
+                let split = c.kind == Kind::Split;
+                (state.joint_slot(c.layer, c.channel, !split), split)
+            })
+            .collect();
+        let q = |i: usize, j: usize| f64::from(state.cross[i * k + j]);
+        let mut t = SetTerms {
+            a_s: 0.0,
+            a_p: 0.0,
+            q_ss: 0.0,
+            q_sp: 0.0,
+            q_pp: 0.0,
+        };
+        for (c, &(i, split)) in chosen.iter().zip(&slots) {
+            let first_order = f64::from(c.delta_loss) - q(i, i);
+            if split {
+                t.a_s += first_order;
+            } else {
+                t.a_p += first_order;
+            }
+        }
+        for &(i, si) in &slots {
+            for &(j, sj) in &slots {
+                match (si, sj) {
+                    (true, true) => t.q_ss += q(i, j),
+                    (false, false) => t.q_pp += q(i, j),
+                    (true, false) => t.q_sp += q(i, j),
+                    (false, true) => {}
+                }
+            }
+        }
+        Some(t)
+    }
+
+    /// `E(t) = t A_S + A_P + t^2 Q_SS + 2 t Q_SP + Q_PP`.
+    fn estimate(&self, t: f64) -> f64 {
+        t * self.a_s + self.a_p + t * t * self.q_ss + 2.0 * t * self.q_sp + self.q_pp
+    }
 }
 
 /// Per-layer budget: at most `max(1, floor(fraction * width))` channels.

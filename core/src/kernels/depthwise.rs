@@ -510,6 +510,38 @@ mod avx {
     }
 }
 
+/// [`fwd_channels`] with the vector width of `isa`.
+///
+/// # Safety
+/// As [`fwd_channels`]; `isa` was detected on this CPU.
+unsafe fn fwd_on(isa: Isa, job: &Job, y: SharedMut, chans: Range<usize>, buf: &mut [f32]) {
+    match isa {
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        Isa::Avx2 => unsafe { avx::fwd(job, y, chans, buf) },
+        Isa::Portable => unsafe { fwd_channels::<f32x8>(job, y, chans, buf) },
+    }
+}
+
+/// [`bwd_channels`] with the vector width of `isa`.
+///
+/// # Safety
+/// As [`bwd_channels`]; `isa` was detected on this CPU.
+unsafe fn bwd_on(
+    isa: Isa,
+    job: &Job,
+    dy: &[f32],
+    dx: Option<SharedMut>,
+    dk: Option<SharedMut>,
+    chans: Range<usize>,
+    buf: &mut [f32],
+) {
+    match isa {
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        Isa::Avx2 => unsafe { avx::bwd(job, dy, dx, dk, chans, buf) },
+        Isa::Portable => unsafe { bwd_channels::<f32x8>(job, dy, dx, dk, chans, buf) },
+    }
+}
+
 /// One zeroed buffer of `len` per worker, allocated by the worker that uses it.
 fn worker_bufs() -> Vec<Vec<f32>> {
     let mut v = Vec::new();
@@ -538,11 +570,7 @@ fn forward_with(isa: Isa, g: &DwGeom, n: usize, x: &[f32], k: &[f32], y: &mut [f
         buf.resize(job.fwd_len(), 0.0);
         // SAFETY: each worker writes only the planes of its own channels; the
         // ISA was detected.
-        match isa {
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx2 => unsafe { avx::fwd(&job, yp, chans, buf) },
-            Isa::Portable => unsafe { fwd_channels::<f32x8>(&job, yp, chans, buf) },
-        }
+        unsafe { fwd_on(isa, &job, yp, chans, buf) }
     });
 }
 
@@ -602,11 +630,7 @@ fn backward_with(
         buf.resize(job.bwd_len(), 0.0);
         // SAFETY: each worker writes only the planes and kernel gradients of
         // its own channels; the ISA was detected.
-        match isa {
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx2 => unsafe { avx::bwd(&job, dy, dxp, dkp, chans, buf) },
-            Isa::Portable => unsafe { bwd_channels::<f32x8>(&job, dy, dxp, dkp, chans, buf) },
-        }
+        unsafe { bwd_on(isa, &job, dy, dxp, dkp, chans, buf) }
     });
 }
 
@@ -667,11 +691,7 @@ impl DwPlanes {
         self.fwd_buf.resize(job.fwd_len(), 0.0);
         let yp = SharedMut::new(y);
         // SAFETY: one channel, one writer; the ISA was detected.
-        match self.isa {
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx2 => unsafe { avx::fwd(&job, yp, 0..1, &mut self.fwd_buf) },
-            Isa::Portable => unsafe { fwd_channels::<f32x8>(&job, yp, 0..1, &mut self.fwd_buf) },
-        }
+        unsafe { fwd_on(self.isa, &job, yp, 0..1, &mut self.fwd_buf) }
     }
 
     /// Input gradient of [`DwPlanes::forward`] (overwritten).
@@ -692,13 +712,7 @@ impl DwPlanes {
         self.bwd_buf.resize(job.bwd_len(), 0.0);
         let dxp = Some(SharedMut::new(dx));
         // SAFETY: one channel, one writer; the ISA was detected.
-        match self.isa {
-            #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Isa::Avx2 => unsafe { avx::bwd(&job, dy, dxp, None, 0..1, &mut self.bwd_buf) },
-            Isa::Portable => unsafe {
-                bwd_channels::<f32x8>(&job, dy, dxp, None, 0..1, &mut self.bwd_buf)
-            },
-        }
+        unsafe { bwd_on(self.isa, &job, dy, dxp, None, 0..1, &mut self.bwd_buf) }
     }
 }
 

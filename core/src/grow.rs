@@ -12,8 +12,8 @@ use crate::network::Network;
 use crate::optim::{Adam, Sgd, StepSchedule};
 use crate::rng::Rng;
 use crate::select::{
-    candidates, joint_delta_loss, random_splits, select, select_joint, select_scaled, split_scale,
-    to_morphisms, Candidate, Kind, SelectConfig,
+    candidates, choose, random_splits, to_morphisms, Candidate, Kind, SelectConfig, Selected,
+    Selection,
 };
 use crate::train::{evaluate, shuffled_pass, train_epoch, Batches, PassStats};
 use alloc::vec::Vec;
@@ -36,7 +36,24 @@ pub enum Strategy {
     Splitting,
 }
 
+/// Which theta the chosen splits are applied with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum ThetaSource {
+    /// The learned theta, scaled by the selection rule (the method).
+    #[default]
+    Learned,
+    /// The initial noise draw of the same channels (an ablation: the
+    /// estimator only ranks channels, its learned directions are discarded).
+    Noise,
+}
+
 /// Everything that defines a growth run besides data and seed.
+///
+/// [`GrowConfig::default`] is the scaled-down setting for these 2-core
+/// machines; [`GrowConfig::paper`] is the paper's CIFAR protocol. Change
+/// single settings with the `with_*` builders or struct update syntax.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct GrowConfig {
@@ -70,6 +87,104 @@ pub struct GrowConfig {
     /// Splitting: step along the eigenvector, relative to the layer's RMS kernel norm.
     #[cfg_attr(feature = "serde", serde(default = "default_split_epsilon"))]
     pub split_epsilon: f32,
+    /// Learned theta (the method) or the init noise (ablation).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub theta: ThetaSource,
+}
+
+impl Default for GrowConfig {
+    /// The scaled-down run: 4 phases of 2 training and 2 morphism epochs, 2
+    /// final epochs, batch 64, SGD lr 0.05 (constant), Adam lr 1e-2 on
+    /// theta, the paper's EMA weight, theta initialised at 1% of `|w_in|`,
+    /// [`SelectConfig::default`], crop + flip augmentation.
+    fn default() -> GrowConfig {
+        GrowConfig {
+            phases: 4,
+            train_epochs: 2,
+            morph_epochs: 2,
+            final_epochs: 2,
+            batch: 64,
+            schedule: StepSchedule::constant(0.05),
+            weight_decay: 1e-4,
+            adam: Adam::paper(),
+            ema_alpha: None,
+            theta_init: 0.01,
+            select: SelectConfig::default(),
+            augment: Some(Augment::default()),
+            strategy: Strategy::Gn,
+            theta_max: None,
+            split_iterations: default_split_iterations(),
+            split_epsilon: default_split_epsilon(),
+            theta: ThetaSource::Learned,
+        }
+    }
+}
+
+impl GrowConfig {
+    /// The paper's CIFAR protocol (section 4): 30 phases of 20 training and
+    /// 20 morphism epochs, batch 64, SGD lr 0.1 dropping 10x at 50% and 75%
+    /// of training, lambda_p 3e-7 and its independent selection rule.
+    pub fn paper() -> GrowConfig {
+        let epochs = 30 * 20;
+        GrowConfig {
+            phases: 30,
+            train_epochs: 20,
+            morph_epochs: 20,
+            final_epochs: 0,
+            schedule: StepSchedule {
+                base: 0.1,
+                milestones: alloc::vec![epochs / 2, epochs * 3 / 4],
+                gamma: 0.1,
+            },
+            select: SelectConfig {
+                selection: crate::select::Selection::Independent,
+                ..SelectConfig::default()
+            },
+            ..GrowConfig::default()
+        }
+    }
+
+    /// Training epochs in all: every phase's and the final ones.
+    pub fn total_train_epochs(&self) -> usize {
+        self.phases * self.train_epochs + self.final_epochs
+    }
+
+    /// `phases` phases.
+    pub fn with_phases(mut self, phases: usize) -> Self {
+        self.phases = phases;
+        self
+    }
+
+    /// `train` training and `morph` morphism-learning epochs per phase.
+    pub fn with_phase_epochs(mut self, train: usize, morph: usize) -> Self {
+        self.train_epochs = train;
+        self.morph_epochs = morph;
+        self
+    }
+
+    /// `epochs` training epochs after the last phase.
+    pub fn with_final_epochs(mut self, epochs: usize) -> Self {
+        self.final_epochs = epochs;
+        self
+    }
+
+    /// The model's learning-rate schedule.
+    pub fn with_schedule(mut self, schedule: StepSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The strategy (where to grow).
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The loss-resource tradeoff and selection rule.
+    pub fn with_select(mut self, select: SelectConfig) -> Self {
+        self.select = select;
+        self
+    }
 }
 
 #[cfg_attr(not(feature = "serde"), allow(dead_code))]
@@ -89,8 +204,11 @@ impl GrowConfig {
         if self.phases == 0 {
             return Err(Error::Config("--phases must be at least 1".into()));
         }
-        if self.train_epochs == 0 || self.morph_epochs == 0 {
+        if self.train_epochs == 0 {
             return Err(Error::Config("--phase-epochs must be at least 1".into()));
+        }
+        if self.morph_epochs == 0 {
+            return Err(Error::Config("--morph-epochs must be at least 1".into()));
         }
         if self.batch == 0 {
             return Err(Error::Config("--batch must be at least 1".into()));
@@ -164,6 +282,22 @@ pub enum Stage {
     Final { epoch: usize },
 }
 
+/// How large the applied splits' theta are against their incoming kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ThetaStats {
+    /// Mean `|theta[c]| / |w_in[c]|` as applied (after the selection's scales).
+    pub mean_ratio: f64,
+    /// Largest `|theta[c]| / |w_in[c]|` as applied.
+    pub max_ratio: f64,
+    /// Mean ratio of the same channels' learned theta, before scaling.
+    pub learned_mean_ratio: f64,
+    /// Largest ratio of the learned theta, before scaling.
+    pub learned_max_ratio: f64,
+    /// Mean scale the selection put on the chosen splits' theta.
+    pub mean_scale: f64,
+}
+
 /// The outcome of one phase.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PhaseReport {
@@ -173,7 +307,9 @@ pub struct PhaseReport {
     pub train: PassStats,
     /// Test set after training, before the morphisms.
     pub test: PassStats,
-    /// Test set right after the morphisms are applied, before further training.
+    /// Test set right after the morphisms are applied, before further
+    /// training, with the BN statistics the morphisms copied (frozen sigma):
+    /// `test_after.loss - test.loss` is the true Delta L of the applied set.
     pub test_after: PassStats,
     /// The same after refreshing BN running statistics on a few training batches.
     pub test_after_recalibrated: PassStats,
@@ -184,13 +320,37 @@ pub struct PhaseReport {
     /// Every candidate with its final EMA estimate and gain.
     pub candidates: Vec<Candidate>,
     pub applied: Vec<Candidate>,
-    /// Eq. (1) for the applied set as a whole (with joint selection only).
+    /// Per applied candidate: the factor the selection put on its theta.
+    pub scales: Vec<f64>,
+    /// Eq. (1) for the applied set as a whole, with its scales (rules that
+    /// read the pairwise terms only).
     pub joint_delta_loss: Option<f64>,
-    /// The common factor applied to the chosen splits' theta
-    /// ([`SelectConfig::scale_splits`]).
-    pub split_scale: Option<f64>,
+    /// Theta of the applied splits against their incoming kernels.
+    pub theta: ThetaStats,
     /// Learned theta norms per layer and channel (for plots).
     pub theta_norms: Vec<Vec<f32>>,
+}
+
+impl PhaseReport {
+    /// Applied splits and prunes.
+    pub fn counts(&self) -> (usize, usize) {
+        let splits = self
+            .applied
+            .iter()
+            .filter(|c| c.kind == Kind::Split)
+            .count();
+        (splits, self.applied.len() - splits)
+    }
+
+    /// True change of the held-out loss from applying the set, frozen sigma.
+    pub fn true_delta_loss(&self) -> f32 {
+        self.test_after.loss - self.test.loss
+    }
+
+    /// True change with BN statistics refreshed.
+    pub fn true_delta_loss_recalibrated(&self) -> f32 {
+        self.test_after_recalibrated.loss - self.test.loss
+    }
 }
 
 /// Progress callback: stage, batches done, batches in the pass, batch loss.
@@ -260,23 +420,57 @@ pub fn train_from_scratch(
     Ok((last, tested, backend.network()?))
 }
 
-/// Multiplies the theta of every split in `chosen` by `scale`, but keeps each
-/// at least `floor * |w_in[c]|` (the initial noise level): with theta = 0 the
-/// two halves would get equal gradients and never become different channels.
-fn shrink_split_thetas(state: &mut MorphState, chosen: &[Candidate], scale: f32, floor: f32) {
-    for k in chosen.iter().filter(|k| k.kind == Kind::Split) {
-        let norm = state.theta_norm(k.layer, k.channel);
-        let least = floor * state.w_norms[k.layer][k.channel];
+/// The theta each chosen split is applied with: its learned theta times its
+/// scale, but at least `floor * |w_in[c]|` (the initial noise level): with
+/// theta = 0 the two halves would get equal gradients and never become
+/// different channels.
+fn scaled_thetas(learned: &MorphState, selected: &Selected, floor: f32) -> MorphState {
+    let mut out = learned.clone();
+    for (k, &scale) in selected.chosen.iter().zip(&selected.scales) {
+        if k.kind != Kind::Split {
+            continue;
+        }
+        let norm = learned.theta_norm(k.layer, k.channel);
+        let least = floor * learned.w_norms[k.layer][k.channel];
+        let scale = scale as f32;
         let factor = if norm * scale < least {
             (least / norm.max(1e-12)).min(1.0)
         } else {
             scale
         };
-        let fan = state.theta[k.layer].len() / state.w_norms[k.layer].len();
-        for v in &mut state.theta[k.layer][k.channel * fan..(k.channel + 1) * fan] {
+        let fan = out.theta[k.layer].len() / out.w_norms[k.layer].len();
+        for v in &mut out.theta[k.layer][k.channel * fan..(k.channel + 1) * fan] {
             *v *= factor;
         }
     }
+    out
+}
+
+/// Mean and largest `|theta| / |w_in|` of the chosen splits in `applied`
+/// and in `learned`.
+fn theta_stats(applied: &MorphState, learned: &MorphState, selected: &Selected) -> ThetaStats {
+    let mut st = ThetaStats::default();
+    let mut n = 0usize;
+    for (k, &scale) in selected.chosen.iter().zip(&selected.scales) {
+        if k.kind != Kind::Split {
+            continue;
+        }
+        let w = f64::from(learned.w_norms[k.layer][k.channel].max(1e-12));
+        let r = f64::from(applied.theta_norm(k.layer, k.channel)) / w;
+        let rl = f64::from(learned.theta_norm(k.layer, k.channel)) / w;
+        st.mean_ratio += r;
+        st.learned_mean_ratio += rl;
+        st.max_ratio = st.max_ratio.max(r);
+        st.learned_max_ratio = st.learned_max_ratio.max(rl);
+        st.mean_scale += scale;
+        n += 1;
+    }
+    if n > 0 {
+        st.mean_ratio /= n as f64;
+        st.learned_mean_ratio /= n as f64;
+        st.mean_scale /= n as f64;
+    }
+    st
 }
 
 /// Turns splitting eigenpairs into split candidates: theta = eps_l * v_min with
@@ -300,24 +494,30 @@ fn splitting_to_splits(net: &Network, state: &mut MorphState, epsilon: f32) {
     }
 }
 
-/// One phase of Algorithm 1. On success `state` holds the grown network; on
-/// error it is unchanged except for its RNG, so the caller keeps its last
-/// checkpoint.
-pub fn run_phase(
+/// What the scorer produced: learned morphism parameters with their
+/// estimates, the noise they started from, and every candidate's gain.
+struct Scored {
+    learned: MorphState,
+    noise: MorphState,
+    candidates: Vec<Candidate>,
+    morph: PassStats,
+}
+
+/// Algorithm 1, "train": `cfg.train_epochs` epochs of the model, then the
+/// test set. Returns the statistics, the trained network and its momentum.
+fn train_step(
     backend: &mut dyn Backend,
-    state: &mut GrowState,
+    next: &mut GrowState,
     cfg: &GrowConfig,
     train: &Dataset,
     test: &Dataset,
     norm: &Normalization,
     progress: Progress,
-) -> Result<PhaseReport> {
-    cfg.validate()?;
-    let mut next = state.clone();
+) -> Result<(PassStats, PassStats, Network, Vec<Vec<f32>>)> {
     backend.load(&next.network, Some(&next.momentum))?;
-    let train_stats = train_epochs(
+    let stats = train_epochs(
         backend,
-        &mut next,
+        next,
         cfg,
         cfg.train_epochs,
         train,
@@ -325,99 +525,150 @@ pub fn run_phase(
         false,
         progress,
     )?;
-    let test_stats = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
-    let trained = backend.network()?;
-    let mut momentum = backend.momentum()?;
+    let tested = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
+    Ok((stats, tested, backend.network()?, backend.momentum()?))
+}
 
-    let arch_before = trained.arch.clone();
+/// Algorithm 1, "learn morphisms" (what to grow): with the model fixed and BN
+/// frozen, Gauss-Newton runs Adam on theta against eq. (1) with its EMA;
+/// splitting takes per-batch minimum eigenpairs of the splitting matrices
+/// with the EMA of the eigenvalues; random and uniform growth score nothing.
+#[allow(clippy::too_many_arguments)]
+fn learn_morphisms(
+    backend: &mut dyn Backend,
+    next: &mut GrowState,
+    cfg: &GrowConfig,
+    trained: &Network,
+    train: &Dataset,
+    norm: &Normalization,
+    progress: Progress,
+) -> Result<Scored> {
     let mut theta_rng = next.rng.fork();
-    let (learned, cands, applied, morph_stats) = match cfg.strategy {
-        Strategy::Gn | Strategy::Splitting => {
-            // The model is fixed and BN frozen. Gn: Adam on theta against
-            // eq. (1) with its EMA. Splitting: per-batch minimum eigenpairs of
-            // the splitting matrices with the EMA of the eigenvalues.
-            let method = match cfg.strategy {
-                Strategy::Splitting => MorphMethod::Splitting {
-                    iterations: cfg.split_iterations.max(1),
-                },
-                _ => MorphMethod::GaussNewton,
-            };
-            let mcfg = MorphConfig {
-                adam: cfg.adam,
-                ema_alpha: cfg
-                    .ema_alpha
-                    .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
-                method,
-                theta_max: cfg.theta_max,
-                joint: (cfg.select.joint || cfg.select.scale_splits)
-                    && cfg.strategy == Strategy::Gn,
-            };
-            backend.begin_morph(MorphState::new(&trained, cfg.theta_init, &mut theta_rng))?;
-            let mut buffers = Batches::new(train, cfg.batch);
-            let mut morph_stats = PassStats::default();
-            for e in 0..cfg.morph_epochs {
-                morph_stats = shuffled_pass(
-                    train,
-                    norm,
-                    &mut buffers,
-                    cfg.augment.as_ref(),
-                    &mut next.rng,
-                    &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg),
-                    &mut |d, t, s| progress(Stage::Morph { epoch: e }, d, t, s.loss),
-                )?;
-            }
-            let mut learned = backend.end_morph()?;
-            let mut select_cfg = cfg.select;
-            if cfg.strategy == Strategy::Splitting {
-                splitting_to_splits(&trained, &mut learned, cfg.split_epsilon);
-                select_cfg.prune = false;
-            }
-            let cands = candidates(&arch_before, &learned, &select_cfg);
-            let applied = if cfg.strategy != Strategy::Gn {
-                select(&arch_before, &cands, &select_cfg)
-            } else if select_cfg.scale_splits {
-                select_scaled(&arch_before, &cands, &select_cfg, &learned)
-            } else if select_cfg.joint {
-                select_joint(&arch_before, &cands, &select_cfg, &learned)
-            } else {
-                select(&arch_before, &cands, &select_cfg)
-            };
-            (learned, cands, applied, morph_stats)
-        }
+    let noise = MorphState::new(trained, cfg.theta_init, &mut theta_rng.clone());
+    let method = match cfg.strategy {
         Strategy::Random | Strategy::Uniform => {
-            // No estimate: the per-layer budget of channels, split with noise.
-            let noise = MorphState::new(&trained, cfg.theta_init, &mut theta_rng);
+            return Ok(Scored {
+                learned: noise.clone(),
+                noise,
+                candidates: Vec::new(),
+                morph: PassStats::default(),
+            })
+        }
+        Strategy::Splitting => MorphMethod::Splitting {
+            iterations: cfg.split_iterations.max(1),
+        },
+        Strategy::Gn => MorphMethod::GaussNewton,
+    };
+    let mcfg = MorphConfig {
+        adam: cfg.adam,
+        ema_alpha: cfg
+            .ema_alpha
+            .unwrap_or_else(|| MorphConfig::paper(cfg.batch, train.len()).ema_alpha),
+        method,
+        theta_max: cfg.theta_max,
+        joint: cfg.select.selection.needs_cross() && cfg.strategy == Strategy::Gn,
+    };
+    backend.begin_morph(MorphState::new(trained, cfg.theta_init, &mut theta_rng))?;
+    let mut buffers = Batches::new(train, cfg.batch);
+    let mut morph = PassStats::default();
+    for e in 0..cfg.morph_epochs {
+        morph = shuffled_pass(
+            train,
+            norm,
+            &mut buffers,
+            cfg.augment.as_ref(),
+            &mut next.rng,
+            &mut |x, y, n| backend.morph_batch(x, y, n, &mcfg),
+            &mut |d, t, s| progress(Stage::Morph { epoch: e }, d, t, s.loss),
+        )?;
+    }
+    let mut learned = backend.end_morph()?;
+    if cfg.strategy == Strategy::Splitting {
+        splitting_to_splits(trained, &mut learned, cfg.split_epsilon);
+    }
+    let candidates = candidates(&trained.arch, &learned, &scorer_select(cfg));
+    Ok(Scored {
+        learned,
+        noise,
+        candidates,
+        morph,
+    })
+}
+
+/// The selection settings the strategy's candidates are ranked with:
+/// splitting prices eigenvalue estimates that have no prunes and no pairwise
+/// terms, so it takes the paper's independent rule over splits.
+fn scorer_select(cfg: &GrowConfig) -> SelectConfig {
+    match cfg.strategy {
+        Strategy::Splitting => SelectConfig {
+            prune: false,
+            selection: Selection::Independent,
+            ..cfg.select
+        },
+        _ => cfg.select,
+    }
+}
+
+/// Algorithm 1, "select" (which to apply): the selection rule over the
+/// scored candidates, or the random / uniform baselines' draw.
+fn select_step(cfg: &GrowConfig, arch: &Arch, scored: &Scored, rng: &mut Rng) -> Selected {
+    match cfg.strategy {
+        Strategy::Random | Strategy::Uniform => {
             let per_layer = cfg.strategy == Strategy::Uniform;
-            let applied = random_splits(&arch_before, &cfg.select, per_layer, &mut next.rng);
-            (noise, applied.clone(), applied, PassStats::default())
+            let chosen = random_splits(arch, &cfg.select, per_layer, rng);
+            Selected {
+                scales: alloc::vec![1.0; chosen.len()],
+                chosen,
+                joint_delta_loss: None,
+            }
         }
-    };
-    let scaled = (cfg.select.scale_splits && cfg.strategy == Strategy::Gn)
-        .then(|| split_scale(&applied, &learned))
-        .flatten();
-    let (joint_delta, morphisms) = match scaled {
-        Some(s) => {
-            let mut shrunk = learned.clone();
-            shrink_split_thetas(&mut shrunk, &applied, s.scale as f32, cfg.theta_init);
-            (
-                Some(s.delta_loss),
-                to_morphisms(&arch_before, &applied, &shrunk),
-            )
-        }
-        None => (
-            joint_delta_loss(&applied, &learned),
-            to_morphisms(&arch_before, &applied, &learned),
+        _ => choose(
+            arch,
+            &scored.candidates,
+            &scorer_select(cfg),
+            &scored.learned,
         ),
+    }
+}
+
+/// Algorithm 1, "apply": the chosen splits with their scaled learned theta
+/// (or, with [`ThetaSource::Noise`], their initial noise), and the prunes.
+fn apply_step(
+    cfg: &GrowConfig,
+    trained: &Network,
+    momentum: Vec<Vec<f32>>,
+    scored: &Scored,
+    selected: &Selected,
+) -> Result<(Network, Vec<Vec<f32>>, ThetaStats)> {
+    let applied = match (cfg.strategy, cfg.theta) {
+        (Strategy::Random | Strategy::Uniform, _) | (_, ThetaSource::Noise) => scored.noise.clone(),
+        _ => scaled_thetas(&scored.learned, selected, cfg.theta_init),
     };
-    let mut extra = [core::mem::take(&mut momentum)];
-    let grown = morph::apply(&trained, &morphisms, &mut extra)?;
+    let stats = theta_stats(&applied, &scored.learned, selected);
+    let morphisms = to_morphisms(&trained.arch, &selected.chosen, &applied);
+    let mut extra = [momentum];
+    let grown = morph::apply(trained, &morphisms, &mut extra)?;
     let [momentum] = extra;
-    // How the applied morphisms change the network before any further
-    // training: with the BN running statistics the morphisms copied, and after
-    // refreshing them on a few training batches (no weight changes), which
-    // separates stale statistics from a changed function.
-    backend.load(&grown, Some(&momentum))?;
-    let test_after = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
+    Ok((grown, momentum, stats))
+}
+
+/// How the applied morphisms change the network before any further
+/// training: the test set with the BN running statistics the morphisms
+/// copied (frozen sigma), and after refreshing them on a few training
+/// batches (no weight changes), which separates stale statistics from a
+/// changed function.
+fn measure_step(
+    backend: &mut dyn Backend,
+    next: &mut GrowState,
+    cfg: &GrowConfig,
+    grown: &Network,
+    momentum: &[Vec<f32>],
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalization,
+) -> Result<(PassStats, PassStats)> {
+    backend.load(grown, Some(momentum))?;
+    let after = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
     let mut cal = Batches::new(train, cfg.batch);
     let mut cal_rng = next.rng.fork();
     for _ in 0..CALIBRATION_BATCHES {
@@ -435,12 +686,37 @@ pub fn run_phase(
         );
         backend.calibrate_batch(&cal.images, &cal.labels, idx.len())?;
     }
-    let test_after_recalibrated =
-        evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
+    let recalibrated = evaluate(backend, test, norm, &mut Batches::new(test, cfg.batch))?;
+    Ok((after, recalibrated))
+}
+
+/// One phase of Algorithm 1: train, learn morphisms, select, apply, report.
+/// On success `state` holds the grown network; on error it is unchanged, so
+/// the caller keeps its last checkpoint.
+pub fn run_phase(
+    backend: &mut dyn Backend,
+    state: &mut GrowState,
+    cfg: &GrowConfig,
+    train: &Dataset,
+    test: &Dataset,
+    norm: &Normalization,
+    progress: Progress,
+) -> Result<PhaseReport> {
+    cfg.validate()?;
+    let mut next = state.clone();
+    let (train_stats, test_stats, trained, momentum) =
+        train_step(backend, &mut next, cfg, train, test, norm, progress)?;
+    let scored = learn_morphisms(backend, &mut next, cfg, &trained, train, norm, progress)?;
+    let selected = select_step(cfg, &trained.arch, &scored, &mut next.rng);
+    let (grown, momentum, theta) = apply_step(cfg, &trained, momentum, &scored, &selected)?;
+    let (test_after, test_after_recalibrated) = measure_step(
+        backend, &mut next, cfg, &grown, &momentum, train, test, norm,
+    )?;
+    let arch_before = trained.arch.clone();
     let theta_norms = (0..arch_before.layers())
         .map(|l| {
             (0..arch_before.widths[l])
-                .map(|c| learned.theta_norm(l, c))
+                .map(|c| scored.learned.theta_norm(l, c))
                 .collect()
         })
         .collect();
@@ -448,19 +724,24 @@ pub fn run_phase(
     next.momentum = momentum;
     next.phase += 1;
     *state = next;
+    let candidates = match cfg.strategy {
+        Strategy::Random | Strategy::Uniform => selected.chosen.clone(),
+        _ => scored.candidates,
+    };
     Ok(PhaseReport {
         phase: state.phase,
         train: train_stats,
         test: test_stats,
         test_after,
         test_after_recalibrated,
-        morph: morph_stats,
+        morph: scored.morph,
         arch_after: state.network.arch.clone(),
         arch_before,
-        candidates: cands,
-        applied,
-        joint_delta_loss: joint_delta,
-        split_scale: scaled.map(|s| s.scale),
+        candidates,
+        applied: selected.chosen,
+        scales: selected.scales,
+        joint_delta_loss: selected.joint_delta_loss,
+        theta,
         theta_norms,
     })
 }

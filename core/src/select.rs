@@ -35,6 +35,38 @@ pub struct Candidate {
     pub gain: f64,
 }
 
+/// Which candidates are applied, and with what share of their learned theta.
+///
+/// The paper's rule ([`Selection::Independent`]) applies every candidate
+/// whose own estimate beats its price. Each candidate's theta is learned to
+/// reach the minimum of its own eq. (1), so a set applied together overshoots
+/// that minimum; the other rules use the joint estimate of the set
+/// ([`MorphState::cross`]), see `docs/conventions.md` ("Selection").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Selection {
+    /// Every candidate with positive own gain, at most the layer budget (paper 3.3).
+    Independent,
+    /// Best own gain first, kept while its marginal gain under the set's joint
+    /// estimate is positive ([`select_joint`]).
+    Joint,
+    /// The paper's splits with one common factor on their theta, prunes
+    /// admitted jointly first ([`select_scaled`], [`split_scale`]).
+    Scaled,
+    /// Per-candidate scales `t_i in [0, 1]` (prunes `{0, 1}`) minimising the
+    /// set's joint estimate plus its price ([`select_box`]).
+    #[default]
+    Box,
+}
+
+impl Selection {
+    /// Whether the rule reads the pairwise terms [`MorphState::cross`].
+    pub fn needs_cross(self) -> bool {
+        self != Selection::Independent
+    }
+}
+
 /// The loss-resource tradeoff and the per-layer budget.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -47,14 +79,29 @@ pub struct SelectConfig {
     pub fraction: f64,
     /// Whether prunes are candidates.
     pub prune: bool,
-    /// Rank by the gain a candidate adds to those already chosen, from the
-    /// joint estimate of the set ([`select_joint`]), instead of by its own.
+    /// The selection rule.
     #[cfg_attr(feature = "serde", serde(default))]
-    pub joint: bool,
-    /// After [`select`], shrink the theta of every chosen split by the common
-    /// factor that minimises the set's eq. (1) ([`split_scale`]).
+    pub selection: Selection,
+    /// With [`Selection::Box`]: choose the splits first and admit prunes
+    /// afterwards, only where they add to the set's estimate given the splits
+    /// (otherwise splits and prunes are optimised together).
     #[cfg_attr(feature = "serde", serde(default))]
-    pub scale_splits: bool,
+    pub prunes_after_splits: bool,
+}
+
+impl Default for SelectConfig {
+    /// The scaled-down runs' setting: lambda_p 3e-7, MACs free, 30% of a
+    /// layer per phase, prunes on, [`Selection::default`].
+    fn default() -> SelectConfig {
+        SelectConfig {
+            lambda_params: 3e-7,
+            lambda_macs: 0.0,
+            fraction: 0.3,
+            prune: true,
+            selection: Selection::default(),
+            prunes_after_splits: false,
+        }
+    }
 }
 
 impl SelectConfig {
@@ -224,7 +271,7 @@ pub fn joint_delta_loss(chosen: &[Candidate], state: &MorphState) -> Option<f64>
     SetTerms::of(chosen, state).map(|t| t.estimate(1.0))
 }
 
-/// Selection for [`SelectConfig::scale_splits`]: prunes cannot be scaled (their
+/// Selection for [`Selection::Scaled`]: prunes cannot be scaled (their
 /// `Delta_a = -a` is fixed), so they are admitted as in [`select_joint`], only
 /// while each adds to the joint estimate of the prunes chosen before it (the
 /// paper's independent rule admitted 20 prunes on the default run whose joint
@@ -366,6 +413,303 @@ impl SetTerms {
     }
 }
 
+/// What a selection rule applies: the chosen candidates, the factor on each
+/// one's learned theta (1 for prunes, which cannot be scaled) and eq. (1) for
+/// the set as applied.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Selected {
+    /// Chosen candidates, by layer and channel.
+    pub chosen: Vec<Candidate>,
+    /// Per chosen candidate: the factor on its `u` and its theta, in `[0, 1]`.
+    pub scales: Vec<f64>,
+    /// The set's joint estimate with the scales applied (`None` without
+    /// [`MorphState::cross`]).
+    pub joint_delta_loss: Option<f64>,
+}
+
+impl Selected {
+    /// `chosen` at full scale.
+    fn unscaled(chosen: Vec<Candidate>, state: &MorphState) -> Selected {
+        let joint_delta_loss = joint_delta_loss(&chosen, state);
+        Selected {
+            scales: alloc::vec![1.0; chosen.len()],
+            chosen,
+            joint_delta_loss,
+        }
+    }
+}
+
+/// Applies `cfg.selection` to the scored candidates (Algorithm 1's "select").
+pub fn choose(
+    arch: &Arch,
+    cands: &[Candidate],
+    cfg: &SelectConfig,
+    state: &MorphState,
+) -> Selected {
+    match cfg.selection {
+        Selection::Independent => Selected::unscaled(select(arch, cands, cfg), state),
+        Selection::Joint => Selected::unscaled(select_joint(arch, cands, cfg, state), state),
+        Selection::Scaled => {
+            let chosen = select_scaled(arch, cands, cfg, state);
+            match split_scale(&chosen, state) {
+                Some(s) => Selected {
+                    scales: chosen
+                        .iter()
+                        .map(|c| if c.kind == Kind::Split { s.scale } else { 1.0 })
+                        .collect(),
+                    chosen,
+                    joint_delta_loss: Some(s.delta_loss),
+                },
+                None => Selected::unscaled(chosen, state),
+            }
+        }
+        Selection::Box => select_box(arch, cands, cfg, state),
+    }
+}
+
+/// Per-candidate scales from the box-constrained quadratic of the set's
+/// joint estimate.
+///
+/// The paper's set ([`select`]: per channel the better candidate with
+/// positive own gain, at most the layer budget) decides where to grow. With
+/// the `u` of candidate `i` scaled by `t_i` and the `u` of different
+/// morphisms adding (as in [`select_joint`]), eq. (1) for the set is
+/// `E(t) = sum_i t_i a_i + sum_{i,j} t_i t_j Q_ij` (`a_i = m_i - Q_ii` the
+/// first-order term), minimised over `t_i in [0, 1]` for splits and
+/// `t_i in {0, 1}` (plus its price) for prunes by exact coordinate descent:
+/// each step minimises over one `t_i` with the others fixed, so `E` never
+/// rises. Splits keep their place in the set at any scale (at 0 they go in
+/// at theta's noise level); prunes at 0 are dropped. With
+/// [`SelectConfig::prunes_after_splits`] the pool holds the splits only and
+/// prunes are admitted afterwards, one by one, best own gain first, where
+/// they still pay given the splits. Unlike [`split_scale`]'s common factor,
+/// the splits whose learned directions the set needs keep their theta
+/// instead of every split's theta being dragged toward zero.
+pub fn select_box(
+    arch: &Arch,
+    cands: &[Candidate],
+    cfg: &SelectConfig,
+    state: &MorphState,
+) -> Selected {
+    let k = state.joint_len();
+    if state.cross.len() != k * k {
+        return Selected::unscaled(select(arch, cands, cfg), state);
+    }
+    let after = cfg.prunes_after_splits && cfg.prune;
+    let pool: Vec<Candidate> = if after {
+        let splits: Vec<Candidate> = cands
+            .iter()
+            .filter(|c| c.kind == Kind::Split)
+            .copied()
+            .collect();
+        select(arch, &splits, cfg)
+    } else {
+        select(arch, cands, cfg)
+    };
+    let mut qp = BoxQp::new(pool, state);
+    qp.descend(&[]);
+    if after {
+        // Prunes on channels and budget the splits left, best own gain first.
+        let mut order: Vec<&Candidate> = cands
+            .iter()
+            .filter(|c| c.kind == Kind::Prune && c.gain > 0.0)
+            .collect();
+        order.sort_by(|a, b| {
+            b.gain
+                .total_cmp(&a.gain)
+                .then(a.layer.cmp(&b.layer))
+                .then(a.channel.cmp(&b.channel))
+        });
+        let fixed = qp.items.len();
+        for cand in order {
+            let (l, w) = (cand.layer, arch.widths[cand.layer]);
+            let in_layer = |prune: bool| {
+                qp.items
+                    .iter()
+                    .zip(&qp.t)
+                    .filter(|(c, t)| c.layer == l && **t > 0.0 && (!prune || c.kind == Kind::Prune))
+                    .count()
+            };
+            let taken = qp
+                .items
+                .iter()
+                .zip(&qp.t)
+                .any(|(c, t)| c.layer == l && c.channel == cand.channel && *t > 0.0);
+            if taken || in_layer(false) >= layer_budget(w, cfg.fraction) || in_layer(true) + 1 >= w
+            {
+                continue;
+            }
+            qp.push(*cand, state);
+            let i = qp.items.len() - 1;
+            if qp.marginal(i) < 0.0 {
+                qp.set(i, 1.0);
+            }
+        }
+        // The splits again, with the admitted prunes fixed.
+        let prunes: Vec<usize> = (fixed..qp.items.len()).collect();
+        qp.descend(&prunes);
+    }
+    let estimate = qp.estimate();
+    // Splits at scale 0 are still applied (at theta's noise level, a
+    // function-preserving split); prunes at 0 are not.
+    let mut picked: Vec<(Candidate, f64)> = qp
+        .items
+        .into_iter()
+        .zip(qp.t)
+        .filter(|(c, t)| *t > 0.0 || c.kind == Kind::Split)
+        .collect();
+    picked.sort_by_key(|(c, _)| (c.layer, c.channel));
+    Selected {
+        scales: picked.iter().map(|p| p.1).collect(),
+        chosen: picked.into_iter().map(|p| p.0).collect(),
+        joint_delta_loss: Some(estimate),
+    }
+}
+
+/// The box-constrained quadratic of [`select_box`] over a pool of candidates.
+struct BoxQp {
+    items: Vec<Candidate>,
+    /// Pool slots in [`MorphState::cross`].
+    slots: Vec<usize>,
+    /// First-order terms `a_i`.
+    a: Vec<f64>,
+    /// Price `lambda_p dR_p + lambda_f dR_f` (negative for a prune).
+    price: Vec<f64>,
+    /// Dense `Q` over the pool, row-major.
+    q: Vec<f64>,
+    t: Vec<f64>,
+    /// `h = Q t`.
+    h: Vec<f64>,
+}
+
+impl BoxQp {
+    fn new(pool: Vec<Candidate>, state: &MorphState) -> BoxQp {
+        let mut qp = BoxQp {
+            items: Vec::new(),
+            slots: Vec::new(),
+            a: Vec::new(),
+            price: Vec::new(),
+            q: Vec::new(),
+            t: Vec::new(),
+            h: Vec::new(),
+        };
+        let mut pool = pool;
+        pool.sort_by(|a, b| {
+            b.gain
+                .total_cmp(&a.gain)
+                .then(a.layer.cmp(&b.layer))
+                .then(a.channel.cmp(&b.channel))
+        });
+        for c in pool {
+            qp.push(c, state);
+        }
+        qp
+    }
+
+    /// Adds a candidate at `t = 0`.
+    fn push(&mut self, c: Candidate, state: &MorphState) {
+        let k = state.joint_len();
+        let slot = state.joint_slot(c.layer, c.channel, c.kind == Kind::Prune);
+        let n = self.items.len();
+        let cross = |i: usize, j: usize| f64::from(state.cross[i * k + j]);
+        let mut q = Vec::with_capacity((n + 1) * (n + 1));
+        for i in 0..n {
+            q.extend_from_slice(&self.q[i * n..(i + 1) * n]);
+            q.push(cross(self.slots[i], slot));
+        }
+        q.extend(self.slots.iter().map(|&j| cross(slot, j)));
+        q.push(cross(slot, slot));
+        // The new column's contribution to h is zero at t = 0.
+        self.h.push(
+            self.slots
+                .iter()
+                .zip(&self.t)
+                .map(|(&j, &t)| cross(slot, j) * t)
+                .sum(),
+        );
+        self.q = q;
+        self.a.push(f64::from(c.delta_loss) - cross(slot, slot));
+        self.price.push(-c.gain - f64::from(c.delta_loss));
+        self.slots.push(slot);
+        self.t.push(0.0);
+        self.items.push(c);
+    }
+
+    fn n(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Change of the objective if candidate `i` (now at 0) were applied at full scale.
+    fn marginal(&self, i: usize) -> f64 {
+        let n = self.n();
+        let others = self.h[i] - self.q[i * n + i] * self.t[i];
+        self.a[i] + self.q[i * n + i] + 2.0 * others + self.price[i]
+    }
+
+    fn set(&mut self, i: usize, t: f64) {
+        let n = self.n();
+        let d = t - self.t[i];
+        if d != 0.0 {
+            for (h, q) in self.h.iter_mut().zip(&self.q[i * n..(i + 1) * n]) {
+                *h += q * d;
+            }
+            self.t[i] = t;
+        }
+    }
+
+    /// The best `t_i` with the others fixed, price included.
+    fn best(&self, i: usize) -> f64 {
+        let n = self.n();
+        let qii = self.q[i * n + i];
+        let g = self.a[i] + 2.0 * (self.h[i] - qii * self.t[i]);
+        if self.items[i].kind == Kind::Prune {
+            return if g + qii + self.price[i] < 0.0 {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        let t = if qii > 0.0 {
+            (-g / (2.0 * qii)).clamp(0.0, 1.0)
+        } else if g < 0.0 {
+            1.0
+        } else {
+            0.0
+        };
+        // A split's price was paid by its own gain when it entered the pool:
+        // here only its share of the set's estimate is chosen.
+        t
+    }
+
+    /// Coordinate descent over every candidate not in `fixed`.
+    fn descend(&mut self, fixed: &[usize]) {
+        for _ in 0..200 {
+            let mut moved = 0.0f64;
+            for i in 0..self.n() {
+                if fixed.contains(&i) {
+                    continue;
+                }
+                let t = self.best(i);
+                moved = moved.max((t - self.t[i]).abs());
+                self.set(i, t);
+            }
+            if moved < 1e-9 {
+                break;
+            }
+        }
+    }
+
+    /// `E(t) = sum_i t_i a_i + t . Q t`.
+    fn estimate(&self) -> f64 {
+        self.t
+            .iter()
+            .zip(&self.a)
+            .zip(&self.h)
+            .map(|((t, a), h)| t * a + t * h)
+            .sum()
+    }
+}
+
 /// Per-layer budget: at most `max(1, floor(fraction * width))` channels.
 pub fn layer_budget(width: usize, fraction: f64) -> usize {
     (libm::floor(fraction * width as f64) as usize).max(1)
@@ -462,8 +806,8 @@ mod tests {
             lambda_macs: 0.0,
             fraction,
             prune,
-            joint: false,
-            scale_splits: false,
+            selection: Selection::Independent,
+            prunes_after_splits: false,
         }
     }
 
@@ -525,7 +869,7 @@ mod tests {
         }
         st.update_cross(&u, 1, 1.0, 0.5, &mut Vec::new());
         let cfg = SelectConfig {
-            joint: true,
+            selection: Selection::Joint,
             ..config(0.0, 1.0, false)
         };
         let cands = candidates(&arch, &st, &cfg);
@@ -560,7 +904,7 @@ mod tests {
         u[st.joint_slot(1, 0, true)] = -0.5;
         st.update_cross(&u, 1, 1.0, 0.5, &mut Vec::new());
         let cfg = SelectConfig {
-            scale_splits: true,
+            selection: Selection::Scaled,
             ..config(0.0, 1.0, true)
         };
         let cands = candidates(&arch, &st, &cfg);
@@ -611,7 +955,7 @@ mod tests {
         }
         st.update_cross(&u, 1, 1.0, 0.5, &mut Vec::new());
         let cfg = SelectConfig {
-            scale_splits: true,
+            selection: Selection::Scaled,
             ..config(0.0, 0.5, true)
         };
         let cands = candidates(&arch, &st, &cfg);
@@ -633,6 +977,95 @@ mod tests {
         for l in 1..arch.layers() {
             assert_eq!(of(l, Kind::Prune), alloc::vec![]);
             assert_eq!(of(l, Kind::Split), alloc::vec![5, 6, 7, 8, 9], "layer {l}");
+        }
+    }
+
+    #[test]
+    fn box_selection_gives_each_split_its_share_of_the_set_minimum() {
+        let arch = Arch::vgg19(10, [1, 32, 32], 10).unwrap();
+        // One sample, L_hat = 1: ten splits of layer 0 with u = -1 (own
+        // estimate -0.75). E(t) = -sum t + (sum t)^2 / 4 is smallest (-1) at
+        // sum t = 2: coordinate descent from t = 0, best gain first, puts the
+        // first two at full scale and the rest at 0, which stay in the set.
+        // A prune of layer 1 pushing the same way (own estimate -0.74) would
+        // overshoot the minimum: dropped.
+        let mut st = state_with(
+            &arch,
+            |l, c| if l == 0 { -0.75 + 1e-4 * c as f32 } else { 0.0 },
+            |l, c| if l == 1 && c == 0 { -0.74 } else { 0.0 },
+        );
+        let mut u = alloc::vec![0.0f32; st.joint_len()];
+        for c in 0..10 {
+            u[st.joint_slot(0, c, false)] = -1.0;
+        }
+        u[st.joint_slot(1, 0, true)] = -1.0;
+        st.update_cross(&u, 1, 1.0, 0.5, &mut Vec::new());
+        let cfg = SelectConfig {
+            selection: Selection::Box,
+            ..config(0.0, 1.0, true)
+        };
+        let cands = candidates(&arch, &st, &cfg);
+        let sel = choose(&arch, &cands, &cfg, &st);
+        assert!(sel
+            .chosen
+            .iter()
+            .all(|k| k.kind == Kind::Split && k.layer == 0));
+        assert_eq!(sel.chosen.len(), 10);
+        let full: Vec<usize> = sel
+            .chosen
+            .iter()
+            .zip(&sel.scales)
+            .filter(|(_, &t)| t > 0.0)
+            .map(|(k, _)| k.channel)
+            .collect();
+        // Channels 0 and 1 have the best own estimates and go first.
+        assert_eq!(full, alloc::vec![0, 1]);
+        assert!(sel
+            .scales
+            .iter()
+            .all(|&t| t == 0.0 || (t - 1.0).abs() < 1e-3));
+        let e = sel.joint_delta_loss.unwrap();
+        assert!((e + 1.0).abs() < 1e-3, "set estimate {e}");
+
+        // Two samples: splits 0 and 1 of layer 0 act on the first (u = -1),
+        // the prune on the second (u = -1); each alone is estimated at
+        // -0.375. Together E = (-1 + (-1 + 1/4)) / 2 = -0.875: the prune
+        // is kept at scale 1, chosen with the splits or after them.
+        let mut st = state_with(
+            &arch,
+            |l, c| if l == 0 && c < 2 { -0.375 } else { 0.0 },
+            |l, c| if l == 1 && c == 0 { -0.375 } else { 0.0 },
+        );
+        let k = st.joint_len();
+        let mut u = alloc::vec![0.0f32; 2 * k];
+        for c in 0..2 {
+            u[st.joint_slot(0, c, false)] = -1.0;
+        }
+        u[k + st.joint_slot(1, 0, true)] = -1.0;
+        st.update_cross(&u, 2, 1.0, 0.5, &mut Vec::new());
+        for after in [false, true] {
+            let cfg = SelectConfig {
+                prunes_after_splits: after,
+                ..cfg
+            };
+            let sel = choose(&arch, &candidates(&arch, &st, &cfg), &cfg, &st);
+            let picked: Vec<(usize, usize, Kind, f64)> = sel
+                .chosen
+                .iter()
+                .zip(&sel.scales)
+                .map(|(k, &t)| (k.layer, k.channel, k.kind, t))
+                .collect();
+            assert_eq!(
+                picked,
+                alloc::vec![
+                    (0, 0, Kind::Split, 1.0),
+                    (0, 1, Kind::Split, 1.0),
+                    (1, 0, Kind::Prune, 1.0)
+                ],
+                "after {after}"
+            );
+            let e = sel.joint_delta_loss.unwrap();
+            assert!((e + 0.875).abs() < 1e-4, "after {after}: {e}");
         }
     }
 

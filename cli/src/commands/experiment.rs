@@ -12,9 +12,9 @@ use sprout_core::data::{fill_batch, Augment, Dataset, Normalization};
 use sprout_core::grow::{train_epochs, GrowConfig, GrowState, Stage};
 use sprout_core::learn::{MorphConfig, MorphState};
 use sprout_core::model::{Mode, Model};
-use sprout_core::optim::{Adam, StepSchedule};
+use sprout_core::optim::StepSchedule;
 use sprout_core::rng::Rng;
-use sprout_core::select::SelectConfig;
+use sprout_core::select::{SelectConfig, Selection};
 use sprout_core::train::{shuffled_pass, Batches, PassStats};
 use sprout_core::{Arch, Network};
 use std::path::PathBuf;
@@ -96,6 +96,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         .subset(&(0..a.heldout.min(splits.test.len())).collect::<Vec<_>>());
     let input = format!("{}x{}x{}", train.channels, train.height, train.width);
     let arch = arch_from_flags(&a.arch, a.width, None, &input, train.classes, None)?;
+    // One phase with the model's training and theta learning; no selection.
     let cfg = GrowConfig {
         phases: 1,
         train_epochs: a.train_epochs,
@@ -103,23 +104,16 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         final_epochs: 0,
         batch: a.batch,
         schedule: StepSchedule::constant(a.lr),
-        weight_decay: 1e-4,
-        adam: Adam::paper(),
         ema_alpha: a.ema_alpha,
         theta_init: a.theta_init,
         select: SelectConfig {
             lambda_params: 0.0,
-            lambda_macs: 0.0,
-            fraction: 0.3,
             prune: false,
-            joint: false,
-            scale_splits: false,
+            selection: Selection::Independent,
+            ..SelectConfig::default()
         },
         augment: (!a.no_augment).then(Augment::default),
-        strategy: Default::default(),
-        split_iterations: 4,
-        split_epsilon: 0.1,
-        theta_max: None,
+        ..GrowConfig::default()
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let norm = Normalization::of(&train);

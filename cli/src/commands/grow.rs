@@ -13,14 +13,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sprout_core::data::{Augment, Dataset, Normalization};
+use sprout_core::data::{Dataset, Normalization};
 use sprout_core::grow::{
     run_phase, train_epochs, train_from_scratch, GrowConfig, GrowState, PhaseReport, Stage,
-    Strategy,
+    Strategy, ThetaSource,
 };
-use sprout_core::optim::{Adam, StepSchedule};
 use sprout_core::rng::Rng;
-use sprout_core::select::{Kind, SelectConfig};
+use sprout_core::select::{Kind, Selection};
 use sprout_core::train::{evaluate, Batches, PassStats};
 use sprout_core::{Arch, Network};
 use std::fs;
@@ -37,6 +36,38 @@ pub enum SelectionRule {
     /// Each candidate by its own estimate, then every chosen split's theta
     /// shrunk by the common factor that minimises the set's joint estimate.
     Scaled,
+    /// Per-candidate scales on the learned theta from the box-constrained
+    /// minimum of the set's joint estimate plus its price.
+    Box,
+}
+
+impl From<SelectionRule> for Selection {
+    fn from(s: SelectionRule) -> Selection {
+        match s {
+            SelectionRule::Independent => Selection::Independent,
+            SelectionRule::Joint => Selection::Joint,
+            SelectionRule::Scaled => Selection::Scaled,
+            SelectionRule::Box => Selection::Box,
+        }
+    }
+}
+
+/// Theta sources selectable with `--theta`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThetaName {
+    /// The learned theta, as the selection rule scales them.
+    Learned,
+    /// The chosen channels split with their initial noise (ablation).
+    Noise,
+}
+
+impl From<ThetaName> for ThetaSource {
+    fn from(t: ThetaName) -> ThetaSource {
+        match t {
+            ThetaName::Learned => ThetaSource::Learned,
+            ThetaName::Noise => ThetaSource::Noise,
+        }
+    }
 }
 
 /// Growth strategies selectable with `--strategy`.
@@ -118,15 +149,22 @@ pub struct GrowArgs {
     /// Consider splits only, never prunes.
     #[arg(long)]
     pub no_prune: bool,
-    /// How candidates are chosen: `scaled` applies every split with positive
-    /// own gain (the paper's rule) with all their theta shrunk by one factor
-    /// to the minimum of the set's joint estimate, and a prune only while it
-    /// adds to that estimate; `joint` keeps any candidate, best own gain
-    /// first, only while it adds to eq. (1) for the set chosen so far;
-    /// `independent` is the paper's rule as written, which on these runs
-    /// overshoots (see README) [default: scaled].
+    /// How candidates are chosen: `box` gives each candidate of the paper's
+    /// set its own scale on its learned theta, from the minimum of the set's
+    /// joint estimate plus its price; `scaled` shrinks all splits' theta by
+    /// one common factor; `joint` keeps candidates, best own gain first,
+    /// while they add to the set's estimate; `independent` is the paper's
+    /// rule as written, which overshoots (docs/conventions.md) [default: box].
     #[arg(long, value_enum)]
     pub selection: Option<SelectionRule>,
+    /// With `--selection box`: choose the splits first, then admit prunes
+    /// only where they still pay given the splits.
+    #[arg(long)]
+    pub prunes_after_splits: bool,
+    /// Apply the chosen splits with their learned theta or, as an ablation,
+    /// with the initial noise they started from [default: learned].
+    #[arg(long, value_enum)]
+    pub theta: Option<ThetaName>,
     #[arg(long)]
     pub batch: Option<usize>,
     /// SGD learning rate [default: 0.05].
@@ -188,6 +226,58 @@ pub struct RunConfig {
 }
 
 impl GrowArgs {
+    /// `g` with every setting these flags give replaced: the library owns
+    /// the defaults ([`GrowConfig::default`]); a resumed run passes its
+    /// stored configuration instead.
+    pub fn apply(&self, mut g: GrowConfig) -> Result<GrowConfig> {
+        if let Some(e) = self.phase_epochs {
+            // Morphism-learning and final epochs follow --phase-epochs unless given.
+            g.train_epochs = e;
+            g.morph_epochs = e;
+            g.final_epochs = e;
+        }
+        set(&mut g.phases, self.phases);
+        set(&mut g.morph_epochs, self.morph_epochs);
+        set(&mut g.final_epochs, self.final_epochs);
+        set(&mut g.batch, self.batch);
+        set(&mut g.schedule.base, self.lr);
+        if let Some(m) = &self.milestones {
+            g.schedule.milestones = m.clone();
+        }
+        set(&mut g.adam.lr, self.theta_lr);
+        if self.ema_alpha.is_some() {
+            g.ema_alpha = self.ema_alpha;
+        }
+        set(&mut g.theta_init, self.theta_init);
+        if self.theta_max.is_some() {
+            g.theta_max = self.theta_max;
+        }
+        set(&mut g.select.lambda_params, self.lambda_params);
+        set(&mut g.select.lambda_macs, self.lambda_macs);
+        set(&mut g.select.fraction, self.grow_fraction);
+        if self.no_prune {
+            g.select.prune = false;
+        }
+        set(&mut g.select.selection, self.selection.map(Selection::from));
+        if self.prunes_after_splits {
+            g.select.prunes_after_splits = true;
+        }
+        set(&mut g.theta, self.theta.map(ThetaSource::from));
+        if self.no_augment {
+            g.augment = None;
+        }
+        set(&mut g.strategy, self.strategy.map(Strategy::from));
+        set(&mut g.split_iterations, self.split_iterations);
+        set(&mut g.split_epsilon, self.split_epsilon);
+        for (flag, v) in [("--lr", g.schedule.base), ("--theta-lr", g.adam.lr)] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{flag} must be a positive number, got {v}");
+            }
+        }
+        g.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(g)
+    }
+
     /// The configuration these flags ask for, on top of `base` (a resumed
     /// run's stored configuration) or the defaults.
     pub(crate) fn config(&self, splits: &Splits, base: Option<&RunConfig>) -> Result<RunConfig> {
@@ -208,121 +298,8 @@ impl GrowArgs {
                 self.arch_file.as_deref(),
             )?,
         };
-        let g = base.map(|b| b.grow.clone());
-        let pick = |v: Option<usize>, b: Option<usize>, d: usize| v.or(b).unwrap_or(d);
-        let phase_epochs = pick(self.phase_epochs, g.as_ref().map(|g| g.train_epochs), 2);
-        let lr = self
-            .lr
-            .or(g.as_ref().map(|g| g.schedule.base))
-            .unwrap_or(0.05);
-        if !(lr.is_finite() && lr > 0.0) {
-            bail!("--lr must be a positive number, got {lr}");
-        }
-        let milestones = self
-            .milestones
-            .clone()
-            .or(g.as_ref().map(|g| g.schedule.milestones.clone()))
-            .unwrap_or_default();
-        let theta_lr = self
-            .theta_lr
-            .or(g.as_ref().map(|g| g.adam.lr))
-            .unwrap_or(1e-2);
-        if !(theta_lr.is_finite() && theta_lr > 0.0) {
-            bail!("--theta-lr must be a positive number, got {theta_lr}");
-        }
-        let select = SelectConfig {
-            lambda_params: self
-                .lambda_params
-                .or(g.as_ref().map(|g| g.select.lambda_params))
-                .unwrap_or(3e-7),
-            lambda_macs: self
-                .lambda_macs
-                .or(g.as_ref().map(|g| g.select.lambda_macs))
-                .unwrap_or(0.0),
-            fraction: self
-                .grow_fraction
-                .or(g.as_ref().map(|g| g.select.fraction))
-                .unwrap_or(0.3),
-            prune: if self.no_prune {
-                false
-            } else {
-                g.as_ref().map(|g| g.select.prune).unwrap_or(true)
-            },
-            // Deviation from the paper's section 3.3 (and DESIGN.md's
-            // selection rule): each candidate's eq. (1) is learned to reach
-            // the same minimum, so applying every positive-gain candidate
-            // overshoots it many times (measured on the default run: summed
-            // estimates -4.0 at L_hat 0.84, test loss 27,397 right after the
-            // morphisms). The default `scaled` keeps the paper's set of splits
-            // but shrinks their theta to the minimum of the set's joint
-            // estimate and admits prunes only jointly; `joint` also picks the
-            // splits jointly (and applies few); `independent` is the paper's.
-            scale_splits: self
-                .selection
-                .map(|s| s == SelectionRule::Scaled)
-                .or(g.as_ref().map(|g| g.select.scale_splits))
-                .unwrap_or(true),
-            joint: self
-                .selection
-                .map(|s| s == SelectionRule::Joint)
-                .or(g.as_ref().map(|g| g.select.joint))
-                .unwrap_or(false),
-        };
-        let augment = if self.no_augment {
-            None
-        } else {
-            g.as_ref()
-                .map(|g| g.augment)
-                .unwrap_or(Some(Augment::default()))
-        };
-        let grow = GrowConfig {
-            phases: pick(self.phases, g.as_ref().map(|g| g.phases), 4),
-            train_epochs: phase_epochs,
-            morph_epochs: pick(
-                self.morph_epochs,
-                g.as_ref().map(|g| g.morph_epochs),
-                phase_epochs,
-            ),
-            final_epochs: pick(
-                self.final_epochs,
-                g.as_ref().map(|g| g.final_epochs),
-                phase_epochs,
-            ),
-            batch: pick(self.batch, g.as_ref().map(|g| g.batch), 64),
-            schedule: StepSchedule {
-                base: lr,
-                milestones,
-                gamma: 0.1,
-            },
-            weight_decay: 1e-4,
-            adam: Adam {
-                lr: theta_lr,
-                ..Adam::paper()
-            },
-            ema_alpha: self.ema_alpha.or(g.as_ref().and_then(|g| g.ema_alpha)),
-            theta_init: self
-                .theta_init
-                .or(g.as_ref().map(|g| g.theta_init))
-                .unwrap_or(0.01),
-            select,
-            augment,
-            strategy: self
-                .strategy
-                .map(Strategy::from)
-                .or(g.as_ref().map(|g| g.strategy))
-                .unwrap_or_default(),
-            split_iterations: pick(
-                self.split_iterations,
-                g.as_ref().map(|g| g.split_iterations),
-                4,
-            ),
-            split_epsilon: self
-                .split_epsilon
-                .or(g.as_ref().map(|g| g.split_epsilon))
-                .unwrap_or(0.1),
-            theta_max: self.theta_max.or(g.as_ref().and_then(|g| g.theta_max)),
-        };
-        grow.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let base_grow = base.map(|b| b.grow.clone()).unwrap_or_default();
+        let grow = self.apply(base_grow)?;
         Ok(RunConfig {
             seed_arch,
             dataset: splits.name.clone(),
@@ -330,9 +307,19 @@ impl GrowArgs {
             train_limit: self.train_limit.or(base.and_then(|b| b.train_limit)),
             test_limit: self.test_limit.or(base.and_then(|b| b.test_limit)),
             seed: self.seed.or(base.map(|b| b.seed)).unwrap_or(0),
-            retrain_epochs: pick(self.retrain_epochs, base.map(|b| b.retrain_epochs), 0),
+            retrain_epochs: self
+                .retrain_epochs
+                .or(base.map(|b| b.retrain_epochs))
+                .unwrap_or(0),
             grow,
         })
+    }
+}
+
+/// Replaces `slot` with the flag's value when the flag was given.
+fn set<T>(slot: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *slot = v;
     }
 }
 
@@ -687,33 +674,41 @@ pub fn run(args: &GrowArgs) -> Result<()> {
     Ok(())
 }
 
-fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
-    let splits = r.applied.iter().filter(|c| c.kind == Kind::Split).count();
-    let prunes = r.applied.len() - splits;
-    let sum_dl: f64 = r.applied.iter().map(|c| c.delta_loss as f64).sum();
-    println!(
-        "phase {:>2}  loss {:.4}  test {:6.2}% -> {:6.2}% (test loss {:+.4}; BN refreshed {:6.2}%)  params {} -> {}  MACs {}  +{} splits -{} prunes  est. dL {:+.4}{}  widths {:?}  ({:.0} s)",
+/// The phase line: accuracy and loss around the morphisms, the set's
+/// estimate against its true effect, and how large the applied theta are.
+pub fn phase_line(r: &PhaseReport, secs: f64) -> String {
+    let (splits, prunes) = r.counts();
+    let joint = r
+        .joint_delta_loss
+        .map(|j| format!("{j:+.4}"))
+        .unwrap_or_else(|| "-".into());
+    let theta = if splits > 0 {
+        format!(
+            "  theta/|w| {:.3} (max {:.3}; learned {:.3}, scale {:.2})",
+            r.theta.mean_ratio, r.theta.max_ratio, r.theta.learned_mean_ratio, r.theta.mean_scale
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "phase {:>2}  loss {:.4}  test {:6.2}% -> {:6.2}% (BN refreshed {:6.2}%)  dL est {joint} true {:+.4} (refreshed {:+.4})  +{splits} splits -{prunes} prunes{theta}  params {} -> {}  widths {:?}  ({secs:.0} s)",
         r.phase,
         r.train.loss,
         100.0 * r.test.accuracy,
         100.0 * r.test_after.accuracy,
-        r.test_after.loss - r.test.loss,
         100.0 * r.test_after_recalibrated.accuracy,
+        r.true_delta_loss(),
+        r.true_delta_loss_recalibrated(),
         r.arch_before.params(),
         r.arch_after.params(),
-        r.arch_after.macs(),
-        splits,
-        prunes,
-        sum_dl,
-        r.joint_delta_loss
-            .map(|j| format!(" (jointly {j:+.4})"))
-            .unwrap_or_default()
-            + &r.split_scale
-                .map(|t| format!(" theta x{t:.3}"))
-                .unwrap_or_default(),
         r.arch_after.widths,
-        secs
-    );
+    )
+}
+
+fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
+    let (splits, prunes) = r.counts();
+    let sum_dl: f64 = r.applied.iter().map(|c| c.delta_loss as f64).sum();
+    println!("{}", phase_line(r, secs));
     run.write_json(&format!("arch-phase-{:02}.json", r.phase), &r.arch_after)?;
     run.append_jsonl(
         "metrics.jsonl",
@@ -727,6 +722,8 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
             "test_accuracy_after_morphisms": r.test_after.accuracy,
             "test_loss_after_morphisms_recalibrated": r.test_after_recalibrated.loss,
             "test_accuracy_after_morphisms_recalibrated": r.test_after_recalibrated.accuracy,
+            "true_delta_loss": r.true_delta_loss(),
+            "true_delta_loss_recalibrated": r.true_delta_loss_recalibrated(),
             "morph_loss": r.morph.loss,
             "params_before": r.arch_before.params(),
             "params": r.arch_after.params(),
@@ -736,11 +733,15 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
             "prunes": prunes,
             "sum_estimated_delta_loss": sum_dl,
             "joint_estimated_delta_loss": r.joint_delta_loss,
-            "split_theta_scale": r.split_scale,
+            "theta_ratio_mean": r.theta.mean_ratio,
+            "theta_ratio_max": r.theta.max_ratio,
+            "learned_theta_ratio_mean": r.theta.learned_mean_ratio,
+            "learned_theta_ratio_max": r.theta.learned_max_ratio,
+            "split_scale_mean": r.theta.mean_scale,
             "seconds": secs,
         }),
     )?;
-    for c in &r.applied {
+    for (c, scale) in r.applied.iter().zip(&r.scales) {
         run.append_jsonl(
             "morphisms.jsonl",
             &json!({
@@ -750,6 +751,7 @@ fn log_phase(run: &RunDir, r: &PhaseReport, secs: f64) -> Result<()> {
                 "kind": c.kind,
                 "estimated_delta_loss": c.delta_loss,
                 "gain": c.gain,
+                "scale": scale,
                 "delta_params": c.delta_params,
                 "widths_after": r.arch_after.widths,
             }),
@@ -877,8 +879,9 @@ fn last_candidates(run: &RunDir) -> Result<Option<PhaseReport>> {
         arch_before: arch,
         candidates,
         applied: Vec::new(),
+        scales: Vec::new(),
         joint_delta_loss: None,
-        split_scale: None,
+        theta: Default::default(),
         theta_norms: Vec::new(),
     }))
 }

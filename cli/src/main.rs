@@ -25,6 +25,11 @@ enum Command {
     Estimate(commands::estimate::EstimateArgs),
     /// The paper's Tables 1 and 2: every strategy and fixed baselines, retrained from scratch.
     Table(commands::table::TableArgs),
+    /// Accuracy against parameters: growth rules, their ablations and the
+    /// fixed-width family from a capacity-limited seed, over seeds.
+    Pareto(Box<commands::pareto::ParetoArgs>),
+    /// Run one line of a sweep's manifest (a Slurm array task).
+    RunJob(sprout::sweep::RunJobArgs),
     /// Parameters, MACs and per-layer widths of an architecture.
     Info(commands::info::InfoArgs),
     /// Train a fixed architecture and write a run directory.
@@ -44,6 +49,8 @@ fn main() -> ExitCode {
         Command::Compare(a) => commands::compare::run(a),
         Command::Estimate(a) => commands::estimate::run(a),
         Command::Table(a) => commands::table::run(a),
+        Command::Pareto(a) => commands::pareto::run(a),
+        Command::RunJob(a) => sprout::sweep::run_job(a),
         Command::Info(a) => commands::info::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Eval(a) => commands::eval::run(a),

@@ -384,6 +384,20 @@ pub fn accuracy_vs_params(
     title: &str,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
+    let with_bars: Vec<(String, Vec<(f64, f64, f64)>)> = series
+        .iter()
+        .map(|(n, p)| (n.clone(), p.iter().map(|&(x, y)| (x, y, 0.0)).collect()))
+        .collect();
+    accuracy_vs_params_with_errors(path, title, &with_bars)
+}
+
+/// Accuracy against parameters with a vertical error bar of half-height
+/// `err` on every `(params, accuracy, err)` point (0: no bar).
+pub fn accuracy_vs_params_with_errors(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f64, f64, f64)>)],
+) -> Result<()> {
     let r = draw_accuracy(path, title, series);
     with_path(path, "accuracy", r)
 }
@@ -396,10 +410,22 @@ fn finite_points(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn draw_accuracy(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
-    let clean: Vec<(&str, Vec<(f64, f64)>)> = series
+fn finite_bars(points: &[(f64, f64, f64)]) -> Vec<(f64, f64, f64)> {
+    points
         .iter()
-        .map(|(name, pts)| (name.as_str(), finite_points(pts)))
+        .copied()
+        .filter(|(x, y, e)| x.is_finite() && y.is_finite() && e.is_finite())
+        .collect()
+}
+
+fn draw_accuracy(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f64, f64, f64)>)],
+) -> Result<()> {
+    let clean: Vec<(&str, Vec<(f64, f64, f64)>)> = series
+        .iter()
+        .map(|(name, pts)| (name.as_str(), finite_bars(pts)))
         .filter(|(_, p)| !p.is_empty())
         .collect();
     let all = || clean.iter().flat_map(|(_, p)| p.iter());
@@ -408,7 +434,7 @@ fn draw_accuracy(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)])
     if all().all(|p| p.0 >= 0.0) && x_range.start < 0.0 {
         x_range.start = 0.0;
     }
-    let y_range = padded_range(all().map(|p| p.1), 0.08, 0.0..100.0);
+    let y_range = padded_range(all().flat_map(|p| [p.1 - p.2, p.1 + p.2]), 0.08, 0.0..100.0);
     let y_span = y_range.end - y_range.start;
 
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
@@ -443,14 +469,25 @@ fn draw_accuracy(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)])
     for (i, (name, pts)) in clean.iter().enumerate() {
         let color = series_color(i);
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0, p.1)),
+                color.stroke_width(2),
+            ))
             .map_err(drawing)?
             .label(*name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|&(x, y, _)| Circle::new((x, y), 4, color.filled())),
+            )
+            .map_err(drawing)?;
+        chart
+            .draw_series(pts.iter().filter(|p| p.2 > 0.0).map(|&(x, y, e)| {
+                PathElement::new(vec![(x, y - e), (x, y + e)], color.stroke_width(1))
+            }))
             .map_err(drawing)?;
     }
     chart

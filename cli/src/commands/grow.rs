@@ -500,7 +500,7 @@ fn bars(phase: usize, phases: usize) -> impl FnMut(Stage, usize, usize, f32) {
 
 pub fn run(args: &GrowArgs) -> Result<()> {
     set_threads(args.threads)?;
-    let (run, cfg, mut state, mut finished) = match &args.resume {
+    let (run, cfg, state, finished) = match &args.resume {
         Some(dir) => {
             if let Some(out) = &args.out {
                 if out != dir {
@@ -567,10 +567,55 @@ pub fn run(args: &GrowArgs) -> Result<()> {
             (run, cfg, state, false)
         }
     };
-    if args.device.backend == BackendKind::Gpu && cfg.grow.strategy == Strategy::Splitting {
+    execute(&run, &cfg, state, finished, &args.device)
+}
+
+/// Starts the growth run `cfg` in `dir`, or resumes it from its checkpoint
+/// when `dir` already holds it (a sweep's runs restart this way after a kill).
+pub fn start_or_resume(dir: &Path, cfg: &RunConfig, device: &DeviceArgs) -> Result<()> {
+    let run = RunDir::create(dir)?;
+    let cfg_path = run.file("config.json");
+    if cfg_path.exists() {
+        let stored: RunConfig = serde_json::from_slice(
+            &fs::read(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?,
+        )
+        .with_context(|| format!("{}: not a grow configuration", cfg_path.display()))?;
+        if &stored != cfg {
+            bail!(
+                "{}: the stored configuration differs from the one asked for; nothing was changed",
+                cfg_path.display()
+            );
+        }
+        if run.file(CHECKPOINT).exists() || run.file("checkpoint.old").exists() {
+            let (state, finished) = load_checkpoint(&run)?;
+            truncate_log(&run, "metrics.jsonl", state.phase)?;
+            truncate_log(&run, "morphisms.jsonl", state.phase)?;
+            return execute(&run, cfg, state, finished, device);
+        }
+    }
+    run.write_json("config.json", cfg)?;
+    for f in ["metrics.jsonl", "morphisms.jsonl"] {
+        let _ = fs::remove_file(run.file(f));
+    }
+    let state = GrowState::new(
+        Network::init(&cfg.seed_arch, cfg.seed),
+        cfg.seed ^ 0x6a09_e667,
+    );
+    execute(&run, cfg, state, false, device)
+}
+
+/// The phases left, the final training and the run's files.
+fn execute(
+    run: &RunDir,
+    cfg: &RunConfig,
+    mut state: GrowState,
+    mut finished: bool,
+    device: &DeviceArgs,
+) -> Result<()> {
+    if device.backend == BackendKind::Gpu && cfg.grow.strategy == Strategy::Splitting {
         bail!("--strategy splitting is not supported on the gpu backend; use --backend cpu");
     }
-    let (train, test) = load_splits(&cfg)?;
+    let (train, test) = load_splits(cfg)?;
     let norm = Normalization::of(&train);
     let g = &cfg.grow;
     println!(
@@ -586,7 +631,7 @@ pub fn run(args: &GrowArgs) -> Result<()> {
         g.select.lambda_params,
         g.select.lambda_macs
     );
-    let mut backend = args.device.open(g.batch)?;
+    let mut backend = device.open(g.batch)?;
     let mut last_report: Option<PhaseReport> = None;
     while state.phase < g.phases {
         let start = Instant::now();
@@ -608,8 +653,8 @@ pub fn run(args: &GrowArgs) -> Result<()> {
             )
         })?;
         let secs = start.elapsed().as_secs_f64();
-        log_phase(&run, &report, secs)?;
-        save_checkpoint(&run, &state, false)?;
+        log_phase(run, &report, secs)?;
+        save_checkpoint(run, &state, false)?;
         last_report = Some(report);
     }
     if !finished {
@@ -634,7 +679,7 @@ pub fn run(args: &GrowArgs) -> Result<()> {
             &mut Batches::new(&test, g.batch),
         )?;
         finished = true;
-        save_checkpoint(&run, &state, finished)?;
+        save_checkpoint(run, &state, finished)?;
         run.write_json(
             "final.json",
             &json!({
@@ -659,17 +704,9 @@ pub fn run(args: &GrowArgs) -> Result<()> {
     save_network(&run.file("model.safetensors"), &state.network, &[])?;
     run.write_json("arch.json", &state.network.arch)?;
     if cfg.retrain_epochs > 0 {
-        retrain(
-            &run,
-            &cfg,
-            &state.network.arch,
-            &train,
-            &test,
-            &norm,
-            &args.device,
-        )?;
+        retrain(run, cfg, &state.network.arch, &train, &test, &norm, device)?;
     }
-    write_figures(&run, last_report.as_ref())?;
+    write_figures(run, last_report.as_ref())?;
     println!("wrote {}", run.path.display());
     Ok(())
 }

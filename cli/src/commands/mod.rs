@@ -8,5 +8,6 @@ pub mod eval;
 pub mod experiment;
 pub mod grow;
 pub mod info;
+pub mod pareto;
 pub mod table;
 pub mod train;

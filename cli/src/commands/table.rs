@@ -262,7 +262,7 @@ impl TableArgs {
 /// The fraction of every layer's channels that uniform growth adds per
 /// phase so that after `phases` phases its parameter count is closest to
 /// `target` (random growth adds the same number of channels, anywhere).
-fn matched_fraction(seed: &Arch, phases: usize, target: u64) -> Result<f64> {
+pub(crate) fn matched_fraction(seed: &Arch, phases: usize, target: u64) -> Result<f64> {
     let grown = |fraction: f64| -> Result<u64> {
         let mut widths = seed.widths.clone();
         for _ in 0..phases {

@@ -7,4 +7,5 @@ pub mod device;
 pub mod plots;
 pub mod progress;
 pub mod run_dir;
+pub mod slurm;
 pub mod weights;

@@ -257,6 +257,8 @@ MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
 KillWait=10
+# Keep finished jobs visible to scontrol for an hour (there is no sacct).
+MinJobAge=3600
 MaxArraySize=10001
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP

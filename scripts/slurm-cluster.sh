@@ -248,7 +248,10 @@ SlurmdLogFile=$dir/log/slurmd.log
 PlugStackConfig=$dir/plugstack.conf
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-ProctrackType=proctrack/linuxproc
+# Jobs are found by process group: proctrack/linuxproc, which walks /proc,
+# has missed a running task here when two started at once, so a requeued
+# task kept running beside its second attempt. (No cgroups needed.)
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none

@@ -371,12 +371,10 @@ fn sweep_as_a_job_array_matches_one_process() {
                 if let Some((task, _)) = t.iter().find(|(_, s)| s == "RUNNING") {
                     // Let it get some way into its run first.
                     std::thread::sleep(Duration::from_millis(500));
+                    // If it has finished meanwhile, wait for the next one.
                     let running = cluster.job_field(task, "JobState").as_deref() == Some("RUNNING");
                     if running && cluster.requeue(task) {
                         requeued = Some(task.clone());
-                    }
-                    if !running || requeued.is_some() {
-                        break;
                     }
                 }
             }

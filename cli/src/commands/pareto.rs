@@ -10,7 +10,7 @@
 use crate::data::{resolve, DatasetName};
 use crate::device::{BackendKind, DeviceArgs};
 use crate::plots::accuracy_vs_params_with_errors;
-use crate::slurm::{sbatch_script, SlurmArgs};
+use crate::slurm::{write_sbatch_script, SlurmArgs};
 use crate::sweep::{self, DataSpec, Job, Manifest, Outcome, Work};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -21,7 +21,6 @@ use sprout_core::select::{SelectConfig, Selection};
 use sprout_core::Arch;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
@@ -66,9 +65,10 @@ pub struct ParetoArgs {
     /// SGD learning rate.
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
-    /// Worker threads of every run (results depend on it, so it is fixed per sweep).
-    #[arg(long, default_value_t = 1)]
-    pub threads_per_run: usize,
+    /// Worker threads of every run (results depend on it, so the manifest
+    /// fixes it) [default: --cpus-per-task with --emit-slurm, else 1].
+    #[arg(long)]
+    pub threads_per_run: Option<usize>,
     /// Runs at once on this machine [default: cores / --threads-per-run].
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -149,8 +149,16 @@ impl ParetoArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr must be a positive number, got {}", self.lr);
         }
-        if self.threads_per_run == 0 {
+        if self.threads_per_run == Some(0) {
             bail!("--threads-per-run must be at least 1");
+        }
+        if let (Some(t), Some(_)) = (self.threads_per_run, &self.emit_slurm) {
+            if t != self.slurm.cpus_per_task {
+                bail!(
+                    "--threads-per-run {t} differs from --cpus-per-task {}: every array task runs with its CPUs as threads",
+                    self.slurm.cpus_per_task
+                );
+            }
         }
         if self.jobs == Some(0) {
             bail!("--jobs must be at least 1");
@@ -164,6 +172,15 @@ impl ParetoArgs {
             bail!("--plan, --collect and --emit-slurm are separate steps: give one");
         }
         Ok(family)
+    }
+
+    /// Threads of every run.
+    fn threads(&self) -> usize {
+        match (self.threads_per_run, &self.emit_slurm) {
+            (Some(t), _) => t,
+            (None, Some(_)) => self.slurm.cpus_per_task,
+            (None, None) => 1,
+        }
     }
 
     fn total_epochs(&self) -> usize {
@@ -223,7 +240,7 @@ fn plan(a: &ParetoArgs, family: Family) -> Result<Vec<(String, Job)>> {
         point,
         seed,
         data: data.clone(),
-        threads: a.threads_per_run,
+        threads: a.threads(),
         backend: backend.into(),
         config,
         work,
@@ -572,23 +589,15 @@ pub fn run(args: &ParetoArgs) -> Result<()> {
     );
     if let Some(file) = &a.emit_slurm {
         let exe = std::env::current_exe().context("cannot find the sprout binary")?;
-        let log_dir = a
-            .slurm
-            .slurm_log_dir
-            .clone()
-            .unwrap_or_else(|| a.out.join("slurm-logs"));
-        fs::create_dir_all(&log_dir)
-            .with_context(|| format!("cannot create {}", log_dir.display()))?;
-        let abs = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let script = sbatch_script(
+        write_sbatch_script(
             &a.slurm,
             &exe,
-            &abs(&manifest_path),
+            &manifest_path,
             manifest.lines.len(),
-            &abs(&log_dir),
-            a.slurm.gpus || a.device.backend == BackendKind::Gpu,
+            &a.slurm.log_dir(&a.out),
+            a.device.backend == BackendKind::Gpu,
+            file,
         )?;
-        crate::weights::write_atomic(file, script.as_bytes())?;
         println!(
             "wrote {}: submit it with `sbatch {}`, then collect with `sprout pareto --out {} --collect`",
             file.display(),
@@ -601,7 +610,7 @@ pub fn run(args: &ParetoArgs) -> Result<()> {
         return Ok(());
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let jobs = a.jobs.unwrap_or_else(|| (cores / a.threads_per_run).max(1));
+    let jobs = a.jobs.unwrap_or_else(|| (cores / a.threads()).max(1));
     let failed = sweep::run_all(&manifest, jobs)?;
     collect(&manifest, &a.out, &title)?;
     if !failed.is_empty() {

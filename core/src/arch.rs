@@ -2,7 +2,7 @@
 //!
 //! A network is a sequence of *units*, one per growable layer. Unit `l` is the
 //! growable conv and the channelwise map sigma that follows it up to the input
-//! of the next conv (DESIGN.md, "The estimator"):
+//! of the next conv (docs/conventions.md, "The estimator"):
 //!
 //! - VGG-19: conv3x3 -> BN -> ReLU [-> max-pool 2x2 after convs 2, 4, 8, 12, 16].
 //! - MobileNetV1: unit 0 is the first conv3x3 -> BN -> ReLU, unit `l >= 1` is the

@@ -1,5 +1,5 @@
 //! The Gauss-Newton estimate of the loss change of channel morphisms (paper
-//! section 3.2, DESIGN.md "The estimator"), for every channel of a layer at once.
+//! section 3.2, docs/conventions.md, "The estimator"), for every channel of a layer at once.
 //!
 //! For a split of channel `c` with parameters `theta` (shaped like `w_in[c]`),
 //! `d = conv(x, theta)` and, with `sigma` the frozen channelwise map,
@@ -14,7 +14,7 @@
 //! linear in `a`, so `Delta_z . g = Delta_a . W^T g = Delta_a . G`: the
 //! expanded network is never built and the next conv never runs again.
 //!
-//! Conventions (DESIGN.md): sigma is frozen — BN uses the running statistics
+//! Conventions (docs/conventions.md): sigma is frozen — BN uses the running statistics
 //! of the original channel, shared by both halves — and per-sample gradients
 //! are the batch-mean gradients times `S`.
 //!

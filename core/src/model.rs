@@ -1,6 +1,6 @@
 //! Whole-network forward and backward on the CPU, with preallocated buffers.
 //!
-//! Per growable layer it keeps what the estimator needs (DESIGN.md): the
+//! Per growable layer it keeps what the estimator needs (docs/conventions.md): the
 //! layer input `x`, the pre-activation `y`, the unit output `a` that the next
 //! layer reads, and `dL/da`.
 

@@ -1,7 +1,7 @@
 //! A network on the device: its parameter, gradient and momentum buffers,
 //! every activation buffer for the batch capacity, and the recording of the
 //! forward pass, the loss, the backward pass and the updates as dispatches.
-//! Mirrors sprout-core's `Model` unit by unit (DESIGN.md, "The estimator").
+//! Mirrors sprout-core's `Model` unit by unit (docs/conventions.md, "The estimator").
 
 use crate::context::Gpu;
 use crate::kernel::{Op, View};

@@ -1,6 +1,6 @@
 //! A morphism-learning phase on the device: theta, its Adam moments and the
 //! moving averages of every candidate's estimate, the estimator's workspace,
-//! and the recording of one Gauss-Newton step for every layer (DESIGN.md,
+//! and the recording of one Gauss-Newton step for every layer (docs/conventions.md,
 //! "The estimator"; sprout-core's `estimator::split_estimates`).
 //!
 //! Per layer, with `d = conv(x, theta)` and the frozen sigma (BN at its

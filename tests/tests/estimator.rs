@@ -1,4 +1,4 @@
-//! The Gauss-Newton estimator (paper section 3.2, DESIGN.md "The estimator")
+//! The Gauss-Newton estimator (paper section 3.2, docs/conventions.md, "The estimator")
 //! against networks actually expanded with `morph::apply`.
 //!
 //! - The first-order term `u_s` equals `Delta_z_s . g_s`, with `Delta_z` read

@@ -1,5 +1,5 @@
-//! Function preservation of channel morphisms (paper section 3.1, DESIGN.md
-//! "Checks that define correct"): splitting channels with `theta = 0`, and
+//! Function preservation of channel morphisms (paper section 3.1,
+//! docs/conventions.md "The estimator"): splitting channels with `theta = 0`, and
 //! pruning channels whose outgoing weights are zero, leaves the network's
 //! outputs unchanged, in evaluation mode (BN running statistics) and in
 //! training mode (BN batch statistics: both halves of a split see the same

@@ -36,7 +36,7 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-/// Default seed width of a family (DESIGN.md, "Core concepts").
+/// Default seed width of a family (docs/conventions.md).
 pub fn default_width(family: Family) -> usize {
     match family {
         Family::Vgg19 => 16,

@@ -1,4 +1,4 @@
-//! The Gauss-Newton estimator's own kernels (DESIGN.md "The estimator"): the
+//! The Gauss-Newton estimator's own kernels (docs/conventions.md, "The estimator"): the
 //! frozen sigma on a shifted pre-activation, the per-sample per-channel first
 //! order terms `u` of splits and prunes, eq. (1) folded into the moving
 //! averages, the cross terms of the joint estimate of a set of candidates,

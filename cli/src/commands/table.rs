@@ -6,20 +6,22 @@
 //! same number of epochs. Every run lives in its own directory under
 //! `OUT/runs`, so an interrupted table continues where it stopped.
 
-use crate::commands::grow::{self, limited, GrowArgs};
+use crate::commands::grow::{self, limited, RunConfig};
 use crate::data::{resolve, DatasetName, Splits};
-use crate::device::{BackendKind, DeviceArgs};
+use crate::device::DeviceArgs;
 use crate::plots::accuracy_vs_params;
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::load_arch_json;
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use sprout_core::arch::Family;
 use sprout_core::data::{Dataset, Normalization};
-use sprout_core::grow::{train_from_scratch, GrowConfig, Stage};
+use sprout_core::grow::{train_from_scratch, GrowConfig, Stage, Strategy};
+use sprout_core::optim::StepSchedule;
 use sprout_core::select::layer_budget;
+use sprout_core::select::{SelectConfig, Selection};
 use sprout_core::Arch;
 use std::fmt::Write as _;
 use std::fs;
@@ -93,14 +95,6 @@ pub struct Row {
     pub growth_seconds: Option<f64>,
     pub train_seconds: f64,
     pub epochs: usize,
-}
-
-/// Wraps the grow flags so the table can build them like a command line.
-#[derive(Parser, Debug)]
-#[command(name = "grow")]
-struct GrowCommandLine {
-    #[command(flatten)]
-    args: GrowArgs,
 }
 
 /// The growth runs of one seed, in the order they must run (random and
@@ -184,78 +178,62 @@ impl TableArgs {
     }
 
     /// The training setup that retraining and fixed baselines share with
-    /// growth: the growth runs' own configuration, from the same flags.
-    fn train_config(&self, splits: &Splits) -> Result<GrowConfig> {
-        let flags = self.grow_flags("vgg19", &Method::Gn(self.lambdas[0]), None, &self.out);
-        let cli = GrowCommandLine::try_parse_from(&flags)
-            .map_err(|e| anyhow!("table: bad grow flags {flags:?}: {e}"))?;
-        Ok(cli.args.config(splits, None)?.grow)
+    /// growth: the library's defaults with the table's schedule.
+    fn train_config(&self) -> GrowConfig {
+        GrowConfig {
+            augment: if self.no_augment {
+                None
+            } else {
+                GrowConfig::default().augment
+            },
+            ..GrowConfig::default()
+                .with_phases(self.phases)
+                .with_phase_epochs(self.phase_epochs, self.phase_epochs)
+                .with_final_epochs(self.final_epochs)
+                .with_schedule(StepSchedule {
+                    base: self.lr,
+                    milestones: self.milestone().into_iter().collect(),
+                    gamma: 0.1,
+                })
+        }
     }
 
-    /// `sprout grow` flags for one growth run.
-    fn grow_flags(
+    /// The configuration of one growth run.
+    fn run_config(
         &self,
-        seed: &str,
+        splits: &Splits,
+        seed_arch: &Arch,
         method: &Method,
         fraction: Option<f64>,
-        dir: &Path,
-    ) -> Vec<String> {
-        let mut f: Vec<String> = vec!["grow".into()];
-        let mut push = |k: &str, v: String| {
-            f.push(format!("--{k}"));
-            f.push(v);
-        };
-        push("arch", seed.into());
-        if let Some(d) = self.dataset {
-            push("dataset", d.as_str().into());
-        }
-        if let Some(d) = &self.data {
-            push("data", d.display().to_string());
-        }
-        let strategy = match method {
+    ) -> RunConfig {
+        let (strategy, selection) = match method {
             // The published table's gn rows were measured with the joint rule.
-            Method::Gn(_) => {
-                push("selection", "joint".into());
-                "gn"
-            }
-            Method::GnIndependent(_) => {
-                push("selection", "independent".into());
-                "gn"
-            }
-            m => m.name(),
+            Method::Gn(_) => (Strategy::Gn, Selection::Joint),
+            Method::GnIndependent(_) => (Strategy::Gn, Selection::Independent),
+            Method::Splitting(_) => (Strategy::Splitting, Selection::default()),
+            Method::Random => (Strategy::Random, Selection::default()),
+            Method::Uniform => (Strategy::Uniform, Selection::default()),
         };
-        push("strategy", strategy.into());
-        if let Some(m) = self.milestone() {
-            push("milestones", m.to_string());
+        let defaults = SelectConfig::default();
+        let select = SelectConfig {
+            lambda_params: method.lambda().unwrap_or(defaults.lambda_params),
+            fraction: fraction.unwrap_or(defaults.fraction),
+            selection,
+            ..defaults
+        };
+        RunConfig {
+            seed_arch: seed_arch.clone(),
+            dataset: splits.name.clone(),
+            data_dir: self.data.clone(),
+            train_limit: Self::limit(self.train_limit),
+            test_limit: Self::limit(self.test_limit),
+            seed: self.seed,
+            retrain_epochs: 0,
+            grow: self
+                .train_config()
+                .with_strategy(strategy)
+                .with_select(select),
         }
-        if let Some(l) = method.lambda() {
-            push("lambda-params", format!("{l:e}"));
-        }
-        if let Some(fr) = fraction {
-            push("grow-fraction", format!("{fr}"));
-        }
-        push("phases", self.phases.to_string());
-        push("phase-epochs", self.phase_epochs.to_string());
-        push("final-epochs", self.final_epochs.to_string());
-        push("lr", self.lr.to_string());
-        push("seed", self.seed.to_string());
-        if let Some(n) = Self::limit(self.train_limit) {
-            push("train-limit", n.to_string());
-        }
-        if let Some(n) = Self::limit(self.test_limit) {
-            push("test-limit", n.to_string());
-        }
-        if self.device.backend == BackendKind::Gpu {
-            push("backend", "gpu".into());
-        }
-        if let Some(a) = &self.device.adapter {
-            push("adapter", a.clone());
-        }
-        push("out", dir.display().to_string());
-        if self.no_augment {
-            f.push("--no-augment".into());
-        }
-        f
     }
 }
 
@@ -336,22 +314,18 @@ impl Retraining<'_> {
 /// A growth run followed by retraining its final architecture from scratch.
 fn growth_row(
     retraining: &Retraining,
-    seed: &str,
+    splits: &Splits,
+    seed_arch: &Arch,
     method: &Method,
     fraction: Option<f64>,
     dir: &Path,
 ) -> Result<Row> {
     let args = retraining.args;
-    let mut flags = args.grow_flags(seed, method, fraction, dir);
-    if dir.join("checkpoint").exists() {
-        // An interrupted growth run continues from its last phase.
-        flags.push("--resume".into());
-        flags.push(dir.display().to_string());
-    }
-    let cli = GrowCommandLine::try_parse_from(&flags)
-        .map_err(|e| anyhow!("table: bad grow flags {flags:?}: {e}"))?;
+    let cfg = args.run_config(splits, seed_arch, method, fraction);
     let start = Instant::now();
-    grow::run(&cli.args).with_context(|| format!("growth run {}", dir.display()))?;
+    // An interrupted growth run continues from its last phase.
+    grow::start_or_resume(dir, &cfg, &args.device)
+        .with_context(|| format!("growth run {}", dir.display()))?;
     let growth_seconds = start.elapsed().as_secs_f64();
     let arch = load_arch_json(&dir.join("arch.json"))?;
     let final_path = dir.join("final.json");
@@ -361,7 +335,7 @@ fn growth_row(
     .with_context(|| format!("{}: not JSON", final_path.display()))?;
     let (test_accuracy, train_seconds) = retraining.run(&arch, dir)?;
     Ok(Row {
-        seed: seed.into(),
+        seed: seed_arch.family.name().into(),
         method: method.name().into(),
         lambda_params: method.lambda(),
         params: arch.params(),
@@ -480,7 +454,7 @@ pub fn run(args: &TableArgs) -> Result<()> {
     let norm = Normalization::of(&train);
     let retraining = Retraining {
         args,
-        cfg: args.train_config(&splits)?,
+        cfg: args.train_config(),
         train: &train,
         test: &test,
         norm: &norm,
@@ -541,7 +515,7 @@ pub fn run(args: &TableArgs) -> Result<()> {
                 _ => None,
             };
             let row = cached(&dir, || {
-                growth_row(&retraining, seed_name, method, fraction, &dir)
+                growth_row(&retraining, &splits, &seed_arch, method, fraction, &dir)
             })?;
             if target.is_none() && matches!(method, Method::Gn(_)) {
                 target = Some(row.params);

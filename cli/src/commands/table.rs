@@ -351,7 +351,7 @@ fn growth_row(
     let cli = GrowCommandLine::try_parse_from(&flags)
         .map_err(|e| anyhow!("table: bad grow flags {flags:?}: {e}"))?;
     let start = Instant::now();
-    grow::run(&cli.args).with_context(|| format!("growth run {}", dir.display()))?;
+    grow::run(&cli.args, false).with_context(|| format!("growth run {}", dir.display()))?;
     let growth_seconds = start.elapsed().as_secs_f64();
     let arch = load_arch_json(&dir.join("arch.json"))?;
     let final_path = dir.join("final.json");

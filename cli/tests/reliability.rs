@@ -271,6 +271,15 @@ fn flags_beyond_memory_threads_or_zero_limits_are_refused() {
             vec!["grow", "--train-limit", "0"],
             "--train-limit must be at least 1",
         ),
+        // A backend that does not open is found before --out is written.
+        (
+            vec!["train", "--adapter", "any"],
+            "--adapter any needs --backend gpu",
+        ),
+        (
+            vec!["grow", "--adapter", "any"],
+            "--adapter any needs --backend gpu",
+        ),
     ];
     for (flags, needle) in cases {
         let e = err(sprout()

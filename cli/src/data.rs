@@ -198,7 +198,11 @@ pub fn read_idx_from(
     }
     if let Some(len) = file_len.filter(|_| !gz) {
         let found = usize::try_from(len).unwrap_or(usize::MAX);
-        if let Some(e) = length_error(part_name, h.file_len, found) {
+        let part = match part {
+            IdxPart::Images => "images",
+            IdxPart::Labels => "labels",
+        };
+        if let Some(e) = length_error(part, h.file_len, found) {
             bail!("{what}: {e}");
         }
     }
@@ -734,6 +738,60 @@ mod tests {
         for v in DatasetName::value_variants() {
             assert_eq!(v.to_string(), v.to_possible_value().unwrap().get_name());
         }
+    }
+
+    #[test]
+    fn headers_are_checked_before_payloads_are_read() {
+        // 2^24 images of 1x1: 16 GiB padded, refused from the header alone.
+        let mut h = vec![0, 0, 8, 3];
+        for d in [1u32 << 24, 1, 1] {
+            h.extend_from_slice(&d.to_be_bytes());
+        }
+        let m = read_idx_from("f", &gzip(&h)[..], None, IdxPart::Images, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            m,
+            format!(
+                "f: 16777216 images of 1x1x1 take 17179869184 bytes as 1x32x32, more than the limit of {MAX_DATASET_BYTES} bytes per split"
+            )
+        );
+        // An uncompressed file of the wrong size is refused from its length.
+        let (images, labels) = encode_idx(&random(2, 1, 4, 10, 1));
+        let m = read_idx_from("f", &images[..16], Some(1 << 40), IdxPart::Images, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.starts_with("f: invalid data: IDX images:") && m.contains("trailing bytes"),
+            "{m}"
+        );
+        // Gzip is decompressed only up to the declared size plus one byte.
+        let mut long = images.clone();
+        long.extend(vec![0u8; 1 << 20]);
+        let m = read_idx_from("f", &gzip(&long)[..], None, IdxPart::Images, None)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("trailing data after the 48 bytes"), "{m}");
+        // Labels for another number of images are refused from the header.
+        let m = read_idx_from("l", &labels[..], None, IdxPart::Labels, Some(3))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("count mismatch: 2 labels for 3 images"), "{m}");
+        assert_eq!(
+            read_idx_from("f", &gzip(&images)[..], None, IdxPart::Images, None).unwrap(),
+            images
+        );
+    }
+
+    #[test]
+    fn special_files_are_not_regular() {
+        let dir = TempDir::new();
+        let link = dir.0.join(TRAIN_IMAGES);
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let m = load(DatasetName::Mnist, Some(&dir.0))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(m, format!("{}: not a regular file", link.display()));
     }
 
     /// Cases of each gzip-wrapper fuzz test below.

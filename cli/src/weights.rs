@@ -691,6 +691,35 @@ pub(crate) mod tests {
         assert!(m.starts_with(&nowhere.display().to_string()), "{m}");
     }
 
+    #[test]
+    fn negative_running_variance_is_refused() {
+        let dir = TempDir::new("weights");
+        let path = dir.0.join("m.safetensors");
+        let mut net = Network::init(&Arch::vgg19(2, [1, 32, 32], 10).unwrap(), 0);
+        let i = net
+            .specs()
+            .iter()
+            .position(|s| s.name == "layers.0.bn.running_var")
+            .unwrap();
+        net.tensors[i][0] = -1.0;
+        save_network(&path, &net, &[]).unwrap();
+        let m = load_network(&path).unwrap_err().to_string();
+        assert_eq!(
+            m,
+            format!(
+                "{}: tensor layers.0.bn.running_var holds the negative variance -1 at index 0",
+                path.display()
+            )
+        );
+        net.tensors[i][0] = f32::INFINITY;
+        save_network(&path, &net, &[]).unwrap();
+        let m = load_network(&path).unwrap_err().to_string();
+        assert!(
+            m.contains("layers.0.bn.running_var holds NaN or infinite"),
+            "{m}"
+        );
+    }
+
     /// Cases of the safetensors fuzz tests below.
     const SAFETENSORS_FUZZ_CASES: u32 = 256;
     /// Cases of the architecture JSON fuzz tests below.

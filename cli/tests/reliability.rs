@@ -151,7 +151,10 @@ fn oversized_and_impossible_idx_headers_fail_before_allocating() {
     let e = err(train_on(&data, &out).output().unwrap());
     let e = one_line(&e);
     assert!(
-        e.contains(&path.display().to_string()) && e.contains("trailing bytes: expected 800 bytes"),
+        e.contains(&path.display().to_string())
+            && e.contains(
+                "invalid data: IDX images: 4294966496 trailing bytes: expected 800 bytes"
+            ),
         "{e}"
     );
     fs::remove_file(&path).unwrap();

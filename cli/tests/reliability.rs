@@ -260,7 +260,10 @@ fn flags_beyond_memory_threads_or_zero_limits_are_refused() {
             vec!["train", "--width", "65536"],
             "--width 65536: the network has",
         ),
-        (vec!["grow", "--batch", "100000"], "--batch 100000: "),
+        (
+            vec!["grow", "--batch", "100000"],
+            "--batch must be between 1 and 4096, got 100000",
+        ),
         (
             vec!["grow", "--threads", "100000"],
             "--threads 100000 is more than 4 per core",

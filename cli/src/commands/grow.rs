@@ -580,6 +580,9 @@ pub fn run(args: &GrowArgs, force: bool) -> Result<()> {
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("runs/grow"));
+            if cfg.grow.batch > 4096 {
+                bail!("--batch must be between 1 and 4096, got {}", cfg.grow.batch);
+            }
             refuse_saved_progress(&out)?;
             crate::memory::check(&cfg.seed_arch, cfg.grow.batch, &seed_flag(args), "--batch")?;
             let state = GrowState::new(

@@ -4,12 +4,14 @@
 //! Every error is one line naming the file and what is wrong with it.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
-use sprout_core::data::cifar::{parse_cifar, CifarKind};
-use sprout_core::data::idx::parse_idx;
+use sprout_core::data::cifar::{parse_cifar, CifarKind, IMAGE_BYTES};
+use sprout_core::data::idx::{
+    images_header, labels_header, length_error, parse_idx, IMAGES_HEADER_LEN, LABELS_HEADER_LEN,
+};
 use sprout_core::data::Dataset;
 use sprout_core::error::Error;
 
@@ -84,21 +86,140 @@ const EMBEDDED_TEST_IMAGES: &[u8] =
 const EMBEDDED_TEST_LABELS: &[u8] =
     include_bytes!("../../data/fashion-mnist-embedded/t10k-labels-idx1-ubyte.gz");
 
-/// Whether `bytes` start with the gzip magic.
-fn is_gzip(bytes: &[u8]) -> bool {
-    bytes.starts_with(&[0x1f, 0x8b])
+/// Most pixel bytes one split (training or test set) may hold in memory once
+/// padded: 2 GiB, about 2 million 1x32x32 images or 700,000 CIFAR images.
+/// Files whose headers (or sizes) declare more are refused before anything
+/// is read.
+pub const MAX_DATASET_BYTES: u64 = 1 << 31;
+
+/// The gzip magic bytes.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Which of the two IDX files of a split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdxPart {
+    Images,
+    Labels,
 }
 
-/// The bytes, gunzipped if they are gzip; `what` names them in errors.
-fn maybe_gunzip(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>> {
-    if !is_gzip(&bytes) {
-        return Ok(bytes);
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    flate2::read::MultiGzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .map_err(|e| anyhow!("{what}: invalid gzip: {e}"))?;
+/// Reads up to `n` bytes (fewer only at the end of the stream).
+fn read_up_to(reader: &mut impl Read, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(n);
+    reader.take(n as u64).read_to_end(&mut out)?;
     Ok(out)
+}
+
+/// The shape images of `rows x cols` have in memory: padded to
+/// [`IMAGE_SIZE`] when they fit, as they are otherwise.
+fn padded_side(rows: usize, cols: usize) -> (usize, usize) {
+    if rows <= IMAGE_SIZE && cols <= IMAGE_SIZE {
+        (IMAGE_SIZE, IMAGE_SIZE)
+    } else {
+        (rows, cols)
+    }
+}
+
+/// Refuses `count` images of `c x h x w`, held as `c x ph x pw`, above
+/// [`MAX_DATASET_BYTES`]; `what` names the file.
+fn check_dataset_size(what: &str, count: u64, shape: [usize; 3], held: [usize; 3]) -> Result<()> {
+    let per_image = (held[0] as u128) * (held[1] as u128) * (held[2] as u128);
+    let bytes = u128::from(count) * per_image;
+    if bytes > u128::from(MAX_DATASET_BYTES) {
+        bail!(
+            "{what}: {count} images of {}x{}x{} take {bytes} bytes as {}x{}x{}, more than the limit of {MAX_DATASET_BYTES} bytes per split",
+            shape[0],
+            shape[1],
+            shape[2],
+            held[0],
+            held[1],
+            held[2]
+        );
+    }
+    Ok(())
+}
+
+/// Reads one IDX file from `reader`, gunzipped if it starts with the gzip
+/// magic; `what` names it in errors. The header is read and checked first
+/// (magic, dimensions, the in-memory size limit, and for labels
+/// `expect_count`), then at most the bytes it declares plus one, so a
+/// damaged header or a gzip bomb costs no more memory than the header
+/// allows. `file_len` (the size on disk, for an uncompressed file) is checked
+/// against the header before the payload is read.
+pub fn read_idx_from(
+    what: &str,
+    mut reader: impl Read,
+    file_len: Option<u64>,
+    part: IdxPart,
+    expect_count: Option<usize>,
+) -> Result<Vec<u8>> {
+    let header_len = match part {
+        IdxPart::Images => IMAGES_HEADER_LEN,
+        IdxPart::Labels => LABELS_HEADER_LEN,
+    };
+    let io = |e: std::io::Error| anyhow!("{what}: {e}");
+    let prefix = read_up_to(&mut reader, header_len).map_err(io)?;
+    let gz = prefix.starts_with(&GZIP_MAGIC);
+    let gzip_err = |e: std::io::Error| anyhow!("{what}: invalid gzip: {e}");
+    let mut stream: Box<dyn Read + '_> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(
+            Cursor::new(prefix).chain(reader),
+        ))
+    } else {
+        Box::new(Cursor::new(prefix).chain(reader))
+    };
+    let head =
+        read_up_to(&mut stream, header_len).map_err(|e| if gz { gzip_err(e) } else { io(e) })?;
+    let part_name = match part {
+        IdxPart::Images => "IDX images",
+        IdxPart::Labels => "IDX labels",
+    };
+    let h = match part {
+        IdxPart::Images => images_header(&head),
+        IdxPart::Labels => labels_header(&head),
+    }
+    .map_err(|e| anyhow!("{what}: {e}"))?;
+    match part {
+        IdxPart::Images => {
+            let (n, rows, cols) = (h.dims[0], h.dims[1], h.dims[2]);
+            let (ph, pw) = padded_side(rows, cols);
+            check_dataset_size(what, n as u64, [1, rows, cols], [1, ph, pw])?;
+        }
+        IdxPart::Labels => {
+            let n = h.dims[0];
+            if let Some(want) = expect_count.filter(|&w| w != n) {
+                bail!("{what}: invalid data: {part_name}: count mismatch: {n} labels for {want} images");
+            }
+            if n as u64 > MAX_DATASET_BYTES {
+                bail!(
+                    "{what}: {n} labels are more than the limit of {MAX_DATASET_BYTES} per split"
+                );
+            }
+        }
+    }
+    if let Some(len) = file_len.filter(|_| !gz) {
+        let found = usize::try_from(len).unwrap_or(usize::MAX);
+        let part = match part {
+            IdxPart::Images => "images",
+            IdxPart::Labels => "labels",
+        };
+        if let Some(e) = length_error(part, h.file_len, found) {
+            bail!("{what}: {e}");
+        }
+    }
+    let payload = h.file_len - h.header_len;
+    let mut bytes = Vec::with_capacity(h.file_len);
+    bytes.extend_from_slice(&head);
+    stream
+        .take(payload as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| if gz { gzip_err(e) } else { io(e) })?;
+    if bytes.len() > h.file_len {
+        bail!(
+            "{what}: invalid data: {part_name}: trailing data after the {} bytes the header declares",
+            h.file_len
+        );
+    }
+    Ok(bytes)
 }
 
 /// The Fashion-MNIST subset compiled into the binary: the first 600 training
@@ -107,8 +228,8 @@ fn maybe_gunzip(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>> {
 pub fn embedded() -> Result<Splits> {
     let split = |images: &[u8], labels: &[u8], which: &str| -> Result<Dataset> {
         let what = format!("embedded Fashion-MNIST {which}");
-        let images = maybe_gunzip(images.to_vec(), &what)?;
-        let labels = maybe_gunzip(labels.to_vec(), &what)?;
+        let images = read_idx_from(&what, images, None, IdxPart::Images, None)?;
+        let labels = read_idx_from(&what, labels, None, IdxPart::Labels, None)?;
         let ds = parse_idx(&images, &labels, 10).map_err(|e| anyhow!("{what}: {e}"))?;
         ds.pad_to(IMAGE_SIZE, IMAGE_SIZE)
             .map_err(|e| anyhow!("{what}: {e}"))
@@ -161,30 +282,89 @@ fn install_hint(name: DatasetName) -> &'static str {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))
+/// Whether anything (a file, a directory, a dangling link) is at `path`.
+fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
 }
 
-/// Reads `dir/base` or `dir/base.gz`, gunzipped; returns the path used.
-fn read_idx_file(name: DatasetName, dir: &Path, base: &str) -> Result<(Vec<u8>, PathBuf)> {
+/// Opens `path` if it is a regular file (after following links) and returns
+/// it with its size; anything else (a FIFO, a device, a directory) is "not a
+/// regular file". The type is checked before opening, which would block on a
+/// FIFO.
+fn open_regular(path: &Path) -> Result<(fs::File, u64)> {
+    let meta = fs::metadata(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", path.display());
+    }
+    let f = fs::File::open(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((f, meta.len()))
+}
+
+/// Reads `dir/base` or `dir/base.gz` (see [`read_idx_from`]); returns the
+/// bytes, gunzipped, and the path used.
+fn read_idx_file(
+    name: DatasetName,
+    dir: &Path,
+    base: &str,
+    part: IdxPart,
+    expect_count: Option<usize>,
+) -> Result<(Vec<u8>, PathBuf)> {
     let plain = dir.join(base);
     let gz = dir.join(format!("{base}.gz"));
-    let path = if plain.is_file() {
+    let path = if exists(&plain) {
         plain
-    } else if gz.is_file() {
+    } else if exists(&gz) {
         gz
     } else {
         bail!("missing {}[.gz]: {}", plain.display(), install_hint(name));
     };
-    let bytes = read_file(&path)?;
-    let bytes = maybe_gunzip(bytes, &path.display().to_string())?;
+    let (file, len) = open_regular(&path)?;
+    let what = path.display().to_string();
+    let bytes = read_idx_from(
+        &what,
+        std::io::BufReader::new(file),
+        Some(len),
+        part,
+        expect_count,
+    )?;
     Ok((bytes, path))
 }
 
+/// Refuses a test split whose images or classes differ from the training
+/// split's, naming both files.
+fn check_same_shape(
+    train: &Dataset,
+    train_file: &Path,
+    test: &Dataset,
+    test_file: &Path,
+) -> Result<()> {
+    let shape = |d: &Dataset| format!("{}x{}x{}", d.channels, d.height, d.width);
+    if (train.channels, train.height, train.width) != (test.channels, test.height, test.width) {
+        bail!(
+            "{} holds {} training images but {} holds {} test images; both splits need the same image shape",
+            train_file.display(),
+            shape(train),
+            test_file.display(),
+            shape(test)
+        );
+    }
+    if train.classes != test.classes {
+        bail!(
+            "{} has {} classes but {} has {}; both splits need the same classes",
+            train_file.display(),
+            train.classes,
+            test_file.display(),
+            test.classes
+        );
+    }
+    Ok(())
+}
+
 fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset)> {
-    let split = |images: &str, labels: &str| -> Result<Dataset> {
-        let (ib, ip) = read_idx_file(name, dir, images)?;
-        let (lb, lp) = read_idx_file(name, dir, labels)?;
+    let split = |images: &str, labels: &str| -> Result<(Dataset, PathBuf)> {
+        let (ib, ip) = read_idx_file(name, dir, images, IdxPart::Images, None)?;
+        let count = images_header(&ib).ok().map(|h| h.dims[0]);
+        let (lb, lp) = read_idx_file(name, dir, labels, IdxPart::Labels, count)?;
         let ds = parse_idx(&ib, &lb, 10).map_err(|e| {
             // The message says which of the two files is at fault.
             let path = match &e {
@@ -193,16 +373,19 @@ fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset)> {
             };
             anyhow!("{}: {e}", path.display())
         })?;
+        drop((ib, lb));
         if ds.height > IMAGE_SIZE || ds.width > IMAGE_SIZE {
-            return Ok(ds);
+            return Ok((ds, ip));
         }
-        ds.pad_to(IMAGE_SIZE, IMAGE_SIZE)
-            .map_err(|e| anyhow!("{}: {e}", ip.display()))
+        let ds = ds
+            .pad_to(IMAGE_SIZE, IMAGE_SIZE)
+            .map_err(|e| anyhow!("{}: {e}", ip.display()))?;
+        Ok((ds, ip))
     };
-    Ok((
-        split(TRAIN_IMAGES, TRAIN_LABELS)?,
-        split(TEST_IMAGES, TEST_LABELS)?,
-    ))
+    let (train, train_file) = split(TRAIN_IMAGES, TRAIN_LABELS)?;
+    let (test, test_file) = split(TEST_IMAGES, TEST_LABELS)?;
+    check_same_shape(&train, &train_file, &test, &test_file)?;
+    Ok((train, test))
 }
 
 fn cifar_kind(name: DatasetName) -> CifarKind {
@@ -242,13 +425,45 @@ fn load_cifar(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset)> {
         dir.to_path_buf()
     };
     let mut parts = Vec::with_capacity(files.len());
-    for file in &files {
+    // Records of the training files so far (the test file is counted alone).
+    let mut train_records = 0u64;
+    for (i, file) in files.iter().enumerate() {
         let path = base.join(file);
-        if !path.is_file() {
+        if !exists(&path) {
             bail!("missing {}: {}", path.display(), install_hint(name));
         }
-        let bytes = read_file(&path)?;
-        let ds = parse_cifar(&[&bytes], kind).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let (f, len) = open_regular(&path)?;
+        let what = path.display().to_string();
+        let records = len / kind.record_len() as u64;
+        let counted = if i + 1 == files.len() {
+            records
+        } else {
+            train_records += records;
+            train_records
+        };
+        check_dataset_size(&what, counted, [3, 32, 32], [3, 32, 32])?;
+        if len % kind.record_len() as u64 != 0 || len == 0 {
+            // parse_cifar words the error; the file is not read.
+            let e = parse_cifar(&[&[]], kind)
+                .err()
+                .filter(|_| len == 0)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| {
+                    format!(
+                        "invalid data: {}: length {len} is not a multiple of the record size {} ({records} whole records and {} bytes over)",
+                        kind.name(),
+                        kind.record_len(),
+                        len % kind.record_len() as u64
+                    )
+                });
+            bail!("{what}: {e}");
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        f.take(len)
+            .read_to_end(&mut bytes)
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        let ds = parse_cifar(&[&bytes], kind).map_err(|e| anyhow!("{what}: {e}"))?;
+        debug_assert_eq!(ds.images.len(), records as usize * IMAGE_BYTES);
         parts.push(ds);
     }
     let test = parts.pop().expect("CIFAR has a test file");
@@ -522,6 +737,121 @@ mod tests {
         assert_eq!(names, ["fashion-mnist", "mnist", "cifar10", "cifar100"]);
         for v in DatasetName::value_variants() {
             assert_eq!(v.to_string(), v.to_possible_value().unwrap().get_name());
+        }
+    }
+
+    #[test]
+    fn headers_are_checked_before_payloads_are_read() {
+        // 2^24 images of 1x1: 16 GiB padded, refused from the header alone.
+        let mut h = vec![0, 0, 8, 3];
+        for d in [1u32 << 24, 1, 1] {
+            h.extend_from_slice(&d.to_be_bytes());
+        }
+        let m = read_idx_from("f", &gzip(&h)[..], None, IdxPart::Images, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            m,
+            format!(
+                "f: 16777216 images of 1x1x1 take 17179869184 bytes as 1x32x32, more than the limit of {MAX_DATASET_BYTES} bytes per split"
+            )
+        );
+        // An uncompressed file of the wrong size is refused from its length.
+        let (images, labels) = encode_idx(&random(2, 1, 4, 10, 1));
+        let m = read_idx_from("f", &images[..16], Some(1 << 40), IdxPart::Images, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.starts_with("f: invalid data: IDX images:") && m.contains("trailing bytes"),
+            "{m}"
+        );
+        // Gzip is decompressed only up to the declared size plus one byte.
+        let mut long = images.clone();
+        long.extend(vec![0u8; 1 << 20]);
+        let m = read_idx_from("f", &gzip(&long)[..], None, IdxPart::Images, None)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("trailing data after the 48 bytes"), "{m}");
+        // Labels for another number of images are refused from the header.
+        let m = read_idx_from("l", &labels[..], None, IdxPart::Labels, Some(3))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("count mismatch: 2 labels for 3 images"), "{m}");
+        assert_eq!(
+            read_idx_from("f", &gzip(&images)[..], None, IdxPart::Images, None).unwrap(),
+            images
+        );
+    }
+
+    #[test]
+    fn special_files_are_not_regular() {
+        let dir = TempDir::new();
+        let link = dir.0.join(TRAIN_IMAGES);
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let m = load(DatasetName::Mnist, Some(&dir.0))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(m, format!("{}: not a regular file", link.display()));
+    }
+
+    /// Cases of each gzip-wrapper fuzz test below.
+    const GZIP_FUZZ_CASES: u32 = 256;
+
+    /// Ok results hold exactly the file the header declares.
+    fn check_read(
+        r: Result<Vec<u8>>,
+        part: IdxPart,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        if let Ok(bytes) = r {
+            let h = match part {
+                IdxPart::Images => images_header(&bytes),
+                IdxPart::Labels => labels_header(&bytes),
+            };
+            proptest::prop_assert!(h.is_ok_and(|h| h.file_len >= bytes.len()));
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: GZIP_FUZZ_CASES, ..Default::default() })]
+
+        #[test]
+        fn fuzz_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            gz_magic in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if gz_magic && bytes.len() >= 2 {
+                bytes[..2].copy_from_slice(&GZIP_MAGIC);
+            }
+            for part in [IdxPart::Images, IdxPart::Labels] {
+                let len = Some(bytes.len() as u64);
+                check_read(read_idx_from("fuzz", &bytes[..], len, part, None), part)?;
+                check_read(read_idx_from("fuzz", &bytes[..], None, part, Some(3)), part)?;
+            }
+        }
+
+        #[test]
+        fn fuzz_mutated_gzip_files(
+            seed in proptest::prelude::any::<u64>(),
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..4),
+            cut in 0usize..8,
+        ) {
+            let ds = random(3, 1, 5, 10, seed);
+            let (images, labels) = encode_idx(&ds);
+            for (raw, part) in [(images, IdxPart::Images), (labels, IdxPart::Labels)] {
+                let mut g = gzip(&raw);
+                for &(pos, b) in &edits {
+                    let at = pos % g.len();
+                    g[at] = b;
+                }
+                g.truncate(g.len().saturating_sub(cut));
+                let r = read_idx_from("fuzz", &g[..], Some(g.len() as u64), part, None);
+                if edits.is_empty() && cut == 0 {
+                    proptest::prop_assert_eq!(r.as_deref().ok(), Some(&raw[..]));
+                }
+                check_read(r, part)?;
+            }
         }
     }
 }

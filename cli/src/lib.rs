@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod memory;
 pub mod plots;
 pub mod progress;
 pub mod run_dir;

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Grow a network from a seed by learned morphisms (the paper's Algorithm 1).
-    Grow(Box<commands::grow::GrowArgs>),
+    Grow(Box<commands::grow::GrowCommand>),
     /// Gauss-Newton theta vs direct optimisation vs splitting on layer 1 (the paper's Figure 4).
     Compare(commands::compare::CompareArgs),
     /// Estimated vs true loss change of every split candidate (the paper's Figure 3).
@@ -45,7 +45,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Grow(a) => commands::grow::run(a),
+        Command::Grow(a) => commands::grow::run(&a.args, a.force),
         Command::Compare(a) => commands::compare::run(a),
         Command::Estimate(a) => commands::estimate::run(a),
         Command::Table(a) => commands::table::run(a),

@@ -4,7 +4,8 @@
 //! A sweep is a manifest, `manifest.jsonl`: one JSON object per line with
 //! the run's index, id, directory (relative to the manifest) and its whole
 //! [`Job`]. `sprout run-job --manifest M --index I` runs exactly line `I`:
-//! it takes the run directory's lock, refuses a directory whose `job.json`
+//! it claims the run directory ([`RunDir::claim`]: a lock, and nothing but a
+//! run of its own), refuses a directory whose `job.json`
 //! differs from the line, resumes a growth run from its checkpoint, and
 //! writes the completion marker [`DONE`] last, atomically. A finished run is
 //! never run again.
@@ -275,40 +276,6 @@ impl Manifest {
     }
 }
 
-/// Holds a run directory for one process: an advisory lock on `DIR/.lock`
-/// with the holder's pid in it, released when dropped (or when the process dies).
-#[derive(Debug)]
-pub struct DirLock {
-    _file: fs::File,
-}
-
-impl DirLock {
-    /// Takes the lock or says which process holds it.
-    pub fn take(dir: &Path) -> Result<DirLock> {
-        use std::io::Write as _;
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(".lock");
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        if file.try_lock().is_err() {
-            let holder = fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "{} is in use by process {}; wait for it or stop it",
-                dir.display(),
-                holder.trim()
-            );
-        }
-        file.set_len(0)?;
-        write!(file, "{}", std::process::id())?;
-        Ok(DirLock { _file: file })
-    }
-}
-
 /// Runs line `index` of `manifest` in this process (the global thread pool
 /// must already have the job's thread count) unless it finished before.
 pub fn run_line(manifest: &Manifest, index: usize) -> Result<Outcome> {
@@ -328,7 +295,8 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
         return Ok(o);
     }
     let dir = manifest.dir_of(line);
-    let _lock = DirLock::take(&dir)?;
+    // One process per run directory; a directory of anything else is refused.
+    let (_, _lock) = RunDir::claim(&dir, "run-job", false)?;
     // Another process may have finished it while we waited for nothing.
     if let Some(o) = manifest.outcome(line)? {
         return Ok(o);

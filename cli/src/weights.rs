@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, View};
+use sprout_core::arch::{BnPart, Role};
 use sprout_core::{Arch, Network};
 
 /// Value of the `format` metadata key in files written by sprout.
@@ -157,8 +158,13 @@ fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// Reads the whole file; the error names it.
+/// Reads the whole file, which must be a regular file (a device or a FIFO
+/// would never end); the error names it.
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", path.display());
+    }
     fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
@@ -246,8 +252,13 @@ pub fn save_network(path: &Path, net: &Network, extra_metadata: &[(&str, String)
 /// are ignored.
 pub fn load_network(path: &Path) -> Result<Network> {
     let bytes = read_bytes(path)?;
-    let st = parse(path, &bytes)?;
-    let meta = metadata_of(path, &bytes)?;
+    network_from_bytes(path, &bytes)
+}
+
+/// [`load_network`] on the bytes of a file; `path` names it in errors.
+pub fn network_from_bytes(path: &Path, bytes: &[u8]) -> Result<Network> {
+    let st = parse(path, bytes)?;
+    let meta = metadata_of(path, bytes)?;
     let arch_json = meta.get(ARCH_KEY).ok_or_else(|| {
         anyhow!(
             "{}: missing '{ARCH_KEY}' metadata (not a network saved by sprout)",
@@ -277,16 +288,54 @@ pub fn load_network(path: &Path) -> Result<Network> {
                 s.shape
             );
         }
-        tensors.push(decode_f32(path, &s.name, &view)?);
+        let values = decode_f32(path, &s.name, &view)?;
+        check_values(path, &s.name, s.role, &values)?;
+        tensors.push(values);
     }
     Network::from_tensors(arch, tensors).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Refuses NaN or infinite values anywhere, and a negative BN running
+/// variance (the square root of a negative variance is NaN in every forward
+/// pass); the error names the file and the tensor.
+fn check_values(path: &Path, name: &str, role: Role, values: &[f32]) -> Result<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{}: tensor {name} holds NaN or infinite values (first at index {i})",
+            path.display()
+        );
+    }
+    let is_var = matches!(
+        role,
+        Role::BatchNorm {
+            part: BnPart::RunningVar,
+            ..
+        }
+    );
+    if is_var {
+        if let Some(i) = values.iter().position(|&v| v < 0.0) {
+            bail!(
+                "{}: tensor {name} holds the negative variance {} at index {i}",
+                path.display(),
+                values[i]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads an architecture from a JSON file (as written by serde for
 /// [`Arch`]) and validates it.
 pub fn load_arch_json(path: &Path) -> Result<Arch> {
-    let text = fs::read_to_string(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let arch: Arch = serde_json::from_str(&text)
+    let bytes = read_bytes(path)?;
+    arch_from_json(path, &bytes)
+}
+
+/// [`load_arch_json`] on the bytes of a file; `path` names it in errors.
+pub fn arch_from_json(path: &Path, bytes: &[u8]) -> Result<Arch> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| anyhow!("{}: not UTF-8: {e}", path.display()))?;
+    let arch: Arch = serde_json::from_str(text)
         .map_err(|e| anyhow!("{}: invalid architecture JSON: {e}", path.display()))?;
     arch.validate()
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -640,5 +689,126 @@ pub(crate) mod tests {
         let nowhere = dir.0.join("no/such/dir/x.json");
         let m = write_atomic(&nowhere, b"x").unwrap_err().to_string();
         assert!(m.starts_with(&nowhere.display().to_string()), "{m}");
+    }
+
+    #[test]
+    fn negative_running_variance_is_refused() {
+        let dir = TempDir::new("weights");
+        let path = dir.0.join("m.safetensors");
+        let mut net = Network::init(&Arch::vgg19(2, [1, 32, 32], 10).unwrap(), 0);
+        let i = net
+            .specs()
+            .iter()
+            .position(|s| s.name == "layers.0.bn.running_var")
+            .unwrap();
+        net.tensors[i][0] = -1.0;
+        save_network(&path, &net, &[]).unwrap();
+        let m = load_network(&path).unwrap_err().to_string();
+        assert_eq!(
+            m,
+            format!(
+                "{}: tensor layers.0.bn.running_var holds the negative variance -1 at index 0",
+                path.display()
+            )
+        );
+        net.tensors[i][0] = f32::INFINITY;
+        save_network(&path, &net, &[]).unwrap();
+        let m = load_network(&path).unwrap_err().to_string();
+        assert!(
+            m.contains("layers.0.bn.running_var holds NaN or infinite"),
+            "{m}"
+        );
+    }
+
+    /// Cases of the safetensors fuzz tests below.
+    const SAFETENSORS_FUZZ_CASES: u32 = 256;
+    /// Cases of the architecture JSON fuzz tests below.
+    const ARCH_JSON_FUZZ_CASES: u32 = 256;
+
+    /// A small saved network's file bytes.
+    fn network_bytes() -> Vec<u8> {
+        use std::sync::OnceLock;
+        static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+        BYTES
+            .get_or_init(|| {
+                let dir = TempDir::new("weights-fuzz");
+                let path = dir.0.join("m.safetensors");
+                let net = Network::init(&Arch::vgg19(1, [1, 32, 32], 2).unwrap(), 0);
+                save_network(&path, &net, &[]).unwrap();
+                fs::read(&path).unwrap()
+            })
+            .clone()
+    }
+
+    fn arch_text() -> String {
+        serde_json::to_string(&Arch::mobilenet_v1(2, [3, 32, 32], 10).unwrap()).unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: SAFETENSORS_FUZZ_CASES, ..Default::default() })]
+
+        #[test]
+        fn fuzz_safetensors_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            len in proptest::prelude::any::<u16>(),
+        ) {
+            let mut bytes = bytes;
+            // Often a plausible header length, to get past the first check.
+            if bytes.len() >= 8 && len % 2 == 0 {
+                let n = (u64::from(len) % (bytes.len() as u64 - 7)).to_le_bytes();
+                bytes[..8].copy_from_slice(&n);
+            }
+            let p = Path::new("fuzz.safetensors");
+            if let Ok(net) = network_from_bytes(p, &bytes) {
+                proptest::prop_assert!(net.tensors.iter().flatten().all(|v| v.is_finite()));
+            }
+        }
+
+        #[test]
+        fn fuzz_safetensors_mutated_valid_file(
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..4),
+            header_only in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = network_bytes();
+            let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            for &(pos, b) in &edits {
+                let at = if header_only { pos % header } else { pos % bytes.len() };
+                bytes[at] = b;
+            }
+            let p = Path::new("fuzz.safetensors");
+            match network_from_bytes(p, &bytes) {
+                Ok(net) => {
+                    proptest::prop_assert!(net.tensors.iter().flatten().all(|v| v.is_finite()));
+                    proptest::prop_assert_eq!(net.tensors.len(), net.arch.param_specs().len());
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("fuzz.safetensors")),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: ARCH_JSON_FUZZ_CASES, ..Default::default() })]
+
+        #[test]
+        fn fuzz_arch_json_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok(a) = arch_from_json(Path::new("fuzz.json"), &bytes) {
+                proptest::prop_assert!(a.validate().is_ok());
+            }
+        }
+
+        #[test]
+        fn fuzz_arch_json_mutated_valid_file(
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), 0x20u8..0x7f), 1..4),
+        ) {
+            let mut bytes = arch_text().into_bytes();
+            for &(pos, b) in &edits {
+                let at = pos % bytes.len();
+                bytes[at] = b;
+            }
+            match arch_from_json(Path::new("fuzz.json"), &bytes) {
+                Ok(a) => proptest::prop_assert!(a.validate().is_ok()),
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("fuzz.json")),
+            }
+        }
     }
 }

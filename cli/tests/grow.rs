@@ -267,3 +267,127 @@ fn diverging_loss_stops_with_a_message_and_no_checkpoint() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Number of moments at which [`killed_at_many_moments_resumes_to_identical_weights`]
+/// kills a run.
+const KILL_POINTS: usize = 5;
+
+/// Whether `dir` holds a checkpoint a resume can start from.
+fn has_checkpoint(dir: &Path) -> bool {
+    ["checkpoint", "checkpoint.tmp", "checkpoint.old"]
+        .iter()
+        .any(|c| dir.join(c).join("state.json").is_file())
+}
+
+/// The phase of `dir`'s current checkpoint, if it has one.
+fn checkpoint_phase(dir: &Path) -> Option<u64> {
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("checkpoint/state.json")).ok()?).ok()?;
+    st["phase"].as_u64()
+}
+
+#[test]
+fn killed_at_many_moments_resumes_to_identical_weights() {
+    // A tiny run: 2 phases of 1 epoch on 320 images.
+    let tiny = |out: &Path| {
+        let mut c = sprout();
+        c.args([
+            "grow",
+            "--train-limit",
+            "320",
+            "--test-limit",
+            "100",
+            "--phases",
+            "2",
+            "--phase-epochs",
+            "1",
+            "--width",
+            "4",
+            "--threads",
+            "2",
+            "--seed",
+            "5",
+            "--out",
+        ])
+        .arg(out);
+        c
+    };
+    let a = tmp("kill-points-whole");
+    ok(tiny(&a).output().unwrap());
+
+    // Each kill waits for a point of the run (so the moments spread over it
+    // whatever the machine's speed), then a seeded delay of 0-255 ms:
+    // phase 1's training, the first checkpoint being written, phase 2, the
+    // log of phase 2 before its checkpoint, final.json before the finished
+    // checkpoint. A point an attempt never reaches lets it finish.
+    let b = tmp("kill-points-killed");
+    type Point = fn(&Path) -> bool;
+    let points: [(Point, bool); KILL_POINTS] = [
+        (|_| true, true),
+        (|d| d.join("checkpoint.tmp").exists(), false),
+        (|d| checkpoint_phase(d) == Some(1), true),
+        (|d| d.join("arch-phase-02.json").exists(), false),
+        (|d| d.join("final.json").exists(), false),
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut kills = 0;
+    for (reached, delayed) in points {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut c = if has_checkpoint(&b) {
+            let mut r = sprout();
+            r.args(["grow", "--threads", "2", "--resume"]).arg(&b);
+            r
+        } else {
+            tiny(&b)
+        };
+        let mut child = c
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !reached(&b) && child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(120), "run stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if delayed {
+            std::thread::sleep(Duration::from_millis(seed % 256));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} of the {KILL_POINTS} kill points were reached"
+    );
+    let mut finish = if has_checkpoint(&b) {
+        let mut r = sprout();
+        r.args(["grow", "--threads", "2", "--resume"]).arg(&b);
+        r
+    } else {
+        tiny(&b)
+    };
+    ok(finish.output().unwrap());
+
+    let wa = sprout::weights::load_network(&a.join("model.safetensors")).unwrap();
+    let wb = sprout::weights::load_network(&b.join("model.safetensors")).unwrap();
+    assert_eq!(wa.arch, wb.arch);
+    for (x, y) in wa.tensors.iter().zip(&wb.tensors) {
+        assert!(
+            x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "weights after {kills} kills differ from the uninterrupted run"
+        );
+    }
+    let fin = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("final.json")).unwrap()).unwrap()
+    };
+    assert_eq!(fin(&a), fin(&b));
+    assert_eq!(phase_lines(&a), phase_lines(&b));
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}

@@ -125,8 +125,10 @@ impl Network {
                 )));
             }
             if t.iter().any(|v| !v.is_finite()) {
-                return Err(Error::Shape(format!(
-                    "tensor {} holds NaN or infinite values",
+                // Weights read from files are checked by their loaders; a
+                // non-finite value here comes from training.
+                return Err(Error::NonFinite(format!(
+                    "non-finite weights: tensor {} holds NaN or infinite values",
                     s.name
                 )));
             }

@@ -523,18 +523,22 @@ pub fn select_box(
         let fixed = qp.items.len();
         for cand in order {
             let (l, w) = (cand.layer, arch.widths[cand.layer]);
+            // Splits are applied at any scale, prunes only at 1.
+            let applied = |c: &Candidate, t: f64| c.kind == Kind::Split || t > 0.0;
             let in_layer = |prune: bool| {
                 qp.items
                     .iter()
                     .zip(&qp.t)
-                    .filter(|(c, t)| c.layer == l && **t > 0.0 && (!prune || c.kind == Kind::Prune))
+                    .filter(|(c, t)| {
+                        c.layer == l && applied(c, **t) && (!prune || c.kind == Kind::Prune)
+                    })
                     .count()
             };
             let taken = qp
                 .items
                 .iter()
                 .zip(&qp.t)
-                .any(|(c, t)| c.layer == l && c.channel == cand.channel && *t > 0.0);
+                .any(|(c, t)| c.layer == l && c.channel == cand.channel && applied(c, *t));
             if taken || in_layer(false) >= layer_budget(w, cfg.fraction) || in_layer(true) + 1 >= w
             {
                 continue;
@@ -1066,6 +1070,47 @@ mod tests {
             );
             let e = sel.joint_delta_loss.unwrap();
             assert!((e + 0.875).abs() < 1e-4, "after {after}: {e}");
+        }
+        // A channel whose split is in the set (at any scale) is never also
+        // pruned, and prunes admitted afterwards respect the layer budget.
+        let mut st = state_with(&arch, |_, _| -0.1, |_, _| -0.2);
+        let mut u = alloc::vec![0.0f32; st.joint_len()];
+        for l in 0..arch.layers() {
+            for c in 0..10 {
+                u[st.joint_slot(l, c, false)] = -1.0;
+                u[st.joint_slot(l, c, true)] = if c % 2 == 0 { -0.1 } else { 0.1 };
+            }
+        }
+        st.update_cross(&u, 1, 1.0, 0.5, &mut Vec::new());
+        let cfg = SelectConfig {
+            selection: Selection::Box,
+            prunes_after_splits: true,
+            ..config(0.0, 0.3, true)
+        };
+        let splits_only = SelectConfig {
+            prune: false,
+            ..cfg
+        };
+        let sel = choose(&arch, &candidates(&arch, &st, &cfg), &cfg, &st);
+        let pool = select(&arch, &candidates(&arch, &st, &splits_only), &splits_only);
+        for l in 0..arch.layers() {
+            let mine: Vec<usize> = sel
+                .chosen
+                .iter()
+                .filter(|k| k.layer == l)
+                .map(|k| k.channel)
+                .collect();
+            let mut uniq = mine.clone();
+            uniq.dedup();
+            assert_eq!(mine, uniq, "layer {l}: a channel chosen twice");
+            assert!(mine.len() <= layer_budget(10, 0.3), "layer {l}: {mine:?}");
+            assert_eq!(
+                sel.chosen
+                    .iter()
+                    .filter(|k| k.layer == l && k.kind == Kind::Split)
+                    .count(),
+                pool.iter().filter(|k| k.layer == l).count()
+            );
         }
     }
 

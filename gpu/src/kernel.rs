@@ -34,7 +34,7 @@ pub struct View {
 impl View {
     /// The part of this view from element `start` (a multiple of [`ALIGN`]), `len` long.
     pub fn sub(&self, start: usize, len: usize) -> Result<View> {
-        if start % ALIGN != 0 || start + len > self.len || len == 0 {
+        if !start.is_multiple_of(ALIGN) || start + len > self.len || len == 0 {
             return Err(Error::Shape(format!(
                 "sub-view {start}..{} of a view of {} values",
                 start + len,

@@ -156,11 +156,14 @@ pub fn eval_run(args: &EvalArgs) -> Result<(String, BatchStats)> {
     let splits = load_dataset(&name, dir.as_deref())?;
     check_fits(&splits.test, &splits.name, &net.arch, &model)?;
     let norm = Normalization::of(&splits.train);
-    let mut backend = CpuBackend::new(args.batch);
+    // Batches beyond the test set would only hold empty buffers.
+    let batch = args.batch.min(splits.test.len()).max(1);
+    crate::memory::check(&net.arch, batch, &model.display().to_string(), "--batch")?;
+    let mut backend = CpuBackend::new(batch);
     backend
         .load(&net, None)
         .map_err(|e| anyhow!("{}: {e}", model.display()))?;
-    let stats = evaluate_counts(&mut backend, &splits.test, &norm, args.batch)?;
+    let stats = evaluate_counts(&mut backend, &splits.test, &norm, batch)?;
     Ok((splits.name, stats))
 }
 

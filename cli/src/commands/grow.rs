@@ -7,7 +7,7 @@ use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName, Splits};
 use crate::device::{BackendKind, DeviceArgs};
 use crate::progress::bar;
-use crate::run_dir::{set_threads, RunDir};
+use crate::run_dir::{run_command, set_threads, Fnv64, RunDir, RunLock};
 use crate::weights::{load_network, load_tensors, save_network, save_tensors};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -368,11 +368,9 @@ fn save_checkpoint(run: &RunDir, state: &GrowState, finished: bool) -> Result<()
 }
 
 fn load_checkpoint(run: &RunDir) -> Result<(GrowState, bool)> {
-    // A kill between the two renames leaves only checkpoint.old: it is whole.
-    let mut dir = run.file(CHECKPOINT);
-    if !dir.join("state.json").exists() && run.file("checkpoint.old").join("state.json").exists() {
-        dir = run.file("checkpoint.old");
-    }
+    // A kill between the two renames leaves checkpoint.tmp (whole once its
+    // state.json, written last, exists) and checkpoint.old: either is whole.
+    let dir = saved_checkpoint(run).unwrap_or_else(|| run.file(CHECKPOINT));
     let state_path = dir.join("state.json");
     let bytes = fs::read(&state_path).with_context(|| {
         format!(
@@ -380,8 +378,7 @@ fn load_checkpoint(run: &RunDir) -> Result<(GrowState, bool)> {
             state_path.display()
         )
     })?;
-    let st: CheckpointState = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{}: not a valid checkpoint", state_path.display()))?;
+    let st = parse_state(&state_path, &bytes)?;
     let network = load_network(&dir.join("model.safetensors"))?;
     let (tensors, _) = load_tensors(&dir.join("momentum.safetensors"))?;
     let mut momentum = network.zeros_like();
@@ -498,8 +495,19 @@ fn bars(phase: usize, phases: usize) -> impl FnMut(Stage, usize, usize, f32) {
     }
 }
 
-pub fn run(args: &GrowArgs) -> Result<()> {
+pub fn run(args: &GrowArgs, force: bool) -> Result<()> {
     set_threads(args.threads)?;
+    for (flag, v) in [
+        ("--train-limit", args.train_limit),
+        ("--test-limit", args.test_limit),
+    ] {
+        if v == Some(0) {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    // A fresh run claims its directory only once everything is checked.
+    let mut start = Start::Resume;
+    let mut lock: Option<RunLock> = None;
     let (run, cfg, state, finished) = match &args.resume {
         Some(dir) => {
             if let Some(out) = &args.out {
@@ -518,8 +526,22 @@ pub fn run(args: &GrowArgs) -> Result<()> {
                     dir.display()
                 )
             })?;
+            lock = Some(RunDir::lock_existing(dir)?);
+            if let Some(other) = run_command(dir)?.filter(|c| c != "grow") {
+                bail!(
+                    "--resume {}: a sprout {other} run, not a grow run",
+                    dir.display()
+                );
+            }
             let stored: RunConfig = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{}: not a grow configuration", cfg_path.display()))?;
+            if let Some(d) = args.dataset.filter(|d| d.as_str() != stored.dataset) {
+                bail!(
+                    "--resume {}: the run grows on {}, not --dataset {d}; start a new run with another --out",
+                    dir.display(),
+                    stored.dataset
+                );
+            }
             let splits = load_dataset(
                 &stored.dataset,
                 args.data.as_deref().or(stored.data_dir.as_deref()),
@@ -535,14 +557,7 @@ pub fn run(args: &GrowArgs) -> Result<()> {
                 .arch
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-            truncate_log(&run, "metrics.jsonl", state.phase)?;
-            truncate_log(&run, "morphisms.jsonl", state.phase)?;
-            println!(
-                "resuming {} after phase {} of {}",
-                dir.display(),
-                state.phase,
-                stored.grow.phases
-            );
+            check_checkpoint(&run, &stored, &state, finished)?;
             (run, stored, state, finished)
         }
         None => {
@@ -552,30 +567,46 @@ pub fn run(args: &GrowArgs) -> Result<()> {
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("runs/grow"));
-            if out.join(CHECKPOINT).exists() {
-                bail!("{} already holds a grow run: pass --resume {} to continue it, or choose another --out", out.display(), out.display());
+            if cfg.grow.batch > 4096 {
+                bail!("--batch must be between 1 and 4096, got {}", cfg.grow.batch);
             }
-            let run = RunDir::create(&out)?;
-            run.write_json("config.json", &cfg)?;
-            for f in ["metrics.jsonl", "morphisms.jsonl"] {
-                let _ = fs::remove_file(run.file(f));
-            }
+            refuse_saved_progress(&out)?;
+            crate::memory::check(&cfg.seed_arch, cfg.grow.batch, &seed_flag(args), "--batch")?;
             let state = GrowState::new(
                 Network::init(&cfg.seed_arch, cfg.seed),
                 cfg.seed ^ 0x6a09_e667,
             );
-            (run, cfg, state, false)
+            start = Start::Fresh {
+                out: out.clone(),
+                force,
+            };
+            (RunDir { path: out }, cfg, state, false)
         }
     };
-    execute(&run, &cfg, state, finished, &args.device)
+    let _lock = lock;
+    execute(&run, &cfg, state, finished, &args.device, start)
+}
+
+/// How [`execute`] takes its run directory.
+enum Start {
+    /// Claim `out` (nothing has been written yet).
+    Fresh { out: PathBuf, force: bool },
+    /// The caller holds the directory's lock and has checked its checkpoint.
+    Resume,
 }
 
 /// Starts the growth run `cfg` in `dir`, or resumes it from its checkpoint
 /// when `dir` already holds it (a sweep's runs restart this way after a kill).
 pub fn start_or_resume(dir: &Path, cfg: &RunConfig, device: &DeviceArgs) -> Result<()> {
-    let run = RunDir::create(dir)?;
+    let run = RunDir {
+        path: dir.to_path_buf(),
+    };
     let cfg_path = run.file("config.json");
-    if cfg_path.exists() {
+    let saved = ["checkpoint", "checkpoint.old", "checkpoint.tmp"]
+        .iter()
+        .any(|c| run.file(c).exists());
+    if cfg_path.exists() && saved {
+        let lock = RunDir::lock_existing(dir)?;
         let stored: RunConfig = serde_json::from_slice(
             &fs::read(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?,
         )
@@ -586,22 +617,21 @@ pub fn start_or_resume(dir: &Path, cfg: &RunConfig, device: &DeviceArgs) -> Resu
                 cfg_path.display()
             );
         }
-        if run.file(CHECKPOINT).exists() || run.file("checkpoint.old").exists() {
-            let (state, finished) = load_checkpoint(&run)?;
-            truncate_log(&run, "metrics.jsonl", state.phase)?;
-            truncate_log(&run, "morphisms.jsonl", state.phase)?;
-            return execute(&run, cfg, state, finished, device);
-        }
-    }
-    run.write_json("config.json", cfg)?;
-    for f in ["metrics.jsonl", "morphisms.jsonl"] {
-        let _ = fs::remove_file(run.file(f));
+        let (state, finished) = load_checkpoint(&run)?;
+        check_checkpoint(&run, &stored, &state, finished)?;
+        let r = execute(&run, cfg, state, finished, device, Start::Resume);
+        drop(lock);
+        return r;
     }
     let state = GrowState::new(
         Network::init(&cfg.seed_arch, cfg.seed),
         cfg.seed ^ 0x6a09_e667,
     );
-    execute(&run, cfg, state, false, device)
+    let start = Start::Fresh {
+        out: dir.to_path_buf(),
+        force: false,
+    };
+    execute(&run, cfg, state, false, device, start)
 }
 
 /// The phases left, the final training and the run's files.
@@ -611,13 +641,40 @@ fn execute(
     mut state: GrowState,
     mut finished: bool,
     device: &DeviceArgs,
+    start: Start,
 ) -> Result<()> {
     if device.backend == BackendKind::Gpu && cfg.grow.strategy == Strategy::Splitting {
         bail!("--strategy splitting is not supported on the gpu backend; use --backend cpu");
     }
     let (train, test) = load_splits(cfg)?;
-    let norm = Normalization::of(&train);
     let g = &cfg.grow;
+    let record = RunRecord::of(&train, &test);
+    let mut backend = device.open(g.batch)?;
+    let mut lock = None;
+    match start {
+        Start::Fresh { out, force } => {
+            let (claimed, l) = RunDir::claim(&out, "grow", force)?;
+            lock = Some(l);
+            claimed.write_json("config.json", cfg)?;
+            claimed.write_json(RECORD, &record)?;
+            for f in ["metrics.jsonl", "morphisms.jsonl", "final.json"] {
+                let _ = fs::remove_file(claimed.file(f));
+            }
+        }
+        Start::Resume => {
+            record.check_resume(run)?;
+            truncate_log(run, "metrics.jsonl", state.phase)?;
+            truncate_log(run, "morphisms.jsonl", state.phase)?;
+            println!(
+                "resuming {} after phase {} of {}",
+                run.path.display(),
+                state.phase,
+                g.phases
+            );
+        }
+    }
+    let _lock = lock;
+    let norm = Normalization::of(&train);
     println!(
         "growing {} ({:?}) on {} ({} train / {} test images): {} phases x ({} train + {} morph epochs), lambda_p {:e}, lambda_f {:e}",
         cfg.seed_arch.family.name(),
@@ -631,7 +688,6 @@ fn execute(
         g.select.lambda_params,
         g.select.lambda_macs
     );
-    let mut backend = device.open(g.batch)?;
     let mut last_report: Option<PhaseReport> = None;
     while state.phase < g.phases {
         let start = Instant::now();
@@ -646,12 +702,7 @@ fn execute(
             &norm,
             &mut progress,
         )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "phase {phase}: {e}; the last good checkpoint in {} is kept",
-                run.path.display()
-            )
-        })?;
+        .map_err(|e| failure(&run, &format!("phase {phase}"), e, g.schedule.base))?;
         let secs = start.elapsed().as_secs_f64();
         log_phase(run, &report, secs)?;
         save_checkpoint(run, &state, false)?;
@@ -659,7 +710,10 @@ fn execute(
     }
     if !finished {
         let mut progress = bars(g.phases, g.phases);
-        backend.load(&state.network, Some(&state.momentum))?;
+        let fail = |e| failure(&run, "final training", e, g.schedule.base);
+        backend
+            .load(&state.network, Some(&state.momentum))
+            .map_err(fail)?;
         let train_stats = train_epochs(
             backend.as_mut(),
             &mut state,
@@ -669,17 +723,19 @@ fn execute(
             &norm,
             true,
             &mut progress,
-        )?;
-        state.network = backend.network()?;
-        state.momentum = backend.momentum()?;
+        )
+        .map_err(fail)?;
+        state.network = backend.network().map_err(fail)?;
+        state.momentum = backend.momentum().map_err(fail)?;
         let test_stats = evaluate(
             backend.as_mut(),
             &test,
             &norm,
             &mut Batches::new(&test, g.batch),
-        )?;
-        finished = true;
-        save_checkpoint(run, &state, finished)?;
+        )
+        .map_err(fail)?;
+        // The results first, then the checkpoint that says they exist: a kill
+        // in between redoes the final training on resume.
         run.write_json(
             "final.json",
             &json!({
@@ -693,6 +749,10 @@ fn execute(
                 "epochs_trained": state.epochs_trained,
             }),
         )?;
+        save_network(&run.file("model.safetensors"), &state.network, &[])?;
+        run.write_json("arch.json", &state.network.arch)?;
+        finished = true;
+        save_checkpoint(run, &state, finished)?;
         println!(
             "final: test {:.2}%  params {}  MACs {}  widths {:?}",
             100.0 * test_stats.accuracy,
@@ -700,9 +760,10 @@ fn execute(
             state.network.arch.macs(),
             state.network.arch.widths
         );
+    } else {
+        save_network(&run.file("model.safetensors"), &state.network, &[])?;
+        run.write_json("arch.json", &state.network.arch)?;
     }
-    save_network(&run.file("model.safetensors"), &state.network, &[])?;
-    run.write_json("arch.json", &state.network.arch)?;
     if cfg.retrain_epochs > 0 {
         retrain(run, cfg, &state.network.arch, &train, &test, &norm, device)?;
     }
@@ -929,4 +990,252 @@ fn phase_of(path: &Path) -> usize {
         .and_then(|s| s.rsplit('-').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// `sprout grow`: its flags and those only the command line has.
+#[derive(Args, Debug, Clone)]
+pub struct GrowCommand {
+    #[command(flatten)]
+    pub args: GrowArgs,
+    /// Write into --out even if it holds something other than a sprout grow
+    /// run (saved progress of a grow run is never discarded: resume it).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The run record beside config.json: what a resumed run must see again to
+/// continue exactly.
+const RECORD: &str = "record.json";
+
+/// What is recorded in [`RECORD`]: the worker threads (the order of float
+/// reductions depends on it) and a fingerprint of the data trained and tested on.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct RunRecord {
+    threads: usize,
+    train_images: usize,
+    test_images: usize,
+    /// FNV-1a of both splits' shapes, pixels and labels, as 16 hex digits.
+    data_fingerprint: String,
+}
+
+impl RunRecord {
+    /// The record of this process (its thread count) on `train` and `test`.
+    fn of(train: &Dataset, test: &Dataset) -> RunRecord {
+        let mut h = Fnv64::default();
+        for ds in [train, test] {
+            for v in [ds.len(), ds.channels, ds.height, ds.width, ds.classes] {
+                h.write_u64(v as u64);
+            }
+            h.write(&ds.images);
+            h.write(&ds.labels);
+        }
+        RunRecord {
+            threads: rayon::current_num_threads(),
+            train_images: train.len(),
+            test_images: test.len(),
+            data_fingerprint: format!("{:016x}", h.finish()),
+        }
+    }
+
+    /// Refuses to resume `run` when its record differs from this one, naming
+    /// the first difference. A run without a record (written before records
+    /// existed) gets this one.
+    fn check_resume(&self, run: &RunDir) -> Result<()> {
+        let path = run.file(RECORD);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return run.write_json(RECORD, self);
+            }
+            Err(e) => bail!("{}: {e}", path.display()),
+        };
+        let was: RunRecord = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a run record", path.display()))?;
+        let dir = run.path.display();
+        if was.threads != self.threads {
+            bail!(
+                "--resume {dir}: the run used {} worker threads, this process has {} (pass --threads {}; another count changes the results)",
+                was.threads,
+                self.threads,
+                was.threads
+            );
+        }
+        if (was.train_images, was.test_images) != (self.train_images, self.test_images) {
+            bail!(
+                "--resume {dir}: the run used {} training and {} test images, the data now gives {} and {}",
+                was.train_images,
+                was.test_images,
+                self.train_images,
+                self.test_images
+            );
+        }
+        if was.data_fingerprint != self.data_fingerprint {
+            bail!(
+                "--resume {dir}: the data differs from the run's (fingerprint {} in {}, now {})",
+                was.data_fingerprint,
+                path.display(),
+                self.data_fingerprint
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The whole checkpoint to resume from, if any: `checkpoint`, else
+/// `checkpoint.tmp` once its state.json (written last) exists, else
+/// `checkpoint.old` (a kill between the renames of [`save_checkpoint`]).
+fn saved_checkpoint(run: &RunDir) -> Option<PathBuf> {
+    [CHECKPOINT, "checkpoint.tmp", "checkpoint.old"]
+        .into_iter()
+        .map(|d| run.file(d))
+        .find(|d| d.join("state.json").is_file())
+}
+
+/// Refuses a fresh run in `out` when it holds saved progress of a grow run:
+/// that is resumed, never started over.
+fn refuse_saved_progress(out: &Path) -> Result<()> {
+    let run = RunDir {
+        path: out.to_path_buf(),
+    };
+    if saved_checkpoint(&run).is_some() {
+        bail!(
+            "{} holds a grow run with a checkpoint: use --resume {} to continue it, or choose another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a checkpoint that does not belong to this run: a phase beyond
+/// the configured phases, or a network other than the one the run logged
+/// for that phase (arch-phase-NN.json, or the seed before phase 1).
+fn check_checkpoint(
+    run: &RunDir,
+    cfg: &RunConfig,
+    state: &GrowState,
+    finished: bool,
+) -> Result<()> {
+    let ckpt = saved_checkpoint(run).unwrap_or_else(|| run.file(CHECKPOINT));
+    let ckpt = ckpt.display();
+    let phases = cfg.grow.phases;
+    if state.phase > phases {
+        bail!(
+            "{ckpt}: phase {} is beyond the run's {phases} phases",
+            state.phase
+        );
+    }
+    if finished && state.phase < phases {
+        bail!(
+            "{ckpt}: marked finished after phase {} of {phases}",
+            state.phase
+        );
+    }
+    let (expected, source) = if state.phase == 0 {
+        (cfg.seed_arch.clone(), run.file("config.json"))
+    } else {
+        let path = run.file(&format!("arch-phase-{:02}.json", state.phase));
+        (crate::weights::load_arch_json(&path)?, path)
+    };
+    let net = &state.network.arch;
+    if *net != expected {
+        bail!(
+            "{ckpt}: the network after phase {} ({} {}x{}x{}, {} classes, widths {:?}) is not the one in {} (widths {:?}); the checkpoint is not this run's",
+            state.phase,
+            net.family.name(),
+            net.input[0],
+            net.input[1],
+            net.input[2],
+            net.classes,
+            net.widths,
+            source.display(),
+            expected.widths
+        );
+    }
+    Ok(())
+}
+
+/// The error of a failed phase or final training, with what to do about a
+/// diverged run and whether a checkpoint is there to resume from.
+fn failure(run: &RunDir, what: &str, e: sprout_core::Error, lr: f32) -> anyhow::Error {
+    let hint = if matches!(e, sprout_core::Error::NonFinite(_)) {
+        format!("; lower --lr (now {lr})")
+    } else {
+        String::new()
+    };
+    let kept = match saved_checkpoint(run) {
+        Some(dir) => format!("the last good checkpoint {} is kept", dir.display()),
+        None => format!("no checkpoint was written in {}", run.path.display()),
+    };
+    anyhow::anyhow!("{what}: {e}{hint}; {kept}")
+}
+
+/// The flag that chose the seed architecture, for messages.
+fn seed_flag(args: &GrowArgs) -> String {
+    match (&args.arch_file, &args.widths, args.width) {
+        (Some(p), _, _) => format!("--arch-file {}", p.display()),
+        (None, Some(w), _) => format!("--widths {w}"),
+        (None, None, Some(w)) => format!("--width {w}"),
+        (None, None, None) => format!("--arch {}", args.arch.as_deref().unwrap_or("vgg19")),
+    }
+}
+
+/// A checkpoint's state.json; `path` names it in errors.
+fn parse_state(path: &Path, bytes: &[u8]) -> Result<CheckpointState> {
+    serde_json::from_slice(bytes)
+        .with_context(|| format!("{}: not a valid checkpoint", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Cases of each checkpoint state.json fuzz test below.
+    const CHECKPOINT_FUZZ_CASES: u32 = 256;
+
+    fn valid_state() -> Vec<u8> {
+        serde_json::to_vec_pretty(&CheckpointState {
+            phase: 2,
+            epochs_trained: 4,
+            rng: [1, 2, 3, 4],
+            finished: false,
+        })
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: CHECKPOINT_FUZZ_CASES, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fuzz_state_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let p = Path::new("state.json");
+            if let Err(e) = parse_state(p, &bytes) {
+                prop_assert!(e.to_string().starts_with("state.json: not a valid checkpoint"));
+            }
+        }
+
+        #[test]
+        fn fuzz_state_mutated_valid_file(
+            edits in proptest::collection::vec((any::<usize>(), 0x20u8..0x7f), 1..4),
+        ) {
+            let mut bytes = valid_state();
+            for &(pos, b) in &edits {
+                let at = pos % bytes.len();
+                bytes[at] = b;
+            }
+            let p = Path::new("state.json");
+            match parse_state(p, &bytes) {
+                Ok(st) => prop_assert!(st.rng.len() == 4),
+                Err(e) => prop_assert!(e.to_string().starts_with("state.json")),
+            }
+        }
+    }
+
+    #[test]
+    fn valid_state_parses() {
+        let st = parse_state(Path::new("s"), &valid_state()).unwrap();
+        assert_eq!((st.phase, st.epochs_trained, st.finished), (2, 4, false));
+        assert!(parse_state(Path::new("s"), b"{\"phase\": -1}").is_err());
+    }
 }

@@ -64,6 +64,9 @@ pub struct TrainArgs {
     /// Run directory.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
+    /// Write into --out even if it holds something other than a sprout train run.
+    #[arg(long)]
+    pub force: bool,
     /// Engine for the steps.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -116,7 +119,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         t.classes,
         args.arch_file.as_deref(),
     )?;
-    let run = RunDir::create(&args.out)?;
+    check_arch_fits(&arch, t, args.arch_file.as_deref())?;
+    crate::memory::check(&arch, args.batch, &arch_flag(args), "--batch")?;
+    // Everything is checked (the backend opens) before the directory is touched.
+    let mut backend = args.device.open(args.batch)?;
+    let (run, _lock) = RunDir::claim(&args.out, "train", args.force)?;
     run.write_json(
         "config.json",
         &json!({
@@ -147,7 +154,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         arch.macs()
     );
     let net = Network::init(&arch, args.seed);
-    let mut backend = args.device.open(args.batch)?;
     backend.load(&net, None)?;
     let norm = Normalization::of(&splits.train);
     let augment = args.augment();
@@ -211,5 +217,42 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         )?;
     }
     println!("wrote {}", run.path.display());
+    Ok(())
+}
+
+/// The flag that chose the architecture, for messages.
+fn arch_flag(args: &TrainArgs) -> String {
+    match (&args.arch_file, &args.widths, args.width) {
+        (Some(p), _, _) => format!("--arch-file {}", p.display()),
+        (None, Some(w), _) => format!("--widths {w}"),
+        (None, None, Some(w)) => format!("--width {w}"),
+        (None, None, None) => format!("--arch {}", args.arch),
+    }
+}
+
+/// Refuses an architecture whose input is not the data's image shape or
+/// that has fewer classes than the data (an --arch-file written for other data).
+pub(crate) fn check_arch_fits(
+    arch: &sprout_core::Arch,
+    data: &sprout_core::data::Dataset,
+    arch_file: Option<&std::path::Path>,
+) -> Result<()> {
+    let what = arch_file.map_or("the architecture".to_string(), |p| p.display().to_string());
+    let [c, h, w] = arch.input;
+    if [data.channels, data.height, data.width] != arch.input {
+        bail!(
+            "{what} takes {c}x{h}x{w} images but the data has {}x{}x{}",
+            data.channels,
+            data.height,
+            data.width
+        );
+    }
+    if arch.classes < data.classes {
+        bail!(
+            "{what} has {} classes but the data has {}",
+            arch.classes,
+            data.classes
+        );
+    }
     Ok(())
 }

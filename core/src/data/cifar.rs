@@ -258,9 +258,50 @@ mod tests {
                         prop_assert_eq!(c % kind.record_len(), 0);
                         prop_assert_eq!(p, d.subset(&(0..c / kind.record_len()).collect::<Vec<_>>()));
                     }
-                    Err(_) => prop_assert!(c == 0 || c % kind.record_len() != 0),
+                    Err(_) => prop_assert!(c == 0 || !c.is_multiple_of(kind.record_len())),
                 }
                 prop_assert_eq!(parse_cifar(&[&bytes], kind).unwrap(), d);
+            }
+        }
+    }
+
+    /// Cases of each CIFAR fuzz test below.
+    const CIFAR_FUZZ_CASES: u32 = 256;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: CIFAR_FUZZ_CASES, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fuzz_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..6200)) {
+            for kind in [CifarKind::Cifar10, CifarKind::Cifar100] {
+                if let Ok(d) = parse_cifar(&[&bytes], kind) {
+                    prop_assert!(bytes.len().is_multiple_of(kind.record_len()));
+                    prop_assert_eq!(d.images.len(), d.len() * IMAGE_BYTES);
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_mutated_valid_files(
+            seed in any::<u64>(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in 0usize..5,
+        ) {
+            for kind in [CifarKind::Cifar10, CifarKind::Cifar100] {
+                let mut bytes = encode_cifar(&sample(2, kind.classes(), seed), kind);
+                for &(pos, b) in &edits {
+                    let at = pos % bytes.len();
+                    bytes[at] = b;
+                }
+                bytes.truncate(bytes.len() - cut);
+                let r = parse_cifar(&[&bytes, &bytes], kind);
+                if cut != 0 {
+                    prop_assert!(r.is_err());
+                }
+                if let Ok(d) = r {
+                    prop_assert_eq!(d.len(), 4);
+                    prop_assert!(d.labels.iter().all(|&l| usize::from(l) < kind.classes()));
+                }
             }
         }
     }

@@ -117,7 +117,17 @@ impl Dataset {
         let top = (height - self.height) / 2;
         let left = (width - self.width) / 2;
         let planes = self.len() * self.channels;
-        let mut images = vec![0u8; planes * height * width];
+        let total = planes
+            .checked_mul(height)
+            .and_then(|x| x.checked_mul(width))
+            .ok_or_else(|| {
+                Error::Data(format!(
+                    "{} images padded to {}x{height}x{width} overflow",
+                    self.len(),
+                    self.channels
+                ))
+            })?;
+        let mut images = vec![0u8; total];
         let src_plane = self.height * self.width;
         let dst_plane = height * width;
         for p in 0..planes {

@@ -25,13 +25,25 @@ fn data_err(part: &str, what: String) -> Error {
     Error::Data(format!("IDX {part}: {what}"))
 }
 
-/// Checks the header of one IDX file; returns its dimensions and the payload.
-fn header<'a>(
-    part: &str,
-    bytes: &'a [u8],
-    magic: u32,
-    ndims: usize,
-) -> Result<(Vec<usize>, &'a [u8])> {
+/// Bytes of an image file's header: magic, count, rows, columns.
+pub const IMAGES_HEADER_LEN: usize = 16;
+/// Bytes of a label file's header: magic, count.
+pub const LABELS_HEADER_LEN: usize = 8;
+
+/// What the header of an IDX file declares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdxHeader {
+    /// The dimensions: `[count, rows, cols]` for images, `[count]` for labels.
+    pub dims: Vec<usize>,
+    /// Bytes of the header.
+    pub header_len: usize,
+    /// Bytes of the whole file the header describes (header and payload).
+    pub file_len: usize,
+}
+
+/// Checks the header at the start of `bytes` (at least `4 + 4 * ndims`
+/// bytes; more are ignored) and returns what it declares.
+fn declared(part: &str, bytes: &[u8], magic: u32, ndims: usize) -> Result<IdxHeader> {
     let header_len = 4 + 4 * ndims;
     if bytes.len() < header_len {
         return Err(data_err(
@@ -59,31 +71,64 @@ fn header<'a>(
             format!("zero-sized dimensions {}", shown.join("x")),
         ));
     }
-    let payload_len = dims
+    let file_len = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .and_then(|p| p.checked_add(header_len))
         .ok_or_else(|| data_err(part, format!("dimensions {dims:?} overflow")))?;
-    if bytes.len() < payload_len {
-        return Err(data_err(
+    Ok(IdxHeader {
+        dims,
+        header_len,
+        file_len,
+    })
+}
+
+/// Checks the header of an IDX image file from its first
+/// [`IMAGES_HEADER_LEN`] bytes (or more), without looking at the payload, so
+/// a caller can check the file's size before reading it.
+pub fn images_header(bytes: &[u8]) -> Result<IdxHeader> {
+    declared("images", bytes, IMAGES_MAGIC, 3)
+}
+
+/// Checks the header of an IDX label file from its first
+/// [`LABELS_HEADER_LEN`] bytes (or more); see [`images_header`].
+pub fn labels_header(bytes: &[u8]) -> Result<IdxHeader> {
+    declared("labels", bytes, LABELS_MAGIC, 1)
+}
+
+/// The error for a file of `found` bytes whose header declares `expected`,
+/// or `None` when they agree.
+pub fn length_error(part: &str, expected: usize, found: usize) -> Option<Error> {
+    if found < expected {
+        Some(data_err(
+            part,
+            format!("truncated: expected {expected} bytes, found {found}"),
+        ))
+    } else if found > expected {
+        Some(data_err(
             part,
             format!(
-                "truncated: expected {payload_len} bytes, found {}",
-                bytes.len()
+                "{} trailing bytes: expected {expected} bytes, found {found}",
+                found - expected
             ),
-        ));
+        ))
+    } else {
+        None
     }
-    if bytes.len() > payload_len {
-        return Err(data_err(
-            part,
-            format!(
-                "{} trailing bytes: expected {payload_len} bytes, found {}",
-                bytes.len() - payload_len,
-                bytes.len()
-            ),
-        ));
+}
+
+/// Checks the header of one IDX file; returns its dimensions and the payload.
+fn header<'a>(
+    part: &str,
+    bytes: &'a [u8],
+    magic: u32,
+    ndims: usize,
+) -> Result<(Vec<usize>, &'a [u8])> {
+    let h = declared(part, bytes, magic, ndims)?;
+    if let Some(e) = length_error(part, h.file_len, bytes.len()) {
+        return Err(e);
     }
-    Ok((dims, &bytes[header_len..]))
+    Ok((h.dims, &bytes[h.header_len..]))
 }
 
 /// Parses an IDX image file and its label file (both uncompressed) into a
@@ -271,6 +316,79 @@ mod tests {
             prop_assert!(parse_idx(&i[..ci], &l, 10).is_err());
             prop_assert!(parse_idx(&i, &l[..cl], 10).is_err());
             prop_assert_eq!(parse_idx(&i, &l, 10).unwrap(), d);
+        }
+    }
+
+    /// Cases of each IDX fuzz test below.
+    const IDX_FUZZ_CASES: u32 = 512;
+
+    /// A valid pair of files, then `edits` (position, byte) applied to the
+    /// images (even positions) or labels (odd), then cut or extended.
+    fn mutated(seed: u64, edits: &[(usize, u8)], cut: usize, extra: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut rng = crate::rng::Rng::new(seed);
+        let (n, h, w) = (1 + rng.below(4), 1 + rng.below(6), 1 + rng.below(6));
+        let pixels = (0..n * h * w).map(|_| rng.below(256) as u8).collect();
+        let labels = (0..n).map(|_| rng.below(10) as u8).collect();
+        let (mut i, mut l) = encode_idx(&Dataset::new(pixels, labels, 1, h, w, 10).unwrap());
+        for &(pos, b) in edits {
+            let f = if pos.is_multiple_of(2) {
+                &mut i
+            } else {
+                &mut l
+            };
+            let at = (pos / 2) % f.len();
+            f[at] = b;
+        }
+        let f = if cut.is_multiple_of(2) {
+            &mut i
+        } else {
+            &mut l
+        };
+        let keep = f.len() - (cut / 2) % (f.len() + 1).min(4);
+        f.truncate(keep);
+        i.extend(core::iter::repeat_n(0u8, extra % 3));
+        (i, l)
+    }
+
+    /// Ok results are consistent datasets.
+    fn check(r: Result<Dataset>) -> core::result::Result<(), TestCaseError> {
+        if let Ok(d) = r {
+            prop_assert_eq!(d.images.len(), d.len() * d.height * d.width);
+            prop_assert!(d.labels.iter().all(|&l| l < 10));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: IDX_FUZZ_CASES, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fuzz_arbitrary_bytes(
+            images in proptest::collection::vec(any::<u8>(), 0..96),
+            labels in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            check(parse_idx(&images, &labels, 10))?;
+            let _ = images_header(&images);
+            let _ = labels_header(&labels);
+        }
+
+        #[test]
+        fn fuzz_mutated_valid_files(
+            seed in any::<u64>(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+            extra in any::<usize>(),
+        ) {
+            let (i, l) = mutated(seed, &edits, cut, extra);
+            let r = parse_idx(&i, &l, 10);
+            // A header that declares what the file holds parses.
+            if let (Ok(hi), Ok(hl)) = (images_header(&i), labels_header(&l)) {
+                let whole = hi.file_len == i.len() && hl.file_len == l.len() && hi.dims[0] == hl.dims[0];
+                if !whole {
+                    prop_assert!(r.is_err());
+                }
+            }
+            check(r)?;
         }
     }
 }

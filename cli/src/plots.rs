@@ -379,12 +379,18 @@ fn draw_score_legend(area: &Area<'_>, max_abs: f32) -> Result<()> {
 /// markers per named series, points joined in the order given (a growth run's
 /// phases in time order; a network can shrink when prunes win). The x axis is
 /// linear with tick labels like 35k and 1.2M.
+/// Points `(params, accuracy, err)` with error bars of half-height `err`.
+pub type Bars = Vec<(f64, f64, f64)>;
+
+/// One named curve with error bars.
+pub type BarSeries = (String, Bars);
+
 pub fn accuracy_vs_params(
     path: &Path,
     title: &str,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> Result<()> {
-    let with_bars: Vec<(String, Vec<(f64, f64, f64)>)> = series
+    let with_bars: Vec<BarSeries> = series
         .iter()
         .map(|(n, p)| (n.clone(), p.iter().map(|&(x, y)| (x, y, 0.0)).collect()))
         .collect();
@@ -396,7 +402,7 @@ pub fn accuracy_vs_params(
 pub fn accuracy_vs_params_with_errors(
     path: &Path,
     title: &str,
-    series: &[(String, Vec<(f64, f64, f64)>)],
+    series: &[BarSeries],
 ) -> Result<()> {
     let r = draw_accuracy(path, title, series);
     with_path(path, "accuracy", r)
@@ -418,12 +424,8 @@ fn finite_bars(points: &[(f64, f64, f64)]) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
-fn draw_accuracy(
-    path: &Path,
-    title: &str,
-    series: &[(String, Vec<(f64, f64, f64)>)],
-) -> Result<()> {
-    let clean: Vec<(&str, Vec<(f64, f64, f64)>)> = series
+fn draw_accuracy(path: &Path, title: &str, series: &[BarSeries]) -> Result<()> {
+    let clean: Vec<(&str, Bars)> = series
         .iter()
         .map(|(name, pts)| (name.as_str(), finite_bars(pts)))
         .filter(|(_, p)| !p.is_empty())

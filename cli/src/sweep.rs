@@ -12,7 +12,6 @@
 
 use crate::commands::eval::load_dataset;
 use crate::commands::grow::{self, limited, RunConfig};
-use crate::commands::table::matched_fraction;
 use crate::device::{BackendKind, DeviceArgs};
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::{load_arch_json, save_network};
@@ -70,8 +69,8 @@ pub enum Work {
     Grow {
         seed_arch: Arch,
         retrain_epochs: usize,
-        /// Size the per-phase fraction (uniform and random growth) so the
-        /// final parameter count is closest to that of the run with this id.
+        /// Grow (uniform and random growth) toward the final parameter count
+        /// of the run with this id ([`GrowConfig::target_params`]).
         match_params_of: Option<String>,
     },
 }
@@ -373,8 +372,7 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
         } => {
             let mut grow_cfg = cfg.clone();
             if let Some(other) = match_params_of {
-                let target = wait_for(manifest, other)?.params;
-                grow_cfg.select.fraction = matched_fraction(seed_arch, grow_cfg.phases, target)?;
+                grow_cfg.target_params = Some(wait_for(manifest, other)?.params);
             }
             let run_cfg = RunConfig {
                 seed_arch: seed_arch.clone(),

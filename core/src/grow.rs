@@ -12,8 +12,8 @@ use crate::network::Network;
 use crate::optim::{Adam, Sgd, StepSchedule};
 use crate::rng::Rng;
 use crate::select::{
-    candidates, choose, random_splits, to_morphisms, Candidate, Kind, SelectConfig, Selected,
-    Selection,
+    candidates, choose, random_splits, random_splits_to, to_morphisms, Candidate, Kind,
+    SelectConfig, Selected, Selection,
 };
 use crate::train::{evaluate, shuffled_pass, train_epoch, Batches, PassStats};
 use alloc::vec::Vec;
@@ -90,6 +90,11 @@ pub struct GrowConfig {
     /// Learned theta (the method) or the init noise (ablation).
     #[cfg_attr(feature = "serde", serde(default))]
     pub theta: ThetaSource,
+    /// Random and uniform growth: grow toward this parameter count, an
+    /// equal share of what is left in each remaining phase, instead of by
+    /// the per-layer fraction (to match another run's final size).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub target_params: Option<u64>,
 }
 
 impl Default for GrowConfig {
@@ -116,6 +121,7 @@ impl Default for GrowConfig {
             split_iterations: default_split_iterations(),
             split_epsilon: default_split_epsilon(),
             theta: ThetaSource::Learned,
+            target_params: None,
         }
     }
 }
@@ -610,12 +616,27 @@ fn scorer_select(cfg: &GrowConfig) -> SelectConfig {
 }
 
 /// Algorithm 1, "select" (which to apply): the selection rule over the
-/// scored candidates, or the random / uniform baselines' draw.
-fn select_step(cfg: &GrowConfig, arch: &Arch, scored: &Scored, rng: &mut Rng) -> Selected {
+/// scored candidates, or the random / uniform baselines' draw. `phase` is
+/// the 0-based phase being run.
+fn select_step(
+    cfg: &GrowConfig,
+    arch: &Arch,
+    scored: &Scored,
+    phase: usize,
+    rng: &mut Rng,
+) -> Selected {
     match cfg.strategy {
         Strategy::Random | Strategy::Uniform => {
             let per_layer = cfg.strategy == Strategy::Uniform;
-            let chosen = random_splits(arch, &cfg.select, per_layer, rng);
+            let chosen = match cfg.target_params {
+                Some(target) => {
+                    let now = arch.params();
+                    let left = cfg.phases.saturating_sub(phase).max(1) as u64;
+                    let step = target.saturating_sub(now) / left;
+                    random_splits_to(arch, now + step, per_layer, rng)
+                }
+                None => random_splits(arch, &cfg.select, per_layer, rng),
+            };
             Selected {
                 scales: alloc::vec![1.0; chosen.len()],
                 chosen,
@@ -707,7 +728,7 @@ pub fn run_phase(
     let (train_stats, test_stats, trained, momentum) =
         train_step(backend, &mut next, cfg, train, test, norm, progress)?;
     let scored = learn_morphisms(backend, &mut next, cfg, &trained, train, norm, progress)?;
-    let selected = select_step(cfg, &trained.arch, &scored, &mut next.rng);
+    let selected = select_step(cfg, &trained.arch, &scored, next.phase, &mut next.rng);
     let (grown, momentum, theta) = apply_step(cfg, &trained, momentum, &scored, &selected)?;
     let (test_after, test_after_recalibrated) = measure_step(
         backend, &mut next, cfg, &grown, &momentum, train, test, norm,

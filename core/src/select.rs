@@ -772,6 +772,82 @@ pub fn random_splits(
         .collect()
 }
 
+/// Baselines sized by parameters: random splits added while the
+/// architecture stays at or below `target` parameters, each channel at most
+/// once. `per_layer` (uniform widening): rounds of one new channel per layer,
+/// in a random layer order each round, so widths grow together; otherwise
+/// (random growth) channels drawn uniformly from all channels of all layers.
+/// Matches another run's size where the per-layer budget's minimum of one
+/// channel per layer would overshoot it.
+pub fn random_splits_to(
+    arch: &Arch,
+    target: u64,
+    per_layer: bool,
+    rng: &mut crate::rng::Rng,
+) -> Vec<Candidate> {
+    let mut grown = arch.clone();
+    let mut chosen: Vec<(usize, usize)> = Vec::new();
+    let fits = |grown: &mut Arch, l: usize| {
+        let (dp, _) = channel_cost(grown, l, 1);
+        let ok = grown.params() as i64 + dp <= target as i64;
+        if ok {
+            grown.widths[l] += 1;
+        }
+        ok
+    };
+    if per_layer {
+        let mut free: Vec<Vec<usize>> = arch
+            .widths
+            .iter()
+            .map(|&w| {
+                let mut c: Vec<usize> = (0..w).collect();
+                rng.shuffle(&mut c);
+                c
+            })
+            .collect();
+        loop {
+            let mut order: Vec<usize> = (0..arch.layers()).collect();
+            rng.shuffle(&mut order);
+            let mut added = false;
+            for l in order {
+                if !free[l].is_empty() && fits(&mut grown, l) {
+                    chosen.push((l, free[l].pop().expect("not empty")));
+                    added = true;
+                }
+            }
+            if !added {
+                break;
+            }
+        }
+    } else {
+        let mut all: Vec<(usize, usize)> = (0..arch.layers())
+            .flat_map(|l| (0..arch.widths[l]).map(move |c| (l, c)))
+            .collect();
+        rng.shuffle(&mut all);
+        for (l, c) in all {
+            if fits(&mut grown, l) {
+                chosen.push((l, c));
+            }
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+        .into_iter()
+        .map(|(l, c)| {
+            let (dp, dm) = channel_cost(arch, l, 1);
+            Candidate {
+                layer: l,
+                channel: c,
+                kind: Kind::Split,
+                delta_loss: 0.0,
+                delta_params: dp,
+                delta_macs: dm,
+                gain: 0.0,
+            }
+        })
+        .collect()
+}
+
 /// The morphisms that apply `chosen`, splits with their learned theta.
 pub fn to_morphisms(arch: &Arch, chosen: &[Candidate], state: &MorphState) -> Vec<ChannelMorphism> {
     let units = arch.units();
@@ -1132,6 +1208,42 @@ mod tests {
         let st = state_with(&arch, |_, _| -1e-6, |_, _| 1.0);
         let cfg = config(1e-6, 1.0, false);
         assert!(select(&arch, &candidates(&arch, &st, &cfg), &cfg).is_empty());
+    }
+
+    #[test]
+    fn growth_to_a_parameter_target_stops_at_it() {
+        let arch = Arch::vgg19(4, [1, 32, 32], 10).unwrap();
+        let target = arch.params() + 1500;
+        for per_layer in [true, false] {
+            let chosen = random_splits_to(&arch, target, per_layer, &mut Rng::new(3));
+            let mut grown = arch.clone();
+            for k in &chosen {
+                grown.widths[k.layer] += 1;
+            }
+            let p = grown.params();
+            assert!(p <= target, "{per_layer}: {p} > {target}");
+            // No further channel of any layer would still fit... unless its
+            // layer is used up (uniform: every channel at most once).
+            let smallest = (0..arch.layers())
+                .map(|l| channel_cost(&grown, l, 1).0)
+                .min()
+                .unwrap();
+            assert!(
+                p as i64 + smallest > target as i64,
+                "{per_layer}: room left"
+            );
+            let mut seen = chosen
+                .iter()
+                .map(|k| (k.layer, k.channel))
+                .collect::<Vec<_>>();
+            seen.dedup();
+            assert_eq!(seen.len(), chosen.len(), "a channel split twice");
+            if per_layer {
+                let added: Vec<usize> = (0..16).map(|l| grown.widths[l] - arch.widths[l]).collect();
+                let (lo, hi) = (added.iter().min().unwrap(), added.iter().max().unwrap());
+                assert!(hi - lo <= 1, "uniform widths drift apart: {added:?}");
+            }
+        }
     }
 
     #[test]

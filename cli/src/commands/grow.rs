@@ -702,7 +702,7 @@ fn execute(
             &norm,
             &mut progress,
         )
-        .map_err(|e| failure(&run, &format!("phase {phase}"), e, g.schedule.base))?;
+        .map_err(|e| failure(run, &format!("phase {phase}"), e, g.schedule.base))?;
         let secs = start.elapsed().as_secs_f64();
         log_phase(run, &report, secs)?;
         save_checkpoint(run, &state, false)?;
@@ -710,7 +710,7 @@ fn execute(
     }
     if !finished {
         let mut progress = bars(g.phases, g.phases);
-        let fail = |e| failure(&run, "final training", e, g.schedule.base);
+        let fail = |e| failure(run, "final training", e, g.schedule.base);
         backend
             .load(&state.network, Some(&state.momentum))
             .map_err(fail)?;

@@ -9,7 +9,7 @@
 
 use crate::data::{resolve, DatasetName};
 use crate::device::{BackendKind, DeviceArgs};
-use crate::plots::accuracy_vs_params_with_errors;
+use crate::plots::{accuracy_vs_params_with_errors, BarSeries, Bars};
 use crate::slurm::{write_sbatch_script, SlurmArgs};
 use crate::sweep::{self, DataSpec, Job, Manifest, Outcome, Work};
 use anyhow::{anyhow, bail, Context, Result};
@@ -420,7 +420,7 @@ fn points(rows: &[Outcome]) -> Vec<Point> {
 /// The fixed-width family's mean accuracy (and standard error) at `params`,
 /// linearly interpolated between the two widths around it.
 fn fixed_at(fixed: &[&Point], params: f64) -> Option<(f64, f64)> {
-    let lo = fixed.iter().filter(|p| p.params.0 <= params).last()?;
+    let lo = fixed.iter().rfind(|p| p.params.0 <= params)?;
     let hi = fixed.iter().find(|p| p.params.0 >= params)?;
     if hi.params.0 == lo.params.0 {
         return Some((lo.retrained.0, lo.se(false)));
@@ -535,7 +535,7 @@ fn collect(manifest: &Manifest, out: &Path, title: &str) -> Result<()> {
         ("pareto.svg", false, "trained from scratch"),
         ("pareto-grown.svg", true, "at the end of growth"),
     ] {
-        let mut series: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+        let mut series: BTreeMap<String, Bars> = BTreeMap::new();
         for p in &pts {
             if grown && p.grown.is_none() && p.method != "fixed" {
                 continue;
@@ -546,7 +546,7 @@ fn collect(manifest: &Manifest, out: &Path, title: &str) -> Result<()> {
                 100.0 * p.se(grown),
             ));
         }
-        let series: Vec<(String, Vec<(f64, f64, f64)>)> = series.into_iter().collect();
+        let series: Vec<BarSeries> = series.into_iter().collect();
         accuracy_vs_params_with_errors(
             &out.join(file),
             &format!("{title}, {what} (mean ± s.e. over seeds)"),

@@ -28,8 +28,8 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .arg(&one)
         .output()
         .unwrap());
-    assert!(out.contains("planned 7 runs"), "{out}");
-    assert!(out.contains("all 7 runs finished"), "{out}");
+    assert!(out.contains("planned 8 runs"), "{out}");
+    assert!(out.contains("all 8 runs finished"), "{out}");
     let rows = comparable(&one.join("pareto.csv"));
     assert_eq!(
         rows[0],
@@ -51,7 +51,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     methods.dedup();
     assert_eq!(
         methods,
-        ["fixed", "gn", "gn-noise", "random", "splitting", "uniform"]
+        ["fixed", "gn", "gn-noise", "gn-noprune", "random", "splitting", "uniform"]
     );
     for r in &rows[1..] {
         let acc: f64 = r[7].parse().unwrap();
@@ -80,7 +80,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .output()
         .unwrap());
     assert!(
-        again.contains("0 of 7 runs to do (7 finished before)"),
+        again.contains("0 of 8 runs to do (8 finished before)"),
         "{again}"
     );
 
@@ -91,7 +91,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .arg(&split)
         .output()
         .unwrap());
-    assert!(plan.contains("planned 7 runs"), "{plan}");
+    assert!(plan.contains("planned 8 runs"), "{plan}");
     let manifest = split.join("manifest.jsonl");
     let first = std::fs::read(&manifest).unwrap();
     ok(sprout()
@@ -110,10 +110,10 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .output()
         .unwrap());
     assert!(
-        partial.contains("0 of 7 runs finished; not yet:"),
+        partial.contains("0 of 8 runs finished; not yet:"),
         "{partial}"
     );
-    for i in 0..7 {
+    for i in 0..8 {
         ok(sprout()
             .args(["run-job", "--manifest"])
             .arg(&manifest)
@@ -136,10 +136,10 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     let e = err(sprout()
         .args(["run-job", "--manifest"])
         .arg(&manifest)
-        .args(["--index", "7"])
+        .args(["--index", "8"])
         .output()
         .unwrap());
-    assert!(e.contains("--index 7") && e.contains("has 7 runs"), "{e}");
+    assert!(e.contains("--index 8") && e.contains("has 8 runs"), "{e}");
     let text = String::from_utf8(first.clone()).unwrap();
     let edited = split.join("edited.jsonl");
     std::fs::write(

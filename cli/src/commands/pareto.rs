@@ -285,6 +285,21 @@ fn plan(a: &ParetoArgs, family: Family) -> Result<Vec<(String, Job)>> {
                     grow(&seed_arch, None),
                 ),
             ));
+            // The same without prunes: at small widths a prune is a large
+            // change that eq. (1) misjudges (see docs/conventions.md).
+            first.push((
+                format!("{fam}-gn-noprune-lam{l:e}-s{seed}"),
+                job(
+                    "gn-noprune",
+                    lambda_point(l),
+                    seed,
+                    base.clone().with_select(SelectConfig {
+                        prune: false,
+                        ..select
+                    }),
+                    grow(&seed_arch, None),
+                ),
+            ));
             let noise = GrowConfig {
                 theta: ThetaSource::Noise,
                 ..gn.clone()
@@ -482,14 +497,17 @@ fn render(rows: &[Outcome], pts: &[Point]) -> Result<(String, String)> {
         )?;
     }
     let fixed: Vec<&Point> = pts.iter().filter(|p| p.method == "fixed").collect();
-    let gn: Vec<&Point> = pts.iter().filter(|p| p.method == "gn").collect();
+    let gn: Vec<&Point> = pts
+        .iter()
+        .filter(|p| p.method == "gn" || p.method == "gn-noprune")
+        .collect();
     if !gn.is_empty() {
-        md.push_str("\nGauss-Newton growth (learned θ) against the others at the same λ_p point: difference of mean test accuracy in points, and the combined standard error sqrt(se1² + se2²); the fixed-width family is interpolated at gn's parameter count.\n\n| λ_p point | accuracy | vs fixed width | vs uniform | vs random | vs gn with noise θ |\n|---|---|---:|---:|---:|---:|\n");
+        md.push_str("\nGauss-Newton growth (learned θ, with and without prunes) against the others at the same λ_p point: difference of mean test accuracy in points, and the combined standard error sqrt(se1² + se2²); the fixed-width family is interpolated at the run's parameter count; uniform and random growth are sized to the gn runs (with prunes), and the noise-θ ablation is of those.\n\n| method | λ_p point | accuracy | vs fixed width | vs uniform | vs random | vs gn with noise θ |\n|---|---|---|---:|---:|---:|---:|\n");
         for (label, grown) in [("retrained", false), ("end of growth", true)] {
             for g in &gn {
                 let other = |m: &str| {
                     pts.iter()
-                        .find(|p| p.method == m && p.point == g.point)
+                        .find(|p| p.method == m && p.point == g.point && g.method == "gn")
                         .map(|p| (p.acc(grown), p.se(grown)))
                 };
                 let cmp = |o: Option<(f64, f64)>| {
@@ -505,7 +523,8 @@ fn render(rows: &[Outcome], pts: &[Point]) -> Result<(String, String)> {
                 let vs_fixed = fixed_at(&fixed, g.params.0);
                 writeln!(
                     md,
-                    "| {} | {label} | {} | {} | {} | {} |",
+                    "| {} | {} | {label} | {} | {} | {} | {} |",
+                    g.method,
                     g.point,
                     cmp(vs_fixed),
                     cmp(other("uniform")),

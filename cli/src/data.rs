@@ -78,13 +78,13 @@ const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
 const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 
 const EMBEDDED_TRAIN_IMAGES: &[u8] =
-    include_bytes!("../../data/fashion-mnist-embedded/train-images-idx3-ubyte.gz");
+    include_bytes!("../data/fashion-mnist-embedded/train-images-idx3-ubyte.gz");
 const EMBEDDED_TRAIN_LABELS: &[u8] =
-    include_bytes!("../../data/fashion-mnist-embedded/train-labels-idx1-ubyte.gz");
+    include_bytes!("../data/fashion-mnist-embedded/train-labels-idx1-ubyte.gz");
 const EMBEDDED_TEST_IMAGES: &[u8] =
-    include_bytes!("../../data/fashion-mnist-embedded/t10k-images-idx3-ubyte.gz");
+    include_bytes!("../data/fashion-mnist-embedded/t10k-images-idx3-ubyte.gz");
 const EMBEDDED_TEST_LABELS: &[u8] =
-    include_bytes!("../../data/fashion-mnist-embedded/t10k-labels-idx1-ubyte.gz");
+    include_bytes!("../data/fashion-mnist-embedded/t10k-labels-idx1-ubyte.gz");
 
 /// Most pixel bytes one split (training or test set) may hold in memory once
 /// padded: 2 GiB, about 2 million 1x32x32 images or 700,000 CIFAR images.
@@ -224,7 +224,7 @@ pub fn read_idx_from(
 
 /// The Fashion-MNIST subset compiled into the binary: the first 600 training
 /// images and the first 100 test images of each class (6,000 and 1,000), padded
-/// to 1x32x32. See data/fashion-mnist-embedded/README.md.
+/// to 1x32x32. See cli/data/fashion-mnist-embedded/README.md.
 pub fn embedded() -> Result<Splits> {
     let split = |images: &[u8], labels: &[u8], which: &str| -> Result<Dataset> {
         let what = format!("embedded Fashion-MNIST {which}");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{err, ok, sprout};
+use common::{err, gpu_available, ok, sprout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,6 +14,9 @@ fn tmp(name: &str) -> PathBuf {
 
 #[test]
 fn devices_lists_the_adapters() {
+    if !gpu_available() {
+        return;
+    }
     let text = ok(sprout().arg("devices").output().unwrap());
     let mut lines = text.lines();
     assert!(lines.next().unwrap_or("").starts_with("name"), "{text}");
@@ -75,6 +78,9 @@ fn selection(dir: &Path) -> Vec<(String, u64, u64)> {
 
 #[test]
 fn grow_on_the_gpu_selects_what_the_cpu_selects() {
+    if !gpu_available() {
+        return;
+    }
     let (g, c) = (tmp("gpu"), tmp("cpu"));
     let text = ok(tiny_grow(&g, "gpu").output().unwrap());
     assert!(text.contains("phase  1"), "{text}");
@@ -99,6 +105,9 @@ fn bad_device_flags_fail_clearly() {
         .output()
         .unwrap());
     assert!(e.contains("--adapter anything needs --backend gpu"), "{e}");
+    if !gpu_available() {
+        return;
+    }
     let e = err(sprout()
         .args([
             "train",

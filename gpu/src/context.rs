@@ -38,6 +38,12 @@ pub fn adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
+/// Whether wgpu finds any adapter on this machine (`sprout devices` lists
+/// none otherwise), so callers can tell a missing driver from a failing device.
+pub fn adapter_available() -> bool {
+    !adapters().is_empty()
+}
+
 /// Errors the device reported outside an error scope, and whether it was lost.
 #[derive(Debug, Default)]
 struct DeviceHealth {

@@ -7,7 +7,7 @@ use sprout_core::error::{Error, Result};
 use wgpu::util::DeviceExt;
 
 /// Code every shader starts with (flat indices over 2-D grids, a workgroup sum).
-const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const COMMON: &str = include_str!("../shaders/common.wgsl");
 
 /// Workgroups per grid dimension that wgpu's default limits allow.
 const MAX_GROUPS: u32 = 65_535;

@@ -16,4 +16,4 @@ pub mod layout;
 pub mod morph;
 
 pub use backend::GpuBackend;
-pub use context::{adapters, AdapterSummary, Gpu};
+pub use context::{adapter_available, adapters, AdapterSummary, Gpu};

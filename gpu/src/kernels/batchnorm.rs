@@ -30,7 +30,7 @@ pub enum Stats {
     Running,
 }
 
-/// Pipelines of `shaders/batchnorm/`.
+/// Pipelines of `gpu/shaders/batchnorm/`.
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     stats: Kernel,
@@ -53,7 +53,7 @@ impl BatchNorm {
             stats: Kernel::new(
                 gpu,
                 "bn stats",
-                include_str!("../../../shaders/batchnorm/stats.wgsl"),
+                include_str!("../../shaders/batchnorm/stats.wgsl"),
                 &[Uniform, Read, Write],
                 &[],
                 64,
@@ -61,7 +61,7 @@ impl BatchNorm {
             forward: Kernel::new(
                 gpu,
                 "bn forward",
-                include_str!("../../../shaders/batchnorm/forward.wgsl"),
+                include_str!("../../shaders/batchnorm/forward.wgsl"),
                 &[Uniform, Read, Read, Read, Write],
                 &wg,
                 WG,
@@ -69,7 +69,7 @@ impl BatchNorm {
             running: Kernel::new(
                 gpu,
                 "bn running",
-                include_str!("../../../shaders/batchnorm/running.wgsl"),
+                include_str!("../../shaders/batchnorm/running.wgsl"),
                 &[Uniform, Read, Write, Read],
                 &wg,
                 WG,
@@ -77,7 +77,7 @@ impl BatchNorm {
             backward_params: Kernel::new(
                 gpu,
                 "bn backward params",
-                include_str!("../../../shaders/batchnorm/backward_params.wgsl"),
+                include_str!("../../shaders/batchnorm/backward_params.wgsl"),
                 &[Uniform, Read, Read, Read, Read, Read, Write],
                 &[],
                 64,
@@ -85,7 +85,7 @@ impl BatchNorm {
             backward: Kernel::new(
                 gpu,
                 "bn backward",
-                include_str!("../../../shaders/batchnorm/backward.wgsl"),
+                include_str!("../../shaders/batchnorm/backward.wgsl"),
                 &[Uniform, Read, Read, Read, Read, Read, Read, Write],
                 &wg,
                 WG,

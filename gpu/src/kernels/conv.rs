@@ -13,7 +13,7 @@ const CO_TILE: usize = 4;
 const PX_TILE: usize = 4;
 const WG: u32 = 64;
 
-/// Pipelines of `shaders/conv/`.
+/// Pipelines of `gpu/shaders/conv/`.
 #[derive(Debug, Clone)]
 pub struct Conv {
     forward: Kernel,
@@ -41,7 +41,7 @@ impl Conv {
             forward: Kernel::new(
                 gpu,
                 "conv forward",
-                include_str!("../../../shaders/conv/forward.wgsl"),
+                include_str!("../../shaders/conv/forward.wgsl"),
                 &[Uniform, Read, Read, Write],
                 &tiled,
                 WG,
@@ -49,7 +49,7 @@ impl Conv {
             backward_input: Kernel::new(
                 gpu,
                 "conv backward input",
-                include_str!("../../../shaders/conv/backward_input.wgsl"),
+                include_str!("../../shaders/conv/backward_input.wgsl"),
                 &[Uniform, Read, Read, Write],
                 &tiled,
                 WG,
@@ -57,7 +57,7 @@ impl Conv {
             backward_weight: Kernel::new(
                 gpu,
                 "conv backward weight",
-                include_str!("../../../shaders/conv/backward_weight.wgsl"),
+                include_str!("../../shaders/conv/backward_weight.wgsl"),
                 &[Uniform, Read, Read, Write],
                 &[],
                 64,

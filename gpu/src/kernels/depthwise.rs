@@ -9,7 +9,7 @@ use Access::{Read, Uniform, Write};
 
 const WG: u32 = 64;
 
-/// Pipelines of `shaders/depthwise/`.
+/// Pipelines of `gpu/shaders/depthwise/`.
 #[derive(Debug, Clone)]
 pub struct Depthwise {
     forward: Kernel,
@@ -43,7 +43,7 @@ impl Depthwise {
             forward: Kernel::new(
                 gpu,
                 "depthwise forward",
-                include_str!("../../../shaders/depthwise/forward.wgsl"),
+                include_str!("../../shaders/depthwise/forward.wgsl"),
                 &acc,
                 &wg,
                 WG,
@@ -51,7 +51,7 @@ impl Depthwise {
             backward_input: Kernel::new(
                 gpu,
                 "depthwise backward input",
-                include_str!("../../../shaders/depthwise/backward_input.wgsl"),
+                include_str!("../../shaders/depthwise/backward_input.wgsl"),
                 &acc,
                 &wg,
                 WG,
@@ -59,7 +59,7 @@ impl Depthwise {
             backward_weight: Kernel::new(
                 gpu,
                 "depthwise backward weight",
-                include_str!("../../../shaders/depthwise/backward_weight.wgsl"),
+                include_str!("../../shaders/depthwise/backward_weight.wgsl"),
                 &acc,
                 &[],
                 64,

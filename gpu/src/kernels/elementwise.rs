@@ -8,7 +8,7 @@ use Access::{Read, Uniform, Write};
 
 const WG: u32 = 64;
 
-/// Pipelines of `shaders/elementwise/`.
+/// Pipelines of `gpu/shaders/elementwise/`.
 #[derive(Debug, Clone)]
 pub struct Elementwise {
     sub: Kernel,
@@ -20,7 +20,7 @@ impl Elementwise {
             sub: Kernel::new(
                 gpu,
                 "sub",
-                include_str!("../../../shaders/elementwise/sub.wgsl"),
+                include_str!("../../shaders/elementwise/sub.wgsl"),
                 &[Uniform, Read, Read, Write],
                 &[("WG", WG as f64)],
                 WG,

@@ -15,7 +15,7 @@ use Access::{Read, Uniform, Write};
 
 const WG: u32 = 64;
 
-/// Pipelines of `shaders/estimator/`.
+/// Pipelines of `gpu/shaders/estimator/`.
 #[derive(Debug, Clone)]
 pub struct Estimator {
     shifted_bn_relu: Kernel,
@@ -78,37 +78,37 @@ impl Estimator {
         Ok(Estimator {
             shifted_bn_relu: k(
                 "shifted bn relu",
-                include_str!("../../../shaders/estimator/shifted_bn_relu.wgsl"),
+                include_str!("../../shaders/estimator/shifted_bn_relu.wgsl"),
                 &[Uniform, Read, Read, Read, Write],
             )?,
             split_u: k(
                 "split u",
-                include_str!("../../../shaders/estimator/split_u.wgsl"),
+                include_str!("../../shaders/estimator/split_u.wgsl"),
                 &[Uniform, Read, Read, Read, Read, Write],
             )?,
             prune_u: k(
                 "prune u",
-                include_str!("../../../shaders/estimator/prune_u.wgsl"),
+                include_str!("../../shaders/estimator/prune_u.wgsl"),
                 &[Uniform, Read, Read, Write],
             )?,
             ema: k(
                 "estimate ema",
                 concat!(
-                    include_str!("../../../shaders/optimizer/morph_hyper.wgsl"),
-                    include_str!("../../../shaders/estimator/ema.wgsl")
+                    include_str!("../../shaders/optimizer/morph_hyper.wgsl"),
+                    include_str!("../../shaders/estimator/ema.wgsl")
                 ),
                 &[Uniform, Uniform, Read, Read, Write],
             )?,
             grad_coef: k(
                 "estimate gradient",
-                include_str!("../../../shaders/estimator/grad_coef.wgsl"),
+                include_str!("../../shaders/estimator/grad_coef.wgsl"),
                 &[Uniform, Read, Read, Read, Write],
             )?,
             cross: k(
                 "joint cross terms",
                 concat!(
-                    include_str!("../../../shaders/optimizer/morph_hyper.wgsl"),
-                    include_str!("../../../shaders/estimator/cross.wgsl")
+                    include_str!("../../shaders/optimizer/morph_hyper.wgsl"),
+                    include_str!("../../shaders/estimator/cross.wgsl")
                 ),
                 &[Uniform, Uniform, Read, Read, Read, Write],
             )?,

@@ -23,7 +23,7 @@ impl LinearGeom {
     }
 }
 
-/// Pipelines of `shaders/linear/`.
+/// Pipelines of `gpu/shaders/linear/`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     forward: Kernel,
@@ -38,17 +38,17 @@ impl Linear {
         Ok(Linear {
             forward: k(
                 "linear forward",
-                include_str!("../../../shaders/linear/forward.wgsl"),
+                include_str!("../../shaders/linear/forward.wgsl"),
                 &[Uniform, Read, Read, Read, Write],
             )?,
             backward_input: k(
                 "linear backward input",
-                include_str!("../../../shaders/linear/backward_input.wgsl"),
+                include_str!("../../shaders/linear/backward_input.wgsl"),
                 &[Uniform, Read, Read, Write],
             )?,
             backward_weight: k(
                 "linear backward weight",
-                include_str!("../../../shaders/linear/backward_weight.wgsl"),
+                include_str!("../../shaders/linear/backward_weight.wgsl"),
                 &[Uniform, Read, Read, Write, Write],
             )?,
         })

@@ -9,7 +9,7 @@ use Access::{Read, Uniform, Write};
 
 const WG: u32 = 64;
 
-/// Pipelines of `shaders/loss/`.
+/// Pipelines of `gpu/shaders/loss/`.
 #[derive(Debug, Clone)]
 pub struct Loss {
     softmax_xent: Kernel,
@@ -22,7 +22,7 @@ impl Loss {
             softmax_xent: Kernel::new(
                 gpu,
                 "softmax cross-entropy",
-                include_str!("../../../shaders/loss/softmax_xent.wgsl"),
+                include_str!("../../shaders/loss/softmax_xent.wgsl"),
                 &[Uniform, Read, Read, Write, Write],
                 &[("WG", WG as f64)],
                 WG,
@@ -30,7 +30,7 @@ impl Loss {
             reduce: Kernel::new(
                 gpu,
                 "loss reduce",
-                include_str!("../../../shaders/loss/reduce.wgsl"),
+                include_str!("../../shaders/loss/reduce.wgsl"),
                 &[Uniform, Read, Write],
                 &[],
                 64,

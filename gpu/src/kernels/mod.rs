@@ -1,4 +1,4 @@
-//! Kernel families, one per folder of `shaders/`, forward and backward side
+//! Kernel families, one per folder of `gpu/shaders/`, forward and backward side
 //! by side. Each struct owns its pipelines (built once per device) and checks
 //! shapes before it records a dispatch.
 

@@ -82,7 +82,7 @@ impl Gpu {
     }
 }
 
-/// Pipelines of `shaders/optimizer/`.
+/// Pipelines of `gpu/shaders/optimizer/`.
 #[derive(Debug, Clone)]
 pub struct Optimizer {
     sgd: Kernel,
@@ -97,7 +97,7 @@ impl Optimizer {
             sgd: Kernel::new(
                 gpu,
                 "sgd",
-                include_str!("../../../shaders/optimizer/sgd.wgsl"),
+                include_str!("../../shaders/optimizer/sgd.wgsl"),
                 &[Uniform, Read, Read, Read, Write, Write],
                 &wg,
                 WG,
@@ -106,8 +106,8 @@ impl Optimizer {
                 gpu,
                 "adam",
                 concat!(
-                    include_str!("../../../shaders/optimizer/morph_hyper.wgsl"),
-                    include_str!("../../../shaders/optimizer/adam.wgsl")
+                    include_str!("../../shaders/optimizer/morph_hyper.wgsl"),
+                    include_str!("../../shaders/optimizer/adam.wgsl")
                 ),
                 &[Uniform, Read, Read, Write, Write, Write],
                 &wg,
@@ -117,8 +117,8 @@ impl Optimizer {
                 gpu,
                 "trust region",
                 concat!(
-                    include_str!("../../../shaders/optimizer/morph_hyper.wgsl"),
-                    include_str!("../../../shaders/optimizer/trust_region.wgsl")
+                    include_str!("../../shaders/optimizer/morph_hyper.wgsl"),
+                    include_str!("../../shaders/optimizer/trust_region.wgsl")
                 ),
                 &[Uniform, Uniform, Read, Read, Write],
                 &wg,

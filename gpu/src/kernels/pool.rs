@@ -8,7 +8,7 @@ use Access::{Read, Uniform, Write};
 
 const WG: u32 = 64;
 
-/// Pipelines of `shaders/pool/`.
+/// Pipelines of `gpu/shaders/pool/`.
 #[derive(Debug, Clone)]
 pub struct Pool {
     max_forward: Kernel,
@@ -24,22 +24,22 @@ impl Pool {
         Ok(Pool {
             max_forward: k(
                 "max-pool forward",
-                include_str!("../../../shaders/pool/max_forward.wgsl"),
+                include_str!("../../shaders/pool/max_forward.wgsl"),
                 &[Uniform, Read, Write],
             )?,
             max_backward: k(
                 "max-pool backward",
-                include_str!("../../../shaders/pool/max_backward.wgsl"),
+                include_str!("../../shaders/pool/max_backward.wgsl"),
                 &[Uniform, Read, Read, Write],
             )?,
             avg_forward: k(
                 "average-pool forward",
-                include_str!("../../../shaders/pool/avg_forward.wgsl"),
+                include_str!("../../shaders/pool/avg_forward.wgsl"),
                 &[Uniform, Read, Write],
             )?,
             avg_backward: k(
                 "average-pool backward",
-                include_str!("../../../shaders/pool/avg_backward.wgsl"),
+                include_str!("../../shaders/pool/avg_backward.wgsl"),
                 &[Uniform, Read, Write],
             )?,
         })

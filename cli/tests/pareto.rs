@@ -51,7 +51,15 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     methods.dedup();
     assert_eq!(
         methods,
-        ["fixed", "gn", "gn-noise", "gn-noprune", "random", "splitting", "uniform"]
+        [
+            "fixed",
+            "gn",
+            "gn-noise",
+            "gn-noprune",
+            "random",
+            "splitting",
+            "uniform"
+        ]
     );
     for r in &rows[1..] {
         let acc: f64 = r[7].parse().unwrap();

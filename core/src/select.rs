@@ -754,22 +754,7 @@ pub fn random_splits(
         rng.shuffle(&mut all);
         chosen.extend(all.into_iter().take(total));
     }
-    chosen.sort_unstable();
-    chosen
-        .into_iter()
-        .map(|(l, c)| {
-            let (dp, dm) = channel_cost(arch, l, 1);
-            Candidate {
-                layer: l,
-                channel: c,
-                kind: Kind::Split,
-                delta_loss: 0.0,
-                delta_params: dp,
-                delta_macs: dm,
-                gain: 0.0,
-            }
-        })
-        .collect()
+    unscored_splits(arch, chosen)
 }
 
 /// Baselines sized by parameters: random splits added while the
@@ -830,6 +815,11 @@ pub fn random_splits_to(
             }
         }
     }
+    unscored_splits(arch, chosen)
+}
+
+/// The baselines' draw as split candidates with no estimate, by layer and channel.
+fn unscored_splits(arch: &Arch, mut chosen: Vec<(usize, usize)>) -> Vec<Candidate> {
     chosen.sort_unstable();
     chosen
         .into_iter()

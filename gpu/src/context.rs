@@ -44,6 +44,25 @@ pub fn adapter_available() -> bool {
     !adapters().is_empty()
 }
 
+/// For tests that need an adapter: whether one is there. Without one it
+/// prints what to install and returns `false` (the test returns early),
+/// unless `SPROUT_REQUIRE_GPU=1`, when it panics so that CI never skips
+/// silently.
+pub fn adapter_or_skip() -> bool {
+    use std::io::Write;
+    if adapter_available() {
+        return true;
+    }
+    let msg = "no GPU adapter found: install Mesa's software Vulkan driver \
+               (apt-get install mesa-vulkan-drivers libvulkan1) to run this test; skipping";
+    if std::env::var("SPROUT_REQUIRE_GPU").as_deref() == Ok("1") {
+        panic!("{msg} is not allowed with SPROUT_REQUIRE_GPU=1");
+    }
+    // Straight to stderr: the test harness would hide `eprintln!` of a passing test.
+    let _ = writeln!(std::io::stderr(), "{msg}");
+    false
+}
+
 /// Errors the device reported outside an error scope, and whether it was lost.
 #[derive(Debug, Default)]
 struct DeviceHealth {

@@ -16,4 +16,4 @@ pub mod layout;
 pub mod morph;
 
 pub use backend::GpuBackend;
-pub use context::{adapter_available, adapters, AdapterSummary, Gpu};
+pub use context::{adapter_available, adapter_or_skip, adapters, AdapterSummary, Gpu};

@@ -13,23 +13,10 @@ pub fn sprout() -> Command {
     c
 }
 
-/// Whether a test that needs a GPU adapter can run. Without one it prints what
-/// to install and returns `false`, and the test returns early (passes), unless
-/// `SPROUT_REQUIRE_GPU=1`, when it fails instead so that CI never skips silently.
-pub fn gpu_available() -> bool {
-    use std::io::Write;
-    if sprout_gpu::adapter_available() {
-        return true;
-    }
-    let msg = "no GPU adapter found: install Mesa's software Vulkan driver \
-               (apt-get install mesa-vulkan-drivers libvulkan1) to run this test; skipping";
-    if std::env::var("SPROUT_REQUIRE_GPU").as_deref() == Ok("1") {
-        panic!("{msg} is not allowed with SPROUT_REQUIRE_GPU=1");
-    }
-    // Straight to stderr: the test harness would hide `eprintln!` of a passing test.
-    let _ = writeln!(std::io::stderr(), "{msg}");
-    false
-}
+/// Whether a test that needs a GPU adapter can run (see
+/// [`sprout_gpu::adapter_or_skip`]).
+#[allow(unused_imports)]
+pub use sprout_gpu::adapter_or_skip as gpu_available;
 
 /// A fresh scratch directory named for the test file (`suite`) and case.
 pub fn tmp(suite: &str, name: &str) -> PathBuf {

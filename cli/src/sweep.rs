@@ -14,11 +14,11 @@ use crate::commands::eval::load_dataset;
 use crate::commands::grow::{self, limited, RunConfig};
 use crate::device::{BackendKind, DeviceArgs};
 use crate::run_dir::{set_threads, RunDir};
-use crate::weights::{load_arch_json, save_network};
+use crate::weights::load_arch_json;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sprout_core::data::{Dataset, Normalization};
-use sprout_core::grow::{train_from_scratch, GrowConfig};
+use sprout_core::grow::GrowConfig;
 use sprout_core::Arch;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -328,21 +328,16 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
     let (train, test, norm) = job.data.load()?;
     let cfg = &job.config;
     let retrain = |arch: &Arch, epochs: usize, file: &str| -> Result<(f64, f64)> {
-        let start = Instant::now();
-        let mut backend = device.open(cfg.batch)?;
-        let (_, tested, net) = train_from_scratch(
-            backend.as_mut(),
+        let (_, tested, secs) = grow::retrain_to(
+            &dir.join(file),
             arch,
             cfg,
             job.seed,
             epochs,
-            &train,
-            &test,
-            &norm,
-            &mut |_, _, _, _| {},
+            (&train, &test, &norm),
+            &device,
         )?;
-        save_network(&dir.join(file), &net, &[])?;
-        Ok((f64::from(tested.accuracy), start.elapsed().as_secs_f64()))
+        Ok((f64::from(tested.accuracy), secs))
     };
     let outcome = match &job.work {
         Work::Fixed { arch, epochs } => {

@@ -10,7 +10,6 @@ use crate::commands::grow::{self, limited, RunConfig};
 use crate::data::{resolve, DatasetName, Splits};
 use crate::device::DeviceArgs;
 use crate::plots::accuracy_vs_params;
-use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::load_arch_json;
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,7 +17,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use sprout_core::arch::Family;
 use sprout_core::data::{Dataset, Normalization};
-use sprout_core::grow::{train_from_scratch, GrowConfig, Stage, Strategy};
+use sprout_core::grow::{GrowConfig, Strategy};
 use sprout_core::optim::StepSchedule;
 use sprout_core::select::layer_budget;
 use sprout_core::select::{SelectConfig, Selection};
@@ -281,32 +280,15 @@ impl Retraining<'_> {
     /// Trains `arch` from scratch for the table's epoch budget, keeps its
     /// weights in `dir` and returns its test accuracy and the seconds taken.
     fn run(&self, arch: &Arch, dir: &Path) -> Result<(f64, f64)> {
-        let (args, cfg, train, test, norm) =
-            (self.args, &self.cfg, self.train, self.test, self.norm);
-        let epochs = args.total_epochs();
-        let batches = train.len().div_ceil(cfg.batch) as u64;
-        let pb = bar(batches, &format!("{} from scratch", dir.display()));
-        let start = Instant::now();
-        let mut backend = args.device.open(cfg.batch)?;
-        let (_, tested, net) = train_from_scratch(
-            backend.as_mut(),
+        let (_, tested, secs) = grow::retrain_to(
+            &dir.join("retrained.safetensors"),
             arch,
-            cfg,
-            args.seed,
-            epochs,
-            train,
-            test,
-            norm,
-            &mut |stage, done, _, loss| {
-                if let Stage::Final { epoch } = stage {
-                    pb.set_position(done as u64);
-                    pb.set_message(format!("epoch {}/{epochs} loss {loss:.4}", epoch + 1));
-                }
-            },
+            &self.cfg,
+            self.args.seed,
+            self.args.total_epochs(),
+            (self.train, self.test, self.norm),
+            &self.args.device,
         )?;
-        pb.finish_and_clear();
-        let secs = start.elapsed().as_secs_f64();
-        crate::weights::save_network(&dir.join("retrained.safetensors"), &net, &[])?;
         Ok((f64::from(tested.accuracy), secs))
     }
 }

@@ -2,7 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::estimator::{
-    prune_estimates_from, prune_samples, split_estimates, FrozenSigma, LayerBatch, Workspace,
+    prune_estimates_from, prune_samples, split_estimates, Curvature, FrozenSigma, HeadCurvature,
+    LayerBatch, Workspace,
 };
 use crate::learn::{MorphConfig, MorphMethod, MorphState};
 use crate::model::{Mode, Model};
@@ -93,6 +94,8 @@ struct MorphPhase {
     prune_u: Vec<f32>,
     joint_u: Vec<f32>,
     cross_batch: Vec<f32>,
+    /// Softmax probabilities of the batch (exact curvature at the logits).
+    probs: Vec<f32>,
 }
 
 impl CpuBackend {
@@ -252,6 +255,7 @@ impl Backend for CpuBackend {
             prune_u: Vec::new(),
             joint_u: Vec::new(),
             cross_batch: Vec::new(),
+            probs: Vec::new(),
         });
         Ok(())
     }
@@ -281,11 +285,15 @@ impl Backend for CpuBackend {
         if joint {
             phase.joint_u.resize(n * k_all, 0.0);
         }
+        let head = (cfg.curvature == Curvature::ExactLogits)
+            .then(|| HeadCurvature::from_model(&s.model, &s.net, &mut phase.probs));
+        let last = s.model.units().len() - 1;
         for (l, u) in s.model.units().iter().enumerate() {
             phase.split.resize(u.cout, 0.0);
             phase.prune.resize(u.cout, 0.0);
             phase.grad.resize(u.weight_len(), 0.0);
-            let batch = LayerBatch::from_model(&s.model, l, phase.sigmas[l].view(), loss);
+            let batch = LayerBatch::from_model(&s.model, l, phase.sigmas[l].view(), loss)
+                .with_head(head.filter(|_| l == last));
             match cfg.method {
                 MorphMethod::GaussNewton => {
                     split_estimates(
@@ -297,7 +305,7 @@ impl Backend for CpuBackend {
                     );
                     phase.prune_u.resize(n * u.cout, 0.0);
                     prune_samples(&batch, &mut phase.prune_u);
-                    prune_estimates_from(&phase.prune_u, n, loss, &mut phase.prune);
+                    prune_estimates_from(&batch, &phase.prune_u, &mut phase.prune);
                     if joint {
                         let splits = phase.workspace.last_u(n, u.cout);
                         let first = phase.state.joint_slot(l, 0, false);

@@ -43,7 +43,7 @@
 //! assert!(delta_l.iter().all(|d| d.is_finite() && *d >= -loss));
 //! ```
 
-use crate::arch::{Post, UnitShape};
+use crate::arch::{Pool, Post, UnitShape};
 use crate::kernels::batchnorm::fold;
 use crate::kernels::conv::{conv2d_backward, conv2d_forward};
 use crate::kernels::depthwise::{DwGeom, DwPlanes};
@@ -174,6 +174,120 @@ pub struct LayerBatch<'a> {
     pub sigma: Sigma<'a>,
     /// Current training loss `L_hat` (the mini-batch loss).
     pub loss: f32,
+    /// For the unit that feeds the head: the exact cross-entropy Hessian at
+    /// the logits instead of eq. (1)'s rank-1 term ([`Curvature::ExactLogits`]).
+    pub head: Option<HeadCurvature<'a>>,
+}
+
+/// Which quadratic term the estimate uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Curvature {
+    /// Eq. (1) in every layer: `u_s^2 / (4 L_hat)`, a rank-1 Hessian (the paper).
+    #[default]
+    RankOne,
+    /// For the unit that feeds the logits, `1/2 Delta_z_s^T H_s Delta_z_s`
+    /// with the exact cross-entropy Hessian `H_s = diag(p_s) - p_s p_s^T`
+    /// (a `K x K` matrix per sample); eq. (1) in the other layers. A departure
+    /// from the paper (docs/conventions.md, "Exact curvature at the logits").
+    ExactLogits,
+}
+
+/// The head as the exact-curvature term of the last unit reads it: the
+/// linear layer's weight `[classes, features]`, how it pools the unit's
+/// output, and every sample's softmax probabilities `[n, classes]`.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadCurvature<'a> {
+    pub weight: &'a [f32],
+    pub probs: &'a [f32],
+    pub classes: usize,
+    pub pool: Pool,
+}
+
+impl<'a> HeadCurvature<'a> {
+    /// The head of `net` with the probabilities of `model`'s last forward pass,
+    /// computed into `probs`.
+    pub fn from_model(model: &Model, net: &'a Network, probs: &'a mut Vec<f32>) -> Self {
+        let head = net.arch.head();
+        let k = head.classes;
+        let logits = model.logits();
+        probs.resize(logits.len(), 0.0);
+        for (z, p) in logits.chunks_exact(k).zip(probs.chunks_exact_mut(k)) {
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for (pi, &v) in p.iter_mut().zip(z) {
+                *pi = libm::expf(v - max);
+                sum += *pi;
+            }
+            p.iter_mut().for_each(|pi| *pi /= sum);
+        }
+        HeadCurvature {
+            weight: &net.tensors[net.index().head_weight],
+            probs,
+            classes: k,
+            pool: head.pool,
+        }
+    }
+
+    /// `dz = f * W[:, block of channel ch] . delta` for one channel plane
+    /// `delta` of sample features (`channels` per sample): the change of the
+    /// logits when that plane of the unit output moves by `delta`.
+    fn logit_change(&self, ch: usize, channels: usize, delta: &[f32], f: f32, dz: &mut [f32]) {
+        let po = delta.len();
+        let (feat, block) = match self.pool {
+            Pool::Flatten => (channels * po, ch * po),
+            Pool::GlobalAverage => (channels, ch),
+        };
+        for (k, out) in dz.iter_mut().enumerate() {
+            let row = &self.weight[k * feat..(k + 1) * feat];
+            *out = f * match self.pool {
+                Pool::Flatten => row[block..block + po]
+                    .iter()
+                    .zip(delta)
+                    .map(|(w, d)| w * d)
+                    .sum::<f32>(),
+                Pool::GlobalAverage => row[block] * delta.iter().sum::<f32>() / po as f32,
+            };
+        }
+    }
+
+    /// `q = H_s dz` for sample `s` (`H_s = diag(p) - p p^T`); returns
+    /// `1/2 dz . q`, the exact quadratic term.
+    fn hessian_times(&self, s: usize, dz: &[f32], q: &mut [f32]) -> f32 {
+        let p = &self.probs[s * self.classes..(s + 1) * self.classes];
+        let pdz: f32 = p.iter().zip(dz).map(|(a, b)| a * b).sum();
+        for ((qk, &pk), &dk) in q.iter_mut().zip(p).zip(dz) {
+            *qk = pk * (dk - pdz);
+        }
+        0.5 * dz.iter().zip(q.iter()).map(|(a, b)| a * b).sum::<f32>()
+    }
+
+    /// `out[p] += f * (W^T q)[feature of (ch, p)]` over one channel plane.
+    fn add_transposed(&self, ch: usize, channels: usize, q: &[f32], f: f32, out: &mut [f32]) {
+        let po = out.len();
+        match self.pool {
+            Pool::Flatten => {
+                let feat = channels * po;
+                for (k, &qk) in q.iter().enumerate() {
+                    let row = &self.weight[k * feat + ch * po..][..po];
+                    for (o, w) in out.iter_mut().zip(row) {
+                        *o += f * qk * w;
+                    }
+                }
+            }
+            Pool::GlobalAverage => {
+                let feat = channels;
+                let v: f32 = q
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &qk)| qk * self.weight[k * feat + ch])
+                    .sum();
+                let add = f * v / po as f32;
+                out.iter_mut().for_each(|o| *o += add);
+            }
+        }
+    }
 }
 
 impl<'a> LayerBatch<'a> {
@@ -193,7 +307,14 @@ impl<'a> LayerBatch<'a> {
             grad_a: model.output_grad(layer),
             sigma,
             loss,
+            head: None,
         }
+    }
+
+    /// The same batch with the exact curvature at the logits (only for the
+    /// unit that feeds the head; `None` keeps eq. (1)).
+    pub fn with_head(self, head: Option<HeadCurvature<'a>>) -> Self {
+        LayerBatch { head, ..self }
     }
 }
 
@@ -209,6 +330,8 @@ pub struct Workspace {
     d: Vec<f32>,
     dd: Vec<f32>,
     u: Vec<f32>,
+    /// Per sample and channel: the exact quadratic term (with a head only).
+    second: Vec<f32>,
     scratch: Option<Scratch>,
 }
 
@@ -359,9 +482,14 @@ pub fn split_estimates(
         }
         // BN + ReLU (+ max-pool): everything after the conv is local to a
         // plane, so one fused pass per plane does it all.
-        _ => fused_pointwise_split(b, d, us, dd),
+        _ => {
+            let second = b.head.is_some().then(|| sized(&mut ws.second, n * c));
+            fused_pointwise_split(b, d, us, second, dd)
+        }
     }
-    write_estimates(&ws.u[..n * c], n, c, b.loss, delta_l);
+    let second = (b.head.is_some() && !matches!(b.sigma.post, SigmaPost::Depthwise { .. }))
+        .then(|| &ws.second[..n * c]);
+    write_estimates(&ws.u[..n * c], second, n, c, b.loss, delta_l);
     if let Some(grad_theta) = grad_theta {
         let scratch = ws.scratch.get_or_insert_with(Scratch::new);
         conv2d_backward(
@@ -493,14 +621,23 @@ impl DepthwiseBufs {
     }
 }
 
-/// Eq. (1) averaged over the samples: `delta_l[c] = 1/S sum_s (u + u^2 / (4 L_hat))`.
-fn write_estimates(us: &[f32], n: usize, c: usize, loss: f32, delta_l: &mut [f32]) {
+/// Eq. (1) averaged over the samples: `delta_l[c] = 1/S sum_s (u + u^2 / (4 L_hat))`,
+/// or with `second` (the exact quadratic terms) `1/S sum_s (u + second)`.
+fn write_estimates(
+    us: &[f32],
+    second: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    loss: f32,
+    delta_l: &mut [f32],
+) {
     let inv_s = 1.0 / n as f32;
     for ch in 0..c {
-        delta_l[ch] = (0..n)
-            .map(|s| gauss_newton(us[s * c + ch], loss))
-            .sum::<f32>()
-            * inv_s;
+        let sample = |s: usize| match second {
+            Some(q) => us[s * c + ch] + q[s * c + ch],
+            None => gauss_newton(us[s * c + ch], loss),
+        };
+        delta_l[ch] = (0..n).map(sample).sum::<f32>() * inv_s;
     }
 }
 
@@ -508,7 +645,16 @@ fn write_estimates(us: &[f32], n: usize, c: usize, loss: f32, delta_l: &mut [f32
 /// 2x2 max-pool, one plane at a time while it is in cache: `us` gets every
 /// sample's and channel's `u`, and `dd`, when given, `dDeltaL / dd` (what the
 /// weight-gradient conv turns into the theta gradient).
-fn fused_pointwise_split(b: &LayerBatch, d: &[f32], us: &mut [f32], dd: Option<&mut [f32]>) {
+///
+/// With a head ([`Curvature::ExactLogits`]) `second` gets every sample's
+/// and channel's exact quadratic term, and the way back adds its gradient.
+fn fused_pointwise_split(
+    b: &LayerBatch,
+    d: &[f32],
+    us: &mut [f32],
+    second: Option<&mut [f32]>,
+    dd: Option<&mut [f32]>,
+) {
     let u = b.unit;
     let c = u.cout;
     let (pc, po) = (u.conv_hw.0 * u.conv_hw.1, u.out_hw.0 * u.out_hw.1);
@@ -518,10 +664,12 @@ fn fused_pointwise_split(b: &LayerBatch, d: &[f32], us: &mut [f32], dd: Option<&
     let (scale, shift) = (b.sigma.scale, b.sigma.shift);
     let isa = lanes::isa();
     let up = SharedMut::new(us);
+    let qp = second.map(SharedMut::new);
     let ddp = dd.map(SharedMut::new);
+    let classes = b.head.map_or(0, |h| h.classes);
     let mut bufs: Vec<PlaneBufs> = (0..par::threads()).map(|_| PlaneBufs::default()).collect();
     par::for_each_part(b.n * c, &mut bufs, |planes, w| {
-        w.resize(pc, po);
+        w.resize(pc, po, classes);
         for p in planes {
             let ch = p % c;
             let (sc, sh) = (scale[ch], shift[ch]);
@@ -542,12 +690,30 @@ fn fused_pointwise_split(b: &LayerBatch, d: &[f32], us: &mut [f32], dd: Option<&
             let u_s = half_s * second_difference_dot(ap, am, a0, g);
             // SAFETY: element p has one writer.
             unsafe { up.write(p, u_s) };
+            // Exact curvature: Delta_z = 1/2 W_c Delta_a, second = 1/2 Delta_z^T H Delta_z.
+            if let (Some(h), Some(qp)) = (&b.head, &qp) {
+                for ((o, (&x, &y)), &z) in w.delta.iter_mut().zip(ap.iter().zip(am)).zip(a0) {
+                    *o = x + y - 2.0 * z;
+                }
+                h.logit_change(ch, c, &w.delta, 0.5, &mut w.dz);
+                let q2 = h.hessian_times(p / c, &w.dz, &mut w.q);
+                // SAFETY: element p has one writer.
+                unsafe { qp.write(p, q2) };
+            }
             let Some(ddp) = ddp else { continue };
             // dDeltaL/dDelta_a = (1 + u / (2 L_hat)) / S * (S / 2) * G, then back
-            // through sigma(y + d) minus back through sigma(y - d).
-            let coef = 0.5 * (1.0 + u_s / (2.0 * loss));
+            // through sigma(y + d) minus back through sigma(y - d). Exact
+            // curvature: 1/2 G + 1/(2 S) W_c^T H Delta_z instead.
+            let coef = if b.head.is_some() {
+                0.5
+            } else {
+                0.5 * (1.0 + u_s / (2.0 * loss))
+            };
             let cv = f32x8::splat(coef);
             simd::map(&mut w.g, |i| cv * load(g, i), |i| coef * g[i]);
+            if let Some(h) = &b.head {
+                h.add_transposed(ch, c, &w.q, 0.5 / b.n as f32, &mut w.g);
+            }
             let (rp, rm): (&[f32], &[f32]) = if pool {
                 maxpool_backward_plane(isa, u.conv_hw, &w.hp, &w.g, &mut w.rp);
                 maxpool_backward_plane(isa, u.conv_hw, &w.hm, &w.g, &mut w.rm);
@@ -572,15 +738,22 @@ struct PlaneBufs {
     g: Vec<f32>,
     rp: Vec<f32>,
     rm: Vec<f32>,
+    /// Exact curvature: the plane's `Delta_a`, `Delta_z` and `H Delta_z`.
+    delta: Vec<f32>,
+    dz: Vec<f32>,
+    q: Vec<f32>,
 }
 
 impl PlaneBufs {
-    fn resize(&mut self, conv_plane: usize, out_plane: usize) {
+    fn resize(&mut self, conv_plane: usize, out_plane: usize, classes: usize) {
         for v in [&mut self.hp, &mut self.hm, &mut self.rp, &mut self.rm] {
             v.resize(conv_plane, 0.0);
         }
-        for v in [&mut self.ap, &mut self.am, &mut self.g] {
+        for v in [&mut self.ap, &mut self.am, &mut self.g, &mut self.delta] {
             v.resize(out_plane, 0.0);
+        }
+        for v in [&mut self.dz, &mut self.q] {
+            v.resize(classes, 0.0);
         }
     }
 }
@@ -598,18 +771,27 @@ pub fn prune_samples(b: &LayerBatch, u: &mut [f32]) {
     });
 }
 
-/// Prune estimates for every channel from [`prune_samples`]' `u` (`n x cout`).
-pub fn prune_estimates_from(u: &[f32], n: usize, loss: f32, delta_l: &mut [f32]) {
-    let c = delta_l.len();
-    for (ch, d) in delta_l.iter_mut().enumerate() {
-        let total: f32 = (0..n).map(|smp| gauss_newton(u[smp * c + ch], loss)).sum();
-        *d = total / n as f32;
-    }
+/// Prune estimates for every channel from [`prune_samples`]' `u` (`n x cout`):
+/// eq. (1), or with the batch's head the exact quadratic term of
+/// `Delta_z = -W_c a` ([`Curvature::ExactLogits`]).
+pub fn prune_estimates_from(b: &LayerBatch, u: &[f32], delta_l: &mut [f32]) {
+    let (n, c) = (b.n, b.unit.cout);
+    let second = b.head.map(|h| {
+        let po = b.unit.out_hw.0 * b.unit.out_hw.1;
+        let (mut dz, mut q) = (vec![0.0; h.classes], vec![0.0; h.classes]);
+        let mut second = vec![0.0; n * c];
+        for (p, out) in second.iter_mut().enumerate() {
+            h.logit_change(p % c, c, &b.a[p * po..(p + 1) * po], -1.0, &mut dz);
+            *out = h.hessian_times(p / c, &dz, &mut q);
+        }
+        second
+    });
+    write_estimates(u, second.as_deref(), n, c, b.loss, delta_l);
 }
 
 /// Prune estimates for every channel: `Delta_a = -a`, `u_s = -sum(a_s * G_s)`.
 pub fn prune_estimates(b: &LayerBatch, delta_l: &mut [f32]) {
     let mut u = vec![0.0; b.n * b.unit.cout];
     prune_samples(b, &mut u);
-    prune_estimates_from(&u, b.n, b.loss, delta_l);
+    prune_estimates_from(b, &u, delta_l);
 }

@@ -6,10 +6,11 @@ use crate::arch::Arch;
 use crate::backend::Backend;
 use crate::data::{Augment, Dataset, Normalization};
 use crate::error::{Error, Result};
-use crate::learn::{MorphConfig, MorphMethod, MorphState};
+use crate::learn::{Curvature, MorphConfig, MorphMethod, MorphState};
 use crate::morph;
 use crate::network::Network;
 use crate::optim::{Adam, Sgd, StepSchedule};
+use crate::refine::refine_splits;
 use crate::rng::Rng;
 use crate::select::{
     candidates, choose, random_splits, random_splits_to, to_morphisms, Candidate, Kind,
@@ -95,6 +96,14 @@ pub struct GrowConfig {
     /// the per-layer fraction (to match another run's final size).
     #[cfg_attr(feature = "serde", serde(default))]
     pub target_params: Option<u64>,
+    /// The estimate's quadratic term in the unit that feeds the logits.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub curvature: Curvature,
+    /// Adam steps (one training batch each) refining the chosen splits'
+    /// theta on the expanded network's real loss before training resumes
+    /// ([`crate::refine`]); 0: none.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub refine_steps: usize,
 }
 
 impl Default for GrowConfig {
@@ -122,6 +131,8 @@ impl Default for GrowConfig {
             split_epsilon: default_split_epsilon(),
             theta: ThetaSource::Learned,
             target_params: None,
+            curvature: Curvature::RankOne,
+            refine_steps: 0,
         }
     }
 }
@@ -573,6 +584,7 @@ fn learn_morphisms(
         method,
         theta_max: cfg.theta_max,
         joint: cfg.select.selection.needs_cross() && cfg.strategy == Strategy::Gn,
+        curvature: cfg.curvature,
     };
     backend.begin_morph(MorphState::new(trained, cfg.theta_init, &mut theta_rng))?;
     let mut buffers = Batches::new(train, cfg.batch);
@@ -654,19 +666,51 @@ fn select_step(
 
 /// Algorithm 1, "apply": the chosen splits with their scaled learned theta
 /// (or, with [`ThetaSource::Noise`], their initial noise), and the prunes.
+/// With [`GrowConfig::refine_steps`], the learned theta of the chosen splits
+/// are then refined on the expanded network's training loss.
+#[allow(clippy::too_many_arguments)]
 fn apply_step(
     cfg: &GrowConfig,
     trained: &Network,
     momentum: Vec<Vec<f32>>,
     scored: &Scored,
     selected: &Selected,
+    train: &Dataset,
+    norm: &Normalization,
+    rng: &mut Rng,
 ) -> Result<(Network, Vec<Vec<f32>>, ThetaStats)> {
-    let applied = match (cfg.strategy, cfg.theta) {
-        (Strategy::Random | Strategy::Uniform, _) | (_, ThetaSource::Noise) => scored.noise.clone(),
-        _ => scaled_thetas(&scored.learned, selected, cfg.theta_init),
+    let learned = !matches!(
+        (cfg.strategy, cfg.theta),
+        (Strategy::Random | Strategy::Uniform, _) | (_, ThetaSource::Noise)
+    );
+    let mut applied = if learned {
+        scaled_thetas(&scored.learned, selected, cfg.theta_init)
+    } else {
+        scored.noise.clone()
     };
+    let mut morphisms = to_morphisms(&trained.arch, &selected.chosen, &applied);
+    if learned && cfg.refine_steps > 0 {
+        let mut refine_rng = rng.fork();
+        refine_splits(
+            trained,
+            &mut morphisms,
+            train,
+            norm,
+            cfg.refine_steps,
+            cfg.batch,
+            &cfg.adam,
+            &mut refine_rng,
+        )?;
+        let units = trained.arch.units();
+        for m in &morphisms {
+            if let morph::Morphism::Split { theta } = &m.morphism {
+                let fan = units[m.layer].fan_in();
+                applied.theta[m.layer][m.channel * fan..(m.channel + 1) * fan]
+                    .copy_from_slice(theta);
+            }
+        }
+    }
     let stats = theta_stats(&applied, &scored.learned, selected);
-    let morphisms = to_morphisms(&trained.arch, &selected.chosen, &applied);
     let mut extra = [momentum];
     let grown = morph::apply(trained, &morphisms, &mut extra)?;
     let [momentum] = extra;
@@ -729,7 +773,16 @@ pub fn run_phase(
         train_step(backend, &mut next, cfg, train, test, norm, progress)?;
     let scored = learn_morphisms(backend, &mut next, cfg, &trained, train, norm, progress)?;
     let selected = select_step(cfg, &trained.arch, &scored, next.phase, &mut next.rng);
-    let (grown, momentum, theta) = apply_step(cfg, &trained, momentum, &scored, &selected)?;
+    let (grown, momentum, theta) = apply_step(
+        cfg,
+        &trained,
+        momentum,
+        &scored,
+        &selected,
+        train,
+        norm,
+        &mut next.rng,
+    )?;
     let (test_after, test_after_recalibrated) = measure_step(
         backend, &mut next, cfg, &grown, &momentum, train, test, norm,
     )?;

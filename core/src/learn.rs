@@ -2,6 +2,7 @@
 //! exponential moving averages of their estimated loss changes (paper 3.3, 4.1).
 
 use crate::error::{Error, Result};
+pub use crate::estimator::Curvature;
 use crate::network::Network;
 use crate::optim::Adam;
 use crate::rng::Rng;
@@ -42,6 +43,9 @@ pub struct MorphConfig {
     /// ([`crate::select::select_joint`]).
     #[cfg_attr(feature = "serde", serde(default))]
     pub joint: bool,
+    /// The quadratic term of the estimate in the unit that feeds the logits.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub curvature: Curvature,
 }
 
 impl MorphConfig {
@@ -53,6 +57,7 @@ impl MorphConfig {
             method: MorphMethod::GaussNewton,
             theta_max: None,
             joint: false,
+            curvature: Curvature::RankOne,
         }
     }
 }

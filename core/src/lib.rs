@@ -31,6 +31,7 @@ pub mod morph;
 pub mod network;
 pub mod optim;
 pub mod par;
+pub mod refine;
 pub mod rng;
 pub mod select;
 pub mod splitting;

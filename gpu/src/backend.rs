@@ -16,7 +16,7 @@ use crate::kernels::Kernels;
 use crate::morph::MorphBuffers;
 use sprout_core::backend::{Backend, BatchStats};
 use sprout_core::error::{Error, Result};
-use sprout_core::learn::{MorphConfig, MorphMethod, MorphState};
+use sprout_core::learn::{Curvature, MorphConfig, MorphMethod, MorphState};
 use sprout_core::network::Network;
 use sprout_core::optim::Sgd;
 use std::collections::hash_map::Entry;
@@ -305,6 +305,12 @@ impl Backend for GpuBackend {
         if let MorphMethod::Splitting { .. } = cfg.method {
             return Err(Error::Backend(
                 "splitting steepest descent is not supported on the gpu backend; use --backend cpu"
+                    .into(),
+            ));
+        }
+        if cfg.curvature != Curvature::RankOne {
+            return Err(Error::Backend(
+                "--curvature exact-logits is not supported on the gpu backend; use --backend cpu"
                     .into(),
             ));
         }

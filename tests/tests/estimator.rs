@@ -16,8 +16,8 @@
 
 use sprout_core::arch::Pool;
 use sprout_core::estimator::{
-    gauss_newton, prune_estimates, prune_samples, split_estimates, FrozenSigma, LayerBatch,
-    Workspace,
+    gauss_newton, prune_estimates, prune_samples, split_estimates, Curvature, FrozenSigma,
+    HeadCurvature, LayerBatch, Workspace,
 };
 use sprout_core::learn::MorphState;
 use sprout_core::model::{Mode, Model};
@@ -85,8 +85,24 @@ impl Fixture {
     /// Split estimates of every channel of `layer` for `theta`, with the
     /// per-sample first-order terms `u[s * cout + c]`.
     fn split(&self, layer: usize, theta: &[f32], grad: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
+        self.split_with(layer, theta, grad, Curvature::RankOne)
+    }
+
+    /// [`Fixture::split`] with the given curvature (the exact one applies
+    /// to the last layer only).
+    fn split_with(
+        &self,
+        layer: usize,
+        theta: &[f32],
+        grad: Option<&mut [f32]>,
+        curvature: Curvature,
+    ) -> (Vec<f32>, Vec<f32>) {
         let sigma = FrozenSigma::of(&self.net, layer);
-        let batch = LayerBatch::from_model(&self.model, layer, sigma.view(), self.loss);
+        let mut probs = Vec::new();
+        let head = (curvature == Curvature::ExactLogits)
+            .then(|| HeadCurvature::from_model(&self.model, &self.net, &mut probs));
+        let batch =
+            LayerBatch::from_model(&self.model, layer, sigma.view(), self.loss).with_head(head);
         let mut ws = Workspace::default();
         let mut delta_l = vec![f32::NAN; self.cout(layer)];
         split_estimates(&batch, theta, &mut ws, &mut delta_l, grad);
@@ -319,6 +335,7 @@ impl RankOne {
             grad_a: &self.grad_a,
             sigma: sigma.view(),
             loss: self.loss as f32,
+            head: None,
         }
     }
 
@@ -554,16 +571,16 @@ fn joint_estimate_of_a_set_is_exact_for_rank_one_least_squares() {
 /// small enough that at least half the steps cross no kink. Checked entries
 /// must agree to 2%, plus 0.1% of the channel's largest gradient entry for
 /// entries near zero (measured: below 5e-4 of it).
-fn check_grad_theta(fx: &Fixture, layer: usize, seed: u64) -> f64 {
+fn check_grad_theta(fx: &Fixture, layer: usize, seed: u64, curvature: Curvature) -> f64 {
     let mut rng = Rng::new(seed);
     let (cout, fan) = (fx.cout(layer), fx.fan_in(layer));
     let theta = fx.theta(layer, 0.5, &mut rng);
     let mut grad = vec![f32::NAN; theta.len()];
-    let (delta_l, _) = fx.split(layer, &theta, Some(&mut grad));
+    let (delta_l, _) = fx.split_with(layer, &theta, Some(&mut grad), curvature);
     let eval_at = |c: usize, j: usize, h: f32| -> f64 {
         let mut th = theta.clone();
         th[c * fan + j] += h;
-        fx.split(layer, &th, None).0[c] as f64
+        fx.split_with(layer, &th, None, curvature).0[c] as f64
     };
     let (mut checked, mut skipped, mut worst) = (0, 0, 0.0f64);
     for c in 0..cout {
@@ -619,7 +636,12 @@ fn grad_theta_matches_finite_differences_vgg() {
     let fx = Fixture::vgg(303);
     let mut worst = 0.0f64;
     for layer in [9, 11, 15] {
-        worst = worst.max(check_grad_theta(&fx, layer, 30 + layer as u64));
+        worst = worst.max(check_grad_theta(
+            &fx,
+            layer,
+            30 + layer as u64,
+            Curvature::RankOne,
+        ));
     }
     eprintln!("vgg grad_theta: worst relative error {worst:.3e} (entries above 5% of the largest)");
 }
@@ -630,11 +652,126 @@ fn grad_theta_matches_finite_differences_mobilenet_depthwise() {
     let mut worst = 0.0f64;
     // Units whose sigma ends in a stride-2 and a stride-1 depthwise conv.
     for layer in [3, 6] {
-        worst = worst.max(check_grad_theta(&fx, layer, 40 + layer as u64));
+        worst = worst.max(check_grad_theta(
+            &fx,
+            layer,
+            40 + layer as u64,
+            Curvature::RankOne,
+        ));
     }
     eprintln!(
         "mobilenet grad_theta: worst relative error {worst:.3e} (entries above 5% of the largest)"
     );
+}
+
+/// The exact-curvature variant for the layer that feeds the logits
+/// (docs/conventions.md, "Exact curvature at the logits") against the
+/// second-order expansion of the cross-entropy computed independently from
+/// the expanded (or pruned) network's logits: with `Delta_z = z' - z`,
+/// `g_s = softmax(z_s) - onehot` and `p_s = softmax(z_s)`,
+/// `1/S sum_s [g_s . Delta_z_s + 1/2 Delta_z_s^T (diag p_s - p_s p_s^T) Delta_z_s]`.
+/// The head is linear and sigma frozen, so the two agree up to f32 rounding
+/// for any theta. Returns the worst relative error among the clear changes.
+fn check_exact_logits(fx: &Fixture, seed: u64) -> f64 {
+    let mut rng = Rng::new(seed);
+    let l = fx.net.arch.layers() - 1;
+    let (n, cout, fan) = (fx.n, fx.cout(l), fx.fan_in(l));
+    let z = fx.model.logits();
+    let k = z.len() / n;
+    let g = fx.model.logits_grad();
+    let expansion = |z2: &[f32]| -> (f64, f64) {
+        let (mut total, mut mag) = (0.0f64, 0.0f64);
+        for s in 0..n {
+            let zs = &z[s * k..(s + 1) * k];
+            let max = zs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let e: Vec<f64> = zs.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let p: Vec<f64> = e.iter().map(|v| v / sum).collect();
+            let dz: Vec<f64> = (0..k)
+                .map(|i| z2[s * k + i] as f64 - zs[i] as f64)
+                .collect();
+            let first: f64 = (0..k).map(|i| n as f64 * g[s * k + i] as f64 * dz[i]).sum();
+            let pdz: f64 = p.iter().zip(&dz).map(|(a, b)| a * b).sum();
+            let quad: f64 = (0..k).map(|i| p[i] * dz[i] * dz[i]).sum::<f64>() - pdz * pdz;
+            total += first + 0.5 * quad;
+            mag += (0..k)
+                .map(|i| (zs[i].abs() + z2[s * k + i].abs()) as f64)
+                .sum::<f64>();
+        }
+        (total / n as f64, mag / n as f64)
+    };
+    let mut worst = 0.0f64;
+    let mut clear = 0;
+    for scale in [0.1, 0.5, 2.0] {
+        let theta = fx.theta(l, scale, &mut rng);
+        let (exact, _) = fx.split_with(l, &theta, None, Curvature::ExactLogits);
+        let (rank_one, _) = fx.split(l, &theta, None);
+        for c in 0..cout {
+            let big = expanded(&fx.net, l, c, &theta[c * fan..(c + 1) * fan]);
+            let (want, mag) = expansion(eval(&big, &fx.images, n).logits());
+            let got = exact[c] as f64;
+            let tol = 1e-4 * want.abs() + 1e-6 * mag;
+            assert!(
+                (got - want).abs() <= tol,
+                "theta scale {scale}, channel {c}: exact estimate {got}, expansion {want} (tol {tol}; rank-1 {})",
+                rank_one[c]
+            );
+            if want.abs() > 1e-3 * mag {
+                clear += 1;
+                worst = worst.max((got - want).abs() / want.abs());
+            }
+        }
+    }
+    let sigma = FrozenSigma::of(&fx.net, l);
+    let mut probs = Vec::new();
+    let head = HeadCurvature::from_model(&fx.model, &fx.net, &mut probs);
+    let batch = LayerBatch::from_model(&fx.model, l, sigma.view(), fx.loss).with_head(Some(head));
+    let mut prune = vec![f32::NAN; cout];
+    prune_estimates(&batch, &mut prune);
+    for (c, &got) in prune.iter().enumerate() {
+        let (want, mag) = expansion(eval(&pruned(&fx.net, l, c), &fx.images, n).logits());
+        let tol = 1e-4 * want.abs() + 1e-6 * mag;
+        assert!(
+            (got as f64 - want).abs() <= tol,
+            "prune channel {c}: exact estimate {got}, expansion {want} (tol {tol})"
+        );
+    }
+    assert!(clear > cout, "only {clear} clear changes");
+    worst
+}
+
+#[test]
+fn exact_logit_curvature_is_the_second_order_expansion_vgg() {
+    let worst = check_exact_logits(&Fixture::vgg(505), 51);
+    eprintln!("vgg exact logits: worst relative error {worst:.3e}");
+}
+
+#[test]
+fn exact_logit_curvature_is_the_second_order_expansion_mobilenet() {
+    let worst = check_exact_logits(&Fixture::mobilenet(606), 61);
+    eprintln!("mobilenet exact logits: worst relative error {worst:.3e}");
+}
+
+#[test]
+fn grad_theta_matches_finite_differences_exact_logits() {
+    let worst = [
+        check_grad_theta(&Fixture::vgg(707), 15, 71, Curvature::ExactLogits),
+        // Inputs large enough that the last unit keeps a 2x2 plane, so that
+        // few of its channels are dead on every sample.
+        check_grad_theta(
+            &Fixture::new(
+                Arch::new(Family::MobilenetV1, [3, 64, 64], 4, vec![4; 14]).unwrap(),
+                808,
+                2 * S,
+            ),
+            13,
+            81,
+            Curvature::ExactLogits,
+        ),
+    ]
+    .into_iter()
+    .fold(0.0f64, f64::max);
+    eprintln!("exact logits grad_theta: worst relative error {worst:.3e}");
 }
 
 /// `u + u^2 / (4 L_hat) >= -L_hat` for every u, so the estimate of every

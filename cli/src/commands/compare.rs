@@ -16,6 +16,7 @@ use sprout_core::estimator::{FrozenSigma, LayerBatch};
 use sprout_core::model::{Mode, Model};
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::optim::Adam;
+use sprout_core::refine::refine_splits;
 use sprout_core::rng::Rng;
 use sprout_core::splitting::{min_eigen, SplitAverage, SplitWorkspace};
 use sprout_core::train::Batches;
@@ -64,7 +65,8 @@ fn true_delta(
 
 /// Optimises channel `c`'s theta on the expanded network's true loss
 /// (eval-mode BN, the same frozen-sigma convention) with Adam, starting from
-/// `start`: the gradient is dL/dw of the first half minus that of the second.
+/// `start` ([`refine_splits`] with the one split).
+#[allow(clippy::too_many_arguments)]
 fn direct_theta(
     net: &Network,
     c: usize,
@@ -75,36 +77,21 @@ fn direct_theta(
     batch: usize,
     rng: &mut Rng,
 ) -> Result<Vec<f32>> {
-    let fan = start.len();
-    let mut theta = start.to_vec();
-    let (mut m, mut v) = (vec![0.0; fan], vec![0.0; fan]);
-    let adam = Adam::paper();
-    let mut buf = Batches::new(ds, batch);
-    let mut model: Option<Model> = None;
-    for t in 0..steps {
-        let split = [ChannelMorphism {
-            layer: 0,
-            channel: c,
-            morphism: Morphism::Split {
-                theta: theta.clone(),
-            },
-        }];
-        let expanded = apply(net, &split, &mut [])?;
-        let model = model.get_or_insert_with(|| Model::new(&expanded.arch, batch));
-        let idx: Vec<usize> = (0..batch).map(|_| rng.below(ds.len())).collect();
-        fill_batch(ds, norm, &idx, None, rng, &mut buf.images, &mut buf.labels);
-        model.forward(&expanded, &buf.images, batch, Mode::Eval);
-        model.loss(&buf.labels);
-        let mut grads = expanded.zeros_like();
-        model.backward(&expanded, &mut grads);
-        // Halves c (w + theta) and c + 1 (w - theta) of layer 0's kernel.
-        let g = &grads[expanded.index().units[0].conv];
-        let grad: Vec<f32> = (0..fan)
-            .map(|i| g[c * fan + i] - g[(c + 1) * fan + i])
-            .collect();
-        adam.step(t as u32 + 1, &mut theta, &grad, &mut m, &mut v);
+    let mut split = [ChannelMorphism {
+        layer: 0,
+        channel: c,
+        morphism: Morphism::Split {
+            theta: start.to_vec(),
+        },
+    }];
+    refine_splits(net, &mut split, ds, norm, steps, batch, &Adam::paper(), rng)?;
+    match split {
+        [ChannelMorphism {
+            morphism: Morphism::Split { theta },
+            ..
+        }] => Ok(theta),
+        _ => bail!("refinement of layer 0 channel {c} lost its split"),
     }
-    Ok(theta)
 }
 
 pub fn run(args: &CompareArgs) -> Result<()> {

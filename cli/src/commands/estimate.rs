@@ -10,7 +10,9 @@ use crate::weights::save_tensors;
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
-use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
+use sprout_core::estimator::{
+    split_estimates, Curvature, FrozenSigma, HeadCurvature, LayerBatch, Workspace,
+};
 use sprout_core::model::{Mode, Model};
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::train::Batches;
@@ -107,7 +109,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         &json!({
             "command": "estimate", "dataset": exp.dataset, "arch": arch, "train_epochs": a.train_epochs,
             "theta_epochs": a.theta_epochs, "heldout": heldout.len(), "lr": a.lr, "theta_init": a.theta_init,
-            "augment": !a.no_augment, "ema_alpha": exp.ema_alpha, "seed": a.seed, "train_images": train.len(),
+            "augment": !a.no_augment, "ema_alpha": exp.ema_alpha, "curvature": Curvature::from(a.curvature), "theta_max": a.theta_max, "seed": a.seed, "train_images": train.len(),
         }),
     )?;
     let args = a;
@@ -123,6 +125,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         let mut grads = net.zeros_like();
         let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(net, l)).collect();
         let mut rng = sprout_core::rng::Rng::new(0);
+        let mut probs = Vec::new();
         for start in (0..heldout.len()).step_by(args.batch) {
             let idx: Vec<usize> = (start..(start + args.batch).min(heldout.len())).collect();
             sprout_core::data::fill_batch(
@@ -137,8 +140,11 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
             model.forward(net, &hbuf.images, idx.len(), Mode::Eval);
             let (loss, _) = model.loss(&hbuf.labels);
             model.backward_activations(net, &mut grads);
+            let head = (Curvature::from(args.curvature) == Curvature::ExactLogits)
+                .then(|| HeadCurvature::from_model(&model, net, &mut probs));
             for (l, u) in units.iter().enumerate() {
-                let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss);
+                let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss)
+                    .with_head(head.filter(|_| l + 1 == units.len()));
                 let mut d = vec![0.0; u.cout];
                 split_estimates(&b, &learned.theta[l], &mut ws, &mut d, None);
                 for (acc, v) in heldout_est[l].iter_mut().zip(&d) {

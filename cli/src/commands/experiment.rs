@@ -2,6 +2,7 @@
 //! `compare`, its Figure 4) share: their flags, training the network, and
 //! learning theta for every split candidate with the model fixed.
 
+use crate::commands::grow::CurvatureName;
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName};
 use crate::device::DeviceArgs;
@@ -52,6 +53,12 @@ pub struct ExperimentArgs {
     /// EMA weight of each mini-batch estimate [default: (S/N)/2, about two epochs].
     #[arg(long)]
     pub ema_alpha: Option<f32>,
+    /// The estimate's quadratic term in the layer that feeds the logits.
+    #[arg(long, value_enum, default_value = "rank-one")]
+    pub curvature: CurvatureName,
+    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]| [default: unbounded, as in the paper].
+    #[arg(long, value_name = "RATIO")]
+    pub theta_max: Option<f32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long)]
@@ -85,6 +92,11 @@ pub struct Learned {
 pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
     if a.train_epochs == 0 || a.theta_epochs == 0 || a.heldout == 0 {
         bail!("--train-epochs, --theta-epochs and --heldout must be at least 1");
+    }
+    if let Some(r) = a.theta_max {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--theta-max must be positive, got {r}");
+        }
     }
     let splits = resolve(a.dataset, a.data.as_deref())?;
     let train = match a.train_limit {
@@ -156,8 +168,9 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         adam: cfg.adam,
         ema_alpha,
         method: Default::default(),
-        theta_max: None,
+        theta_max: a.theta_max,
         joint: false,
+        curvature: a.curvature.into(),
     };
     let mut theta_rng = state.rng.fork();
     backend.begin_morph(MorphState::new(&net, cfg.theta_init, &mut theta_rng))?;

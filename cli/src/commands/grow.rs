@@ -18,6 +18,7 @@ use sprout_core::grow::{
     run_phase, train_epochs, train_from_scratch, GrowConfig, GrowState, PhaseReport, Stage,
     Strategy, ThetaSource,
 };
+use sprout_core::learn::Curvature;
 use sprout_core::rng::Rng;
 use sprout_core::select::{Kind, Selection};
 use sprout_core::train::{evaluate, Batches, PassStats};
@@ -66,6 +67,25 @@ impl From<ThetaName> for ThetaSource {
         match t {
             ThetaName::Learned => ThetaSource::Learned,
             ThetaName::Noise => ThetaSource::Noise,
+        }
+    }
+}
+
+/// Quadratic terms selectable with `--curvature`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CurvatureName {
+    /// Eq. (1) everywhere: the rank-1 term `u^2 / (4 L_hat)` (the paper).
+    RankOne,
+    /// The exact cross-entropy Hessian at the logits for the layer that
+    /// feeds the head (docs/conventions.md, "Exact curvature at the logits").
+    ExactLogits,
+}
+
+impl From<CurvatureName> for Curvature {
+    fn from(c: CurvatureName) -> Curvature {
+        match c {
+            CurvatureName::RankOne => Curvature::RankOne,
+            CurvatureName::ExactLogits => Curvature::ExactLogits,
         }
     }
 }
@@ -165,6 +185,15 @@ pub struct GrowArgs {
     /// with the initial noise they started from [default: learned].
     #[arg(long, value_enum)]
     pub theta: Option<ThetaName>,
+    /// The estimate's quadratic term in the layer that feeds the logits:
+    /// eq. (1)'s rank-1 term or the exact cross-entropy Hessian [default: rank-one].
+    #[arg(long, value_enum)]
+    pub curvature: Option<CurvatureName>,
+    /// Adam steps refining the chosen splits' learned theta on the expanded
+    /// network's real training loss, the model fixed, before training
+    /// resumes (one batch per step) [default: 0, none].
+    #[arg(long)]
+    pub refine_steps: Option<usize>,
     #[arg(long)]
     pub batch: Option<usize>,
     /// SGD learning rate [default: 0.05].
@@ -263,6 +292,8 @@ impl GrowArgs {
             g.select.prunes_after_splits = true;
         }
         set(&mut g.theta, self.theta.map(ThetaSource::from));
+        set(&mut g.curvature, self.curvature.map(Curvature::from));
+        set(&mut g.refine_steps, self.refine_steps);
         if self.no_augment {
             g.augment = None;
         }

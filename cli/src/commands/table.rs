@@ -11,6 +11,7 @@ use crate::data::{resolve, DatasetName, Splits};
 use crate::device::DeviceArgs;
 use crate::plots::accuracy_vs_params;
 use crate::run_dir::{set_threads, RunDir};
+use crate::sweep::matched_fraction;
 use crate::weights::load_arch_json;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -19,7 +20,6 @@ use sprout_core::arch::Family;
 use sprout_core::data::{Dataset, Normalization};
 use sprout_core::grow::{GrowConfig, Strategy};
 use sprout_core::optim::StepSchedule;
-use sprout_core::select::layer_budget;
 use sprout_core::select::{SelectConfig, Selection};
 use sprout_core::Arch;
 use std::fmt::Write as _;
@@ -234,32 +234,6 @@ impl TableArgs {
                 .with_select(select),
         }
     }
-}
-
-/// The fraction of every layer's channels that uniform growth adds per
-/// phase so that after `phases` phases its parameter count is closest to
-/// `target` (random growth adds the same number of channels, anywhere).
-pub(crate) fn matched_fraction(seed: &Arch, phases: usize, target: u64) -> Result<f64> {
-    let grown = |fraction: f64| -> Result<u64> {
-        let mut widths = seed.widths.clone();
-        for _ in 0..phases {
-            for w in widths.iter_mut() {
-                *w += layer_budget(*w, fraction);
-            }
-        }
-        Ok(Arch::new(seed.family, seed.input, seed.classes, widths)
-            .map_err(|e| anyhow!("{e}"))?
-            .params())
-    };
-    let mut best = (u64::MAX, 0.01);
-    for i in 1..=100 {
-        let fraction = i as f64 / 100.0;
-        let gap = grown(fraction)?.abs_diff(target);
-        if gap < best.0 {
-            best = (gap, fraction);
-        }
-    }
-    Ok(best.1)
 }
 
 fn read_row(dir: &Path) -> Option<Row> {

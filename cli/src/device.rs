@@ -16,6 +16,16 @@ pub enum BackendKind {
     Gpu,
 }
 
+impl BackendKind {
+    /// The name `--backend` takes (and a sweep's manifest stores).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Gpu => "gpu",
+        }
+    }
+}
+
 /// Flags choosing the engine.
 #[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceArgs {

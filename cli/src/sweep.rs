@@ -9,16 +9,23 @@
 //! differs from the line, resumes a growth run from its checkpoint, and
 //! writes the completion marker [`DONE`] last, atomically. A finished run is
 //! never run again.
+//!
+//! A sweep command (`sprout table`, `sprout pareto`) only plans its runs and
+//! builds its outputs from their outcomes; [`SweepArgs`] and [`drive`] give
+//! every such command the same `--plan`, `--collect`, `--emit-slurm FILE`
+//! and `--jobs N`.
 
 use crate::commands::eval::load_dataset;
 use crate::commands::grow::{self, limited, RunConfig};
 use crate::device::{BackendKind, DeviceArgs};
-use crate::run_dir::{set_threads, RunDir};
+use crate::run_dir::{max_threads, set_threads, RunDir};
+use crate::slurm::{write_sbatch_script, SlurmArgs};
 use crate::weights::load_arch_json;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sprout_core::data::{Dataset, Normalization};
 use sprout_core::grow::GrowConfig;
+use sprout_core::select::layer_budget;
 use sprout_core::Arch;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -70,9 +77,59 @@ pub enum Work {
         seed_arch: Arch,
         retrain_epochs: usize,
         /// Grow (uniform and random growth) toward the final parameter count
-        /// of the run with this id ([`GrowConfig::target_params`]).
+        /// of the run with this id, as `matching` says.
         match_params_of: Option<String>,
+        #[serde(default, skip_serializing_if = "Matching::is_target")]
+        matching: Matching,
     },
+}
+
+/// How a run sized to another run's parameter count gets there.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Matching {
+    /// An equal share of what is left in each remaining phase
+    /// ([`GrowConfig::target_params`]).
+    #[default]
+    Target,
+    /// The per-layer fraction of every phase ([`SelectConfig::fraction`])
+    /// with which uniform widening over all phases comes closest
+    /// ([`matched_fraction`]).
+    ///
+    /// [`SelectConfig::fraction`]: sprout_core::select::SelectConfig::fraction
+    Fraction,
+}
+
+impl Matching {
+    fn is_target(&self) -> bool {
+        *self == Matching::Target
+    }
+}
+
+/// The fraction of every layer's channels that uniform growth adds per
+/// phase so that after `phases` phases its parameter count is closest to
+/// `target` (random growth adds the same number of channels, anywhere).
+pub fn matched_fraction(seed: &Arch, phases: usize, target: u64) -> Result<f64> {
+    let grown = |fraction: f64| -> Result<u64> {
+        let mut widths = seed.widths.clone();
+        for _ in 0..phases {
+            for w in widths.iter_mut() {
+                *w += layer_budget(*w, fraction);
+            }
+        }
+        Ok(Arch::new(seed.family, seed.input, seed.classes, widths)
+            .map_err(|e| anyhow!("{e}"))?
+            .params())
+    };
+    let mut best = (u64::MAX, 0.01);
+    for i in 1..=100 {
+        let fraction = i as f64 / 100.0;
+        let gap = grown(fraction)?.abs_diff(target);
+        if gap < best.0 {
+            best = (gap, fraction);
+        }
+    }
+    Ok(best.1)
 }
 
 /// One run of a sweep, complete: the manifest line's payload.
@@ -130,6 +187,9 @@ pub struct Outcome {
     pub growth_seconds: Option<f64>,
     pub train_seconds: f64,
 }
+
+/// A finished run: its manifest line and outcome.
+pub type Finished<'a> = (&'a ManifestLine, Outcome);
 
 /// A manifest read from disk.
 #[derive(Debug, Clone)]
@@ -263,6 +323,20 @@ impl Manifest {
         }
     }
 
+    /// The finished runs with their lines, in manifest order, and the ids
+    /// of the others.
+    pub fn finished(&self) -> Result<(Vec<Finished<'_>>, Vec<String>)> {
+        let mut done = Vec::new();
+        let mut missing = Vec::new();
+        for line in &self.lines {
+            match self.outcome(line)? {
+                Some(o) => done.push((line, o)),
+                None => missing.push(line.id.clone()),
+            }
+        }
+        Ok((done, missing))
+    }
+
     fn line(&self, index: usize) -> Result<&ManifestLine> {
         self.lines.get(index).ok_or_else(|| {
             anyhow!(
@@ -364,10 +438,18 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
             seed_arch,
             retrain_epochs,
             match_params_of,
+            matching,
         } => {
             let mut grow_cfg = cfg.clone();
             if let Some(other) = match_params_of {
-                grow_cfg.target_params = Some(wait_for(manifest, other)?.params);
+                let target = wait_for(manifest, other)?.params;
+                match matching {
+                    Matching::Target => grow_cfg.target_params = Some(target),
+                    Matching::Fraction => {
+                        grow_cfg.select.fraction =
+                            matched_fraction(seed_arch, grow_cfg.phases, target)?
+                    }
+                }
             }
             let run_cfg = RunConfig {
                 seed_arch: seed_arch.clone(),
@@ -596,4 +678,167 @@ pub fn run_all(manifest: &Manifest, jobs: usize) -> Result<Vec<(String, PathBuf)
         }
     });
     Ok(failed.into_inner().expect("lock"))
+}
+
+/// The flags with which a sweep command plans, runs and collects its runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// Worker threads of every run (results depend on it, so the manifest
+    /// fixes it) [default: --cpus-per-task with --emit-slurm, else 1].
+    #[arg(long, alias = "threads")]
+    pub threads_per_run: Option<usize>,
+    /// Runs at once on this machine [default: cores / --threads-per-run].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Only write the manifest (`OUT/manifest.jsonl`) and say how many runs it has.
+    #[arg(long)]
+    pub plan: bool,
+    /// Only build the outputs from the finished runs and list the others.
+    #[arg(long)]
+    pub collect: bool,
+    /// Write an sbatch script for a Slurm job array over the manifest (implies --plan).
+    #[arg(long, value_name = "FILE")]
+    pub emit_slurm: Option<PathBuf>,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
+}
+
+impl SweepArgs {
+    /// Refuses flags that do not go together, before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(t) = self.threads_per_run {
+            let (cores, max) = max_threads();
+            if t == 0 {
+                bail!("--threads-per-run must be at least 1");
+            }
+            if t > max {
+                bail!(
+                    "--threads-per-run {t} is more than 4 per core ({cores} cores, at most {max})"
+                );
+            }
+            if self.emit_slurm.is_some() && t != self.slurm.cpus_per_task {
+                bail!(
+                    "--threads-per-run {t} differs from --cpus-per-task {}: every array task runs with its CPUs as threads",
+                    self.slurm.cpus_per_task
+                );
+            }
+        }
+        if self.jobs == Some(0) {
+            bail!("--jobs must be at least 1");
+        }
+        if [self.plan, self.collect, self.emit_slurm.is_some()]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+            > 1
+        {
+            bail!("--plan, --collect and --emit-slurm are separate steps: give one");
+        }
+        Ok(())
+    }
+
+    /// Threads of every run.
+    pub fn threads(&self) -> usize {
+        match (self.threads_per_run, &self.emit_slurm) {
+            (Some(t), _) => t,
+            (None, Some(_)) => self.slurm.cpus_per_task,
+            (None, None) => 1,
+        }
+    }
+}
+
+/// A sweep command: what it plans and what it builds from finished runs.
+pub trait Sweep {
+    /// The subcommand, for the messages (`table`, `pareto`).
+    const COMMAND: &'static str;
+    /// The sweep's folder: `manifest.jsonl`, `runs/`, `logs/` and the outputs.
+    fn out(&self) -> &Path;
+    /// Every run of the sweep, `(id, job)`, in an order in which each run
+    /// comes after the runs it is sized to.
+    fn plan(&self) -> Result<Vec<(String, Job)>>;
+    /// Writes the outputs from the finished runs of `manifest` (`done`, in
+    /// manifest order) and returns what it wrote, for the closing line.
+    fn collect(&self, manifest: &Manifest, done: &[Finished]) -> Result<String>;
+}
+
+/// Runs a sweep command with its [`SweepArgs`]: `--collect` builds the
+/// outputs from what has finished; otherwise it plans (writing the manifest,
+/// or checking the one there), then `--plan` stops, `--emit-slurm` writes
+/// the job array, and without either flag it runs every unfinished line,
+/// `--jobs` at a time, and collects.
+pub fn drive<S: Sweep>(sweep: &S, args: &SweepArgs) -> Result<()> {
+    let out = sweep.out();
+    let manifest_path = out.join("manifest.jsonl");
+    if args.collect {
+        return collect(sweep, &Manifest::read(&manifest_path)?);
+    }
+    let manifest = Manifest::new(&manifest_path, sweep.plan()?)?;
+    manifest.write()?;
+    println!(
+        "planned {} runs in {}",
+        manifest.lines.len(),
+        manifest_path.display()
+    );
+    if let Some(file) = &args.emit_slurm {
+        let exe = std::env::current_exe().context("cannot find the sprout binary")?;
+        write_sbatch_script(
+            &args.slurm,
+            &exe,
+            &manifest_path,
+            manifest.lines.len(),
+            &args.slurm.log_dir(out),
+            manifest
+                .lines
+                .iter()
+                .any(|l| l.job.backend == BackendKind::Gpu.name()),
+            file,
+        )?;
+        println!(
+            "wrote {}: submit it with `sbatch {}`, then collect with `sprout {} --out {} --collect`",
+            file.display(),
+            file.display(),
+            S::COMMAND,
+            out.display()
+        );
+        return Ok(());
+    }
+    if args.plan {
+        return Ok(());
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = args.jobs.unwrap_or_else(|| (cores / args.threads()).max(1));
+    let failed = run_all(&manifest, jobs)?;
+    collect(sweep, &manifest)?;
+    if !failed.is_empty() {
+        bail!(
+            "{} runs failed: {}",
+            failed.len(),
+            failed
+                .iter()
+                .map(|(id, log)| if log.as_os_str().is_empty() {
+                    id.clone()
+                } else {
+                    format!("{id} ({})", log.display())
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn collect<S: Sweep>(sweep: &S, manifest: &Manifest) -> Result<()> {
+    let (done, missing) = manifest.finished()?;
+    let wrote = sweep.collect(manifest, &done)?;
+    if missing.is_empty() {
+        println!("all {} runs finished; wrote {wrote}", done.len());
+    } else {
+        println!(
+            "{} of {} runs finished; not yet: {}",
+            done.len(),
+            manifest.lines.len(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }

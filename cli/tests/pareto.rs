@@ -3,22 +3,7 @@
 
 mod common;
 
-use common::{err, ok, sprout, tmp};
-use std::path::Path;
-
-/// The CSV without its wall-time columns (headers ending in `seconds`).
-fn comparable(csv: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(csv).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let keep: Vec<usize> = (0..header.len())
-        .filter(|&i| !header[i].ends_with("seconds"))
-        .collect();
-    std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .chain(lines.map(|l| l.split(',').map(String::from).collect()))
-        .map(|row| keep.iter().map(|&i| row[i].clone()).collect())
-        .collect()
-}
+use common::{comparable, err, ok, run_every_line, run_job_error, sprout, tmp};
 
 #[test]
 fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
@@ -121,14 +106,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         partial.contains("0 of 8 runs finished; not yet:"),
         "{partial}"
     );
-    for i in 0..8 {
-        ok(sprout()
-            .args(["run-job", "--manifest"])
-            .arg(&manifest)
-            .args(["--index", &i.to_string()])
-            .output()
-            .unwrap());
-    }
+    run_every_line(&manifest, 8);
     ok(sprout()
         .args(["pareto", "--tiny", "--collect", "--out"])
         .arg(&split)
@@ -141,12 +119,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     );
 
     // Bad manifests and indices: one line naming the file and line.
-    let e = err(sprout()
-        .args(["run-job", "--manifest"])
-        .arg(&manifest)
-        .args(["--index", "8"])
-        .output()
-        .unwrap());
+    let e = run_job_error(&manifest, 8);
     assert!(e.contains("--index 8") && e.contains("has 8 runs"), "{e}");
     let text = String::from_utf8(first.clone()).unwrap();
     let edited = split.join("edited.jsonl");
@@ -155,20 +128,10 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         text.replacen("sprout-sweep-1", "sprout-sweep-0", 1),
     )
     .unwrap();
-    let e = err(sprout()
-        .args(["run-job", "--manifest"])
-        .arg(&edited)
-        .args(["--index", "0"])
-        .output()
-        .unwrap());
+    let e = run_job_error(&edited, 0);
     assert!(e.contains("edited.jsonl:1:") && e.contains("format"), "{e}");
     std::fs::write(&edited, text.replacen("\"seed\":0", "\"seed\":\"x\"", 1)).unwrap();
-    let e = err(sprout()
-        .args(["run-job", "--manifest"])
-        .arg(&edited)
-        .args(["--index", "0"])
-        .output()
-        .unwrap());
+    let e = run_job_error(&edited, 0);
     assert!(e.contains("edited.jsonl:1:"), "{e}");
     // A run directory holding another job is never overwritten.
     let job = split
@@ -179,12 +142,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     std::fs::remove_file(split.join("runs/vgg19-fixed-w2-s0/done.json")).unwrap();
     let stored = std::fs::read_to_string(&job).unwrap();
     std::fs::write(&job, stored.replacen("\"seed\": 0", "\"seed\": 5", 1)).unwrap();
-    let e = err(sprout()
-        .args(["run-job", "--manifest"])
-        .arg(&manifest)
-        .args(["--index", "0"])
-        .output()
-        .unwrap());
+    let e = run_job_error(&manifest, 0);
     assert!(e.contains("job.json") && e.contains("line 1"), "{e}");
     assert_eq!(
         std::fs::read(split.join("runs/vgg19-fixed-w2-s0/model.safetensors")).unwrap(),

@@ -1,50 +1,82 @@
 //! End-to-end test of `sprout table` on the embedded data at toy scale: every
 //! row is there with the parameter count of its run's architecture, random
 //! and uniform growth match the first Gauss-Newton run's size as their rule
-//! allows, and a second invocation reuses the finished runs.
+//! allows, a second invocation reuses the finished runs, and planning,
+//! running every manifest line with `run-job` and collecting gives the
+//! table of one process.
 
 mod common;
 
-use common::{ok, sprout};
+use common::{comparable, err, ok, run_every_line, run_job_error, sprout};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 fn tmp(name: &str) -> PathBuf {
     common::tmp("table", name)
 }
 
-fn table(out: &Path) -> String {
-    let o = sprout()
-        .args([
-            "table",
-            "--archs",
-            "vgg19",
-            "--vgg-widths",
-            "8",
-            "--lambdas",
-            "3e-7,1e-6",
-            "--phases",
-            "2",
-            "--phase-epochs",
-            "1",
-            "--final-epochs",
-            "1",
-            "--train-limit",
-            "384",
-            "--test-limit",
-            "128",
-            "--threads",
-            "2",
-            "--out",
-        ])
+/// The sweep: the VGG-19 seed, one fixed width beside it, two lambda_p,
+/// one phase of one epoch and a final epoch on 256 images, one thread per
+/// run (8 runs).
+const SWEEP: &[&str] = &[
+    "--archs",
+    "vgg19",
+    "--vgg-widths",
+    "8",
+    "--lambdas",
+    "3e-7,1e-6",
+    "--phases",
+    "1",
+    "--phase-epochs",
+    "1",
+    "--final-epochs",
+    "1",
+    "--train-limit",
+    "256",
+    "--test-limit",
+    "64",
+    "--threads-per-run",
+    "1",
+];
+
+fn table(out: &Path, step: &[&str]) -> String {
+    ok(sprout()
+        .arg("table")
+        .args(SWEEP)
+        .args(step)
+        .arg("--out")
         .arg(out)
         .output()
-        .unwrap();
-    ok(o)
+        .unwrap())
+}
+
+/// The table run in one process (once for the tests that read it).
+fn one_process() -> &'static Path {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let out = tmp("one");
+        let log = table(&out, &["--jobs", "1"]);
+        assert!(log.contains("planned 8 runs"), "{log}");
+        assert!(log.contains("all 8 runs finished"), "{log}");
+        out
+    })
+}
+
+/// `table.md` without its wall-time columns (the last two).
+fn md_without_times(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').collect();
+            cells[..cells.len() - 3].join("|")
+        })
+        .collect()
 }
 
 fn widths(run: &Path) -> Vec<usize> {
     let arch: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("arch.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(run.join("grow/arch.json")).unwrap()).unwrap();
     arch["widths"]
         .as_array()
         .unwrap()
@@ -55,8 +87,7 @@ fn widths(run: &Path) -> Vec<usize> {
 
 #[test]
 fn table_has_every_row_and_reuses_finished_runs() {
-    let out = tmp("rows");
-    table(&out);
+    let out = one_process();
     let csv = std::fs::read_to_string(out.join("table.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv
         .lines()
@@ -81,7 +112,7 @@ fn table_has_every_row_and_reuses_finished_runs() {
         assert_eq!(r[0], "vgg19");
         let err: f64 = r[6].parse().unwrap();
         assert!((0.0..=100.0).contains(&err), "test error {err}");
-        assert_eq!(r[9], "3", "every architecture gets the 2 x 1 + 1 epochs");
+        assert_eq!(r[9], "2", "every architecture gets the 1 x 1 + 1 epochs");
     }
     // The growth rows report the parameters of the architecture their run ended with.
     let runs = out.join("runs");
@@ -102,7 +133,7 @@ fn table_has_every_row_and_reuses_finished_runs() {
         "{uniform:?}"
     );
     let random = widths(&runs.join("vgg19-random"));
-    // (Per phase the same number; the second phase's budgets round on
+    // (Per phase the same number; later phases' budgets would round on
     // different widths, at most one channel per layer apart.)
     let (r, u) = (random.iter().sum::<usize>(), uniform.iter().sum::<usize>());
     assert!(
@@ -118,10 +149,74 @@ fn table_has_every_row_and_reuses_finished_runs() {
     );
 
     // Finished runs are reused, and the table comes out the same.
-    let again = table(&out);
-    assert_eq!(again.matches("done before").count(), rows.len(), "{again}");
+    let again = table(out, &["--jobs", "1"]);
+    assert!(
+        again.contains("0 of 8 runs to do (8 finished before)"),
+        "{again}"
+    );
     assert_eq!(std::fs::read_to_string(out.join("table.csv")).unwrap(), csv);
-    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn plan_run_job_and_collect_give_the_one_process_table() {
+    let split = tmp("split");
+    let plan = table(&split, &["--plan"]);
+    assert!(plan.contains("planned 8 runs"), "{plan}");
+    let manifest = split.join("manifest.jsonl");
+    let first = std::fs::read(&manifest).unwrap();
+    table(&split, &["--plan"]);
+    assert_eq!(
+        std::fs::read(&manifest).unwrap(),
+        first,
+        "planning twice differs"
+    );
+    let partial = table(&split, &["--collect"]);
+    assert!(
+        partial.contains("0 of 8 runs finished; not yet:"),
+        "{partial}"
+    );
+    run_every_line(&manifest, 8);
+    let collected = table(&split, &["--collect"]);
+    assert!(collected.contains("all 8 runs finished"), "{collected}");
+    let one = one_process();
+    assert_eq!(
+        comparable(&split.join("table.csv")),
+        comparable(&one.join("table.csv")),
+        "plan / run-job / collect differs from one process"
+    );
+    assert_eq!(
+        md_without_times(&split.join("table.md")),
+        md_without_times(&one.join("table.md"))
+    );
+
+    // An index out of range and a line that does not parse: one line
+    // naming the file (and the line).
+    let e = run_job_error(&manifest, 8);
+    assert!(
+        e.contains("--index 8") && e.contains("manifest.jsonl has 8 runs"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let bad = tmp("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let text = String::from_utf8(first).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[2] = "{\"format\": \"sprout-sweep-1\", \"index\": 2";
+    std::fs::write(bad.join("manifest.jsonl"), lines.join("\n") + "\n").unwrap();
+    let e = err(sprout()
+        .arg("table")
+        .args(SWEEP)
+        .args(["--collect", "--out"])
+        .arg(&bad)
+        .output()
+        .unwrap());
+    assert!(e.contains("manifest.jsonl:3: not JSON"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let e = run_job_error(&bad.join("manifest.jsonl"), 0);
+    assert!(e.contains("manifest.jsonl:3: not JSON"), "{e}");
+    assert!(!bad.join("runs").exists(), "a bad manifest started a run");
+    let _ = std::fs::remove_dir_all(&split);
+    let _ = std::fs::remove_dir_all(&bad);
 }
 
 #[test]
@@ -130,8 +225,11 @@ fn bad_table_flags_fail_clearly() {
         (vec!["--lambdas=-1"], "--lambdas"),
         (vec!["--archs", "resnet"], "--archs"),
         (vec!["--phases", "0"], "--phases"),
+        (vec!["--jobs", "0"], "--jobs"),
+        (vec!["--threads-per-run", "0"], "--threads-per-run"),
+        (vec!["--plan", "--collect"], "separate steps"),
     ] {
-        let out = tmp("bad");
+        let out = tmp("bad-flags");
         let o = sprout()
             .arg("table")
             .args(&flags)
@@ -145,6 +243,8 @@ fn bad_table_flags_fail_clearly() {
             e.contains(needle) && !e.contains("panicked"),
             "{flags:?}: {e}"
         );
+        assert_eq!(e.trim().lines().count(), 1, "{flags:?}: {e}");
         assert!(!out.join("runs").exists(), "{flags:?} started runs");
+        assert!(!out.join("manifest.jsonl").exists(), "{flags:?} planned");
     }
 }

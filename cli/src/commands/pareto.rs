@@ -8,11 +8,12 @@
 //! in this process, `--jobs N` at a time, or as a Slurm array.
 
 use crate::data::{resolve, DatasetName};
-use crate::device::{BackendKind, DeviceArgs};
+use crate::device::DeviceArgs;
 use crate::plots::{accuracy_vs_params_with_errors, BarSeries, Bars};
-use crate::slurm::{write_sbatch_script, SlurmArgs};
-use crate::sweep::{self, DataSpec, Job, Manifest, Outcome, Work};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::sweep::{
+    self, DataSpec, Finished, Job, Manifest, Matching, Outcome, Sweep, SweepArgs, Work,
+};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use sprout_core::arch::Family;
 use sprout_core::grow::{GrowConfig, Strategy, ThetaSource};
@@ -65,29 +66,13 @@ pub struct ParetoArgs {
     /// SGD learning rate.
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
-    /// Worker threads of every run (results depend on it, so the manifest
-    /// fixes it) [default: --cpus-per-task with --emit-slurm, else 1].
-    #[arg(long)]
-    pub threads_per_run: Option<usize>,
-    /// Runs at once on this machine [default: cores / --threads-per-run].
-    #[arg(long)]
-    pub jobs: Option<usize>,
     /// A CI-sized sweep on the embedded data: widths 2 and 3 from a width-2
     /// seed, one lambda_p, one seed, 256 training and 128 test images, one
     /// phase; every method once.
     #[arg(long)]
     pub tiny: bool,
-    /// Only write the manifest (`OUT/manifest.jsonl`) and say how many runs it has.
-    #[arg(long)]
-    pub plan: bool,
-    /// Only build the table, CSV and plots from the finished runs and list the others.
-    #[arg(long)]
-    pub collect: bool,
-    /// Write an sbatch script for a Slurm job array over the manifest (implies --plan).
-    #[arg(long, value_name = "FILE")]
-    pub emit_slurm: Option<PathBuf>,
     #[command(flatten)]
-    pub slurm: SlurmArgs,
+    pub sweep: SweepArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// The benchmark's folder: manifest.jsonl, runs/, logs/, pareto.*.
@@ -149,38 +134,8 @@ impl ParetoArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr must be a positive number, got {}", self.lr);
         }
-        if self.threads_per_run == Some(0) {
-            bail!("--threads-per-run must be at least 1");
-        }
-        if let (Some(t), Some(_)) = (self.threads_per_run, &self.emit_slurm) {
-            if t != self.slurm.cpus_per_task {
-                bail!(
-                    "--threads-per-run {t} differs from --cpus-per-task {}: every array task runs with its CPUs as threads",
-                    self.slurm.cpus_per_task
-                );
-            }
-        }
-        if self.jobs == Some(0) {
-            bail!("--jobs must be at least 1");
-        }
-        if [self.plan, self.collect, self.emit_slurm.is_some()]
-            .iter()
-            .filter(|&&b| b)
-            .count()
-            > 1
-        {
-            bail!("--plan, --collect and --emit-slurm are separate steps: give one");
-        }
+        self.sweep.validate()?;
         Ok(family)
-    }
-
-    /// Threads of every run.
-    fn threads(&self) -> usize {
-        match (self.threads_per_run, &self.emit_slurm) {
-            (Some(t), _) => t,
-            (None, Some(_)) => self.slurm.cpus_per_task,
-            (None, None) => 1,
-        }
     }
 
     fn total_epochs(&self) -> usize {
@@ -231,16 +186,13 @@ fn plan(a: &ParetoArgs, family: Family) -> Result<Vec<(String, Job)>> {
     let base = a.config();
     let epochs = a.total_epochs();
     let fam = family.name();
-    let backend = match a.device.backend {
-        BackendKind::Cpu => "cpu",
-        BackendKind::Gpu => "gpu",
-    };
+    let backend = a.device.backend.name();
     let job = |method: &str, point: String, seed: u64, config: GrowConfig, work: Work| Job {
         method: method.into(),
         point,
         seed,
         data: data.clone(),
-        threads: a.threads(),
+        threads: a.sweep.threads(),
         backend: backend.into(),
         config,
         work,
@@ -249,6 +201,7 @@ fn plan(a: &ParetoArgs, family: Family) -> Result<Vec<(String, Job)>> {
         seed_arch: seed_arch.clone(),
         retrain_epochs: epochs,
         match_params_of,
+        matching: Matching::Target,
     };
     let mut first = Vec::new();
     let mut matched = Vec::new();
@@ -537,115 +490,61 @@ fn render(rows: &[Outcome], pts: &[Point]) -> Result<(String, String)> {
     Ok((csv, md))
 }
 
-fn collect(manifest: &Manifest, out: &Path, title: &str) -> Result<()> {
-    let mut rows = Vec::new();
-    let mut missing = Vec::new();
-    for line in &manifest.lines {
-        match manifest.outcome(line)? {
-            Some(o) => rows.push(o),
-            None => missing.push(line.id.clone()),
-        }
+/// The sweep of a validated [`ParetoArgs`].
+struct Pareto {
+    args: ParetoArgs,
+    family: Family,
+}
+
+impl Sweep for Pareto {
+    const COMMAND: &'static str = "pareto";
+
+    fn out(&self) -> &Path {
+        &self.args.out
     }
-    let pts = points(&rows);
-    let (csv, md) = render(&rows, &pts)?;
-    crate::weights::write_atomic(&out.join("pareto.csv"), csv.as_bytes())?;
-    crate::weights::write_atomic(&out.join("pareto.md"), md.as_bytes())?;
-    for (file, grown, what) in [
-        ("pareto.svg", false, "trained from scratch"),
-        ("pareto-grown.svg", true, "at the end of growth"),
-    ] {
-        let mut series: BTreeMap<String, Bars> = BTreeMap::new();
-        for p in &pts {
-            if grown && p.grown.is_none() && p.method != "fixed" {
-                continue;
+
+    fn plan(&self) -> Result<Vec<(String, Job)>> {
+        plan(&self.args, self.family)
+    }
+
+    fn collect(&self, _: &Manifest, done: &[Finished]) -> Result<String> {
+        let out = &self.args.out;
+        let title = format!("{} from width {}", self.family.name(), self.args.seed_width);
+        let rows: Vec<Outcome> = done.iter().map(|(_, o)| o.clone()).collect();
+        let pts = points(&rows);
+        let (csv, md) = render(&rows, &pts)?;
+        crate::weights::write_atomic(&out.join("pareto.csv"), csv.as_bytes())?;
+        crate::weights::write_atomic(&out.join("pareto.md"), md.as_bytes())?;
+        for (file, grown, what) in [
+            ("pareto.svg", false, "trained from scratch"),
+            ("pareto-grown.svg", true, "at the end of growth"),
+        ] {
+            let mut series: BTreeMap<String, Bars> = BTreeMap::new();
+            for p in &pts {
+                if grown && p.grown.is_none() && p.method != "fixed" {
+                    continue;
+                }
+                series.entry(p.method.clone()).or_default().push((
+                    p.params.0,
+                    100.0 * p.acc(grown),
+                    100.0 * p.se(grown),
+                ));
             }
-            series.entry(p.method.clone()).or_default().push((
-                p.params.0,
-                100.0 * p.acc(grown),
-                100.0 * p.se(grown),
-            ));
+            let series: Vec<BarSeries> = series.into_iter().collect();
+            accuracy_vs_params_with_errors(
+                &out.join(file),
+                &format!("{title}, {what} (mean ± s.e. over seeds)"),
+                &series,
+            )?;
         }
-        let series: Vec<BarSeries> = series.into_iter().collect();
-        accuracy_vs_params_with_errors(
-            &out.join(file),
-            &format!("{title}, {what} (mean ± s.e. over seeds)"),
-            &series,
-        )?;
+        print!("{md}");
+        Ok(format!("{}/pareto.{{csv,md,svg}}", out.display()))
     }
-    print!("{md}");
-    if missing.is_empty() {
-        println!(
-            "all {} runs finished; wrote {}/pareto.{{csv,md,svg}}",
-            rows.len(),
-            out.display()
-        );
-    } else {
-        println!(
-            "{} of {} runs finished; not yet: {}",
-            rows.len(),
-            manifest.lines.len(),
-            missing.join(", ")
-        );
-    }
-    Ok(())
 }
 
 pub fn run(args: &ParetoArgs) -> Result<()> {
-    let a = args.effective();
-    let family = a.validate()?;
-    let manifest_path = a.out.join("manifest.jsonl");
-    let title = format!("{} from width {}", family.name(), a.seed_width);
-    if a.collect {
-        let manifest = Manifest::read(&manifest_path)?;
-        return collect(&manifest, &a.out, &title);
-    }
-    let manifest = Manifest::new(&manifest_path, plan(&a, family)?)?;
-    manifest.write()?;
-    println!(
-        "planned {} runs in {}",
-        manifest.lines.len(),
-        manifest_path.display()
-    );
-    if let Some(file) = &a.emit_slurm {
-        let exe = std::env::current_exe().context("cannot find the sprout binary")?;
-        write_sbatch_script(
-            &a.slurm,
-            &exe,
-            &manifest_path,
-            manifest.lines.len(),
-            &a.slurm.log_dir(&a.out),
-            a.device.backend == BackendKind::Gpu,
-            file,
-        )?;
-        println!(
-            "wrote {}: submit it with `sbatch {}`, then collect with `sprout pareto --out {} --collect`",
-            file.display(),
-            file.display(),
-            a.out.display()
-        );
-        return Ok(());
-    }
-    if a.plan {
-        return Ok(());
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let jobs = a.jobs.unwrap_or_else(|| (cores / a.threads()).max(1));
-    let failed = sweep::run_all(&manifest, jobs)?;
-    collect(&manifest, &a.out, &title)?;
-    if !failed.is_empty() {
-        bail!(
-            "{} runs failed: {}",
-            failed.len(),
-            failed
-                .iter()
-                .map(|(id, log)| if log.as_os_str().is_empty() {
-                    id.clone()
-                } else {
-                    format!("{id} ({})", log.display())
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    Ok(())
+    let args = args.effective();
+    let family = args.validate()?;
+    let sweep = args.sweep.clone();
+    sweep::drive(&Pareto { args, family }, &sweep)
 }

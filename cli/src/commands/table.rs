@@ -3,29 +3,27 @@
 //! random and uniform growth (the last two matched to the parameter count the
 //! first Gauss-Newton run reached), each final architecture retrained from
 //! scratch (the paper's protocol), next to fixed baselines trained for the
-//! same number of epochs. Every run lives in its own directory under
-//! `OUT/runs`, so an interrupted table continues where it stopped.
+//! same number of epochs. The runs are a manifest ([`crate::sweep`]), so
+//! they run in this process, `--jobs N` at a time or as a Slurm array, and
+//! every run lives in its own directory under `OUT/runs`, so an interrupted
+//! table continues where it stopped.
 
-use crate::commands::grow::{self, limited, RunConfig};
-use crate::data::{resolve, DatasetName, Splits};
+use crate::data::{resolve, DatasetName};
 use crate::device::DeviceArgs;
 use crate::plots::accuracy_vs_params;
-use crate::run_dir::{set_threads, RunDir};
-use crate::weights::load_arch_json;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::sweep::{
+    self, DataSpec, Finished, Job, Manifest, ManifestLine, Matching, Outcome, Sweep, SweepArgs,
+    Work,
+};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
-use serde::{Deserialize, Serialize};
 use sprout_core::arch::Family;
-use sprout_core::data::{Dataset, Normalization};
 use sprout_core::grow::{GrowConfig, Strategy};
 use sprout_core::optim::StepSchedule;
-use sprout_core::select::layer_budget;
 use sprout_core::select::{SelectConfig, Selection};
 use sprout_core::Arch;
 use std::fmt::Write as _;
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
 pub struct TableArgs {
@@ -68,16 +66,17 @@ pub struct TableArgs {
     pub no_augment: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub sweep: SweepArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// The table's folder: manifest.jsonl, runs/, logs/, table.*.
     #[arg(long, default_value = "runs/table")]
     pub out: PathBuf,
 }
 
-/// One row of the table, stored as `result.json` in the run's directory.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+/// One row of the table: a finished run's outcome.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// Seed preset (`vgg19` or `mobilenet-v1`).
     pub seed: String,
@@ -127,7 +126,8 @@ impl Method {
         }
     }
 
-    fn dir_name(&self, seed: &str) -> String {
+    /// The run's id in the manifest (and its directory under `OUT/runs`).
+    fn id(&self, seed: &str) -> String {
         match self.lambda() {
             Some(l) => format!("{seed}-{}-{l:e}", self.name()),
             None => format!("{seed}-{}", self.name()),
@@ -135,8 +135,13 @@ impl Method {
     }
 }
 
+/// The method label of the rows whose lambda_p the table shows.
+fn shows_lambda(method: &str) -> bool {
+    matches!(method, "gn" | "gn-independent" | "splitting")
+}
+
 impl TableArgs {
-    fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<Vec<Family>> {
         if self.phases == 0 || self.phase_epochs == 0 {
             bail!("--phases and --phase-epochs must be at least 1");
         }
@@ -152,12 +157,15 @@ impl TableArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr must be a positive number, got {}", self.lr);
         }
-        for a in &self.archs {
-            Family::parse(a.trim()).map_err(|_| {
-                anyhow!("--archs: unknown architecture '{a}' (expected vgg19 or mobilenet-v1)")
-            })?;
-        }
-        Ok(())
+        self.sweep.validate()?;
+        self.archs
+            .iter()
+            .map(|a| {
+                Family::parse(a.trim()).map_err(|_| {
+                    anyhow!("--archs: unknown architecture '{a}' (expected vgg19 or mobilenet-v1)")
+                })
+            })
+            .collect()
     }
 
     /// Training epochs of a growth run, which every retraining and fixed
@@ -197,14 +205,9 @@ impl TableArgs {
         }
     }
 
-    /// The configuration of one growth run.
-    fn run_config(
-        &self,
-        splits: &Splits,
-        seed_arch: &Arch,
-        method: &Method,
-        fraction: Option<f64>,
-    ) -> RunConfig {
+    /// The configuration of one growth run (random and uniform growth get
+    /// their per-layer fraction when the run they match has finished).
+    fn growth_config(&self, method: &Method) -> GrowConfig {
         let (strategy, selection) = match method {
             // The published table's gn rows were measured with the joint rule.
             Method::Gn(_) => (Strategy::Gn, Selection::Joint),
@@ -216,149 +219,13 @@ impl TableArgs {
         let defaults = SelectConfig::default();
         let select = SelectConfig {
             lambda_params: method.lambda().unwrap_or(defaults.lambda_params),
-            fraction: fraction.unwrap_or(defaults.fraction),
             selection,
             ..defaults
         };
-        RunConfig {
-            seed_arch: seed_arch.clone(),
-            dataset: splits.name.clone(),
-            data_dir: self.data.clone(),
-            train_limit: Self::limit(self.train_limit),
-            test_limit: Self::limit(self.test_limit),
-            seed: self.seed,
-            retrain_epochs: 0,
-            grow: self
-                .train_config()
-                .with_strategy(strategy)
-                .with_select(select),
-        }
+        self.train_config()
+            .with_strategy(strategy)
+            .with_select(select)
     }
-}
-
-/// The fraction of every layer's channels that uniform growth adds per
-/// phase so that after `phases` phases its parameter count is closest to
-/// `target` (random growth adds the same number of channels, anywhere).
-pub(crate) fn matched_fraction(seed: &Arch, phases: usize, target: u64) -> Result<f64> {
-    let grown = |fraction: f64| -> Result<u64> {
-        let mut widths = seed.widths.clone();
-        for _ in 0..phases {
-            for w in widths.iter_mut() {
-                *w += layer_budget(*w, fraction);
-            }
-        }
-        Ok(Arch::new(seed.family, seed.input, seed.classes, widths)
-            .map_err(|e| anyhow!("{e}"))?
-            .params())
-    };
-    let mut best = (u64::MAX, 0.01);
-    for i in 1..=100 {
-        let fraction = i as f64 / 100.0;
-        let gap = grown(fraction)?.abs_diff(target);
-        if gap < best.0 {
-            best = (gap, fraction);
-        }
-    }
-    Ok(best.1)
-}
-
-fn read_row(dir: &Path) -> Option<Row> {
-    let bytes = fs::read(dir.join("result.json")).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// What every architecture of the table is trained from scratch with.
-struct Retraining<'a> {
-    args: &'a TableArgs,
-    cfg: GrowConfig,
-    train: &'a Dataset,
-    test: &'a Dataset,
-    norm: &'a Normalization,
-}
-
-impl Retraining<'_> {
-    /// Trains `arch` from scratch for the table's epoch budget, keeps its
-    /// weights in `dir` and returns its test accuracy and the seconds taken.
-    fn run(&self, arch: &Arch, dir: &Path) -> Result<(f64, f64)> {
-        let (_, tested, secs) = grow::retrain_to(
-            &dir.join("retrained.safetensors"),
-            arch,
-            &self.cfg,
-            self.args.seed,
-            self.args.total_epochs(),
-            (self.train, self.test, self.norm),
-            &self.args.device,
-        )?;
-        Ok((f64::from(tested.accuracy), secs))
-    }
-}
-
-/// A growth run followed by retraining its final architecture from scratch.
-fn growth_row(
-    retraining: &Retraining,
-    splits: &Splits,
-    seed_arch: &Arch,
-    method: &Method,
-    fraction: Option<f64>,
-    dir: &Path,
-) -> Result<Row> {
-    let args = retraining.args;
-    let cfg = args.run_config(splits, seed_arch, method, fraction);
-    let start = Instant::now();
-    // An interrupted growth run continues from its last phase.
-    grow::start_or_resume(dir, &cfg, &args.device)
-        .with_context(|| format!("growth run {}", dir.display()))?;
-    let growth_seconds = start.elapsed().as_secs_f64();
-    let arch = load_arch_json(&dir.join("arch.json"))?;
-    let final_path = dir.join("final.json");
-    let fin: serde_json::Value = serde_json::from_slice(
-        &fs::read(&final_path).with_context(|| format!("cannot read {}", final_path.display()))?,
-    )
-    .with_context(|| format!("{}: not JSON", final_path.display()))?;
-    let (test_accuracy, train_seconds) = retraining.run(&arch, dir)?;
-    Ok(Row {
-        seed: seed_arch.family.name().into(),
-        method: method.name().into(),
-        lambda_params: method.lambda(),
-        params: arch.params(),
-        macs: arch.macs(),
-        widths: arch.widths.clone(),
-        grown_test_accuracy: fin["test_accuracy"].as_f64(),
-        test_accuracy,
-        growth_seconds: Some(growth_seconds),
-        train_seconds,
-        epochs: args.total_epochs(),
-    })
-}
-
-fn fixed_row(retraining: &Retraining, arch: &Arch, seed: &str, dir: &Path) -> Result<Row> {
-    let args = retraining.args;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (test_accuracy, train_seconds) = retraining.run(arch, dir)?;
-    Ok(Row {
-        seed: seed.into(),
-        method: "fixed".into(),
-        lambda_params: None,
-        params: arch.params(),
-        macs: arch.macs(),
-        widths: arch.widths.clone(),
-        grown_test_accuracy: None,
-        test_accuracy,
-        growth_seconds: None,
-        train_seconds,
-        epochs: args.total_epochs(),
-    })
-}
-
-/// Runs `make` unless `dir` already holds a finished row, and stores its row.
-fn cached(dir: &Path, make: impl FnOnce() -> Result<Row>) -> Result<Row> {
-    if let Some(row) = read_row(dir) {
-        println!("{}: done before, reusing result.json", dir.display());
-        return Ok(row);
-    }
-    let row = make()?;
-    RunDir::create(dir)?.write_json("result.json", &row)?;
-    Ok(row)
 }
 
 /// A row's label in the table and the plot.
@@ -427,103 +294,190 @@ pub fn render(rows: &[Row]) -> Result<(String, String)> {
     Ok((csv, md))
 }
 
-pub fn run(args: &TableArgs) -> Result<()> {
-    args.validate()?;
-    set_threads(args.threads)?;
-    let splits = resolve(args.dataset, args.data.as_deref())?;
-    let train = limited(&splits.train, TableArgs::limit(args.train_limit));
-    let test = limited(&splits.test, TableArgs::limit(args.test_limit));
-    let norm = Normalization::of(&train);
-    let retraining = Retraining {
-        args,
-        cfg: args.train_config(),
-        train: &train,
-        test: &test,
-        norm: &norm,
-    };
-    let out = RunDir::create(&args.out)?;
-    let runs = args.out.join("runs");
-    let t = &train;
+/// Every run of the table, per seed preset in the table's row order: the
+/// fixed baselines, the Gauss-Newton runs, splitting, then random and
+/// uniform growth, which wait for the first Gauss-Newton run they match.
+fn plan(a: &TableArgs, families: &[Family]) -> Result<Vec<(String, Job)>> {
+    let splits = resolve(a.dataset, a.data.as_deref())?;
+    let t = &splits.train;
     let input = [t.channels, t.height, t.width];
+    let data = DataSpec {
+        dataset: splits.name.clone(),
+        data_dir: a.data.clone(),
+        train_limit: TableArgs::limit(a.train_limit),
+        test_limit: TableArgs::limit(a.test_limit),
+    };
+    let shown = |n: usize, limit: Option<usize>| limit.map_or(n, |l| l.min(n));
     println!(
         "table on {} ({} train / {} test images): {} phases x {} epochs (+{} final), every architecture trained {} epochs from scratch",
         splits.name,
-        train.len(),
-        test.len(),
-        args.phases,
-        args.phase_epochs,
-        args.final_epochs,
-        args.total_epochs()
+        shown(t.len(), data.train_limit),
+        shown(splits.test.len(), data.test_limit),
+        a.phases,
+        a.phase_epochs,
+        a.final_epochs,
+        a.total_epochs()
     );
-    let mut rows = Vec::new();
-    for name in &args.archs {
-        let family =
-            Family::parse(name.trim()).map_err(|_| anyhow!("--archs: unknown '{name}'"))?;
+    let epochs = a.total_epochs();
+    let job = |method: &str, point: String, config: GrowConfig, work: Work| Job {
+        method: method.into(),
+        point,
+        seed: a.seed,
+        data: data.clone(),
+        threads: a.sweep.threads(),
+        backend: a.device.backend.name().into(),
+        config,
+        work,
+    };
+    let mut runs = Vec::new();
+    for &family in families {
         let seed_name = family.name();
-        let seed_width = match family {
+        let arch_of = |w: usize| {
+            Arch::new(family, input, t.classes, vec![w; family.layers()])
+                .map_err(|e| anyhow!("{e}"))
+        };
+        let seed_arch = arch_of(match family {
             Family::Vgg19 => 16,
             Family::MobilenetV1 => 32,
-        };
-        let seed_arch = Arch::new(family, input, t.classes, vec![seed_width; family.layers()])
-            .map_err(|e| anyhow!("{e}"))?;
+        })?;
         let mut fixed = vec![seed_arch.clone()];
         if family == Family::Vgg19 {
-            for &w in &args.vgg_widths {
-                fixed.push(
-                    Arch::new(family, input, t.classes, vec![w; family.layers()])
-                        .map_err(|e| anyhow!("{e}"))?,
-                );
+            for &w in &a.vgg_widths {
+                fixed.push(arch_of(w)?);
             }
         }
-        for arch in &fixed {
-            let dir = runs.join(format!("{seed_name}-fixed-w{}", arch.widths[0]));
-            rows.push(cached(&dir, || {
-                fixed_row(&retraining, arch, seed_name, &dir)
-            })?);
+        for arch in fixed {
+            let w = arch.widths[0];
+            runs.push((
+                format!("{seed_name}-fixed-w{w}"),
+                job(
+                    "fixed",
+                    format!("width {w}"),
+                    a.train_config(),
+                    Work::Fixed { arch, epochs },
+                ),
+            ));
         }
-        let mut methods: Vec<Method> = args.lambdas.iter().map(|&l| Method::Gn(l)).collect();
-        methods.push(Method::GnIndependent(args.lambdas[0]));
-        methods.push(Method::Splitting(args.lambdas[0]));
+        let mut methods: Vec<Method> = a.lambdas.iter().map(|&l| Method::Gn(l)).collect();
+        methods.push(Method::GnIndependent(a.lambdas[0]));
+        methods.push(Method::Splitting(a.lambdas[0]));
         methods.push(Method::Random);
         methods.push(Method::Uniform);
-        let mut target = None;
+        let first_gn = Method::Gn(a.lambdas[0]).id(seed_name);
         for method in &methods {
-            let dir = runs.join(method.dir_name(seed_name));
-            let fraction = match method {
-                Method::Random | Method::Uniform => {
-                    let target: u64 = target.ok_or_else(|| anyhow!("no gn run to match"))?;
-                    Some(matched_fraction(&seed_arch, args.phases, target)?)
-                }
-                _ => None,
+            let matched = matches!(method, Method::Random | Method::Uniform);
+            let point = match method.lambda() {
+                Some(l) => format!("lambda_p {l:e}"),
+                None => format!("sized to {first_gn}"),
             };
-            let row = cached(&dir, || {
-                growth_row(&retraining, &splits, &seed_arch, method, fraction, &dir)
-            })?;
-            if target.is_none() && matches!(method, Method::Gn(_)) {
-                target = Some(row.params);
-            }
-            rows.push(row);
+            runs.push((
+                method.id(seed_name),
+                job(
+                    method.name(),
+                    point,
+                    a.growth_config(method),
+                    Work::Grow {
+                        seed_arch: seed_arch.clone(),
+                        retrain_epochs: epochs,
+                        match_params_of: matched.then(|| first_gn.clone()),
+                        matching: Matching::Fraction,
+                    },
+                ),
+            ));
         }
     }
-    let (csv, md) = render(&rows)?;
-    crate::weights::write_atomic(&out.file("table.csv"), csv.as_bytes())?;
-    crate::weights::write_atomic(&out.file("table.md"), md.as_bytes())?;
-    for name in &args.archs {
-        let seed_name = Family::parse(name.trim())
-            .map_err(|_| anyhow!("--archs: unknown '{name}'"))?
-            .name();
-        let series: Vec<(String, Vec<(f64, f64)>)> = rows
-            .iter()
-            .filter(|r| r.seed == seed_name)
-            .map(|r| (label(r), vec![(r.params as f64, 100.0 * r.test_accuracy)]))
-            .collect();
-        accuracy_vs_params(
-            &out.file(&format!("accuracy-vs-params-{seed_name}.svg")),
-            &format!("{seed_name} on {}: retrained from scratch", splits.name),
-            &series,
-        )?;
+    Ok(runs)
+}
+
+/// The row of a finished run.
+fn row(line: &ManifestLine, o: &Outcome) -> Row {
+    let job = &line.job;
+    let (family, epochs) = preset(job);
+    Row {
+        seed: family.name().into(),
+        method: job.method.clone(),
+        lambda_params: shows_lambda(&job.method).then_some(job.config.select.lambda_params),
+        params: o.params,
+        macs: o.macs,
+        widths: o.widths.clone(),
+        grown_test_accuracy: o.grown_test_accuracy,
+        test_accuracy: o.test_accuracy,
+        growth_seconds: o.growth_seconds,
+        train_seconds: o.train_seconds,
+        epochs,
     }
-    print!("{md}");
-    println!("wrote {}", args.out.display());
-    Ok(())
+}
+
+/// The seed preset a run grows from or trains, and its epochs from scratch.
+fn preset(job: &Job) -> (Family, usize) {
+    match &job.work {
+        Work::Fixed { arch, epochs } => (arch.family, *epochs),
+        Work::Grow {
+            seed_arch,
+            retrain_epochs,
+            ..
+        } => (seed_arch.family, *retrain_epochs),
+    }
+}
+
+/// The sweep of a validated [`TableArgs`].
+struct Table<'a> {
+    args: &'a TableArgs,
+    families: Vec<Family>,
+}
+
+impl Sweep for Table<'_> {
+    const COMMAND: &'static str = "table";
+
+    fn out(&self) -> &Path {
+        &self.args.out
+    }
+
+    fn plan(&self) -> Result<Vec<(String, Job)>> {
+        plan(self.args, &self.families)
+    }
+
+    /// The table and a plot per seed preset of the manifest (so `--collect`
+    /// needs no sweep flags).
+    fn collect(&self, manifest: &Manifest, done: &[Finished]) -> Result<String> {
+        let out = &self.args.out;
+        let rows: Vec<Row> = done.iter().map(|(line, o)| row(line, o)).collect();
+        let (csv, md) = render(&rows)?;
+        crate::weights::write_atomic(&out.join("table.csv"), csv.as_bytes())?;
+        crate::weights::write_atomic(&out.join("table.md"), md.as_bytes())?;
+        let mut families: Vec<Family> = Vec::new();
+        for line in &manifest.lines {
+            let (family, _) = preset(&line.job);
+            if !families.contains(&family) {
+                families.push(family);
+            }
+        }
+        let dataset = manifest
+            .lines
+            .first()
+            .map_or("", |l| l.job.data.dataset.as_str());
+        for family in families {
+            let seed_name = family.name();
+            let series: Vec<(String, Vec<(f64, f64)>)> = rows
+                .iter()
+                .filter(|r| r.seed == seed_name)
+                .map(|r| (label(r), vec![(r.params as f64, 100.0 * r.test_accuracy)]))
+                .collect();
+            accuracy_vs_params(
+                &out.join(format!("accuracy-vs-params-{seed_name}.svg")),
+                &format!("{seed_name} on {dataset}: retrained from scratch"),
+                &series,
+            )?;
+        }
+        print!("{md}");
+        Ok(format!(
+            "{}/table.{{csv,md}} and accuracy-vs-params-*.svg",
+            out.display()
+        ))
+    }
+}
+
+pub fn run(args: &TableArgs) -> Result<()> {
+    let families = args.validate()?;
+    sweep::drive(&Table { args, families }, &args.sweep)
 }

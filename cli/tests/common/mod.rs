@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `sprout` binary (headless Vulkan drivers want a runtime directory).
@@ -40,4 +40,40 @@ pub fn ok(out: Output) -> String {
 pub fn err(out: Output) -> String {
     assert!(!out.status.success(), "sprout should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A sweep's CSV without its wall-time columns (headers ending in `seconds`).
+pub fn comparable(csv: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&i| !header[i].ends_with("seconds"))
+        .collect();
+    std::iter::once(header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .chain(lines.map(|l| l.split(',').map(String::from).collect()))
+        .map(|row| keep.iter().map(|&i| row[i].clone()).collect())
+        .collect()
+}
+
+/// Runs lines `0..runs` of a sweep's manifest, one `sprout run-job` each.
+pub fn run_every_line(manifest: &Path, runs: usize) {
+    for i in 0..runs {
+        ok(sprout()
+            .args(["run-job", "--manifest"])
+            .arg(manifest)
+            .args(["--index", &i.to_string()])
+            .output()
+            .unwrap());
+    }
+}
+
+/// Stderr of `sprout run-job` on line `index` of `manifest`, which must fail.
+pub fn run_job_error(manifest: &Path, index: usize) -> String {
+    err(sprout()
+        .args(["run-job", "--manifest"])
+        .arg(manifest)
+        .args(["--index", &index.to_string()])
+        .output()
+        .unwrap())
 }

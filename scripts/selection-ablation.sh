@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every selection rule with prunes, without prunes and (box) with prunes
-# admitted after the splits, plus the noise-theta ablation, on the default
+# admitted after the splits, the noise-theta ablation, refinement of the
+# chosen theta on the real loss and the exact logit curvature, on the default
 # embedded run (`sprout grow` defaults); two runs at a time, one thread each.
-# Usage: scripts/selection-ablation.sh OUT [SPROUT_BINARY]
-# Writes OUT/<rule>/ run directories and OUT/summary.md.
+# Usage: [SEEDS="0 1 2"] [ONLY="box box-refine50"] scripts/selection-ablation.sh OUT [SPROUT_BINARY]
+# Writes OUT/<rule>-s<seed>/ run directories (OUT/<rule>/ for seed 0 alone)
+# and OUT/summary.md (per rule: mean over seeds, ± sample std).
 set -euo pipefail
 out=${1:?usage: selection-ablation.sh OUT [SPROUT_BINARY]}
 bin=${2:-target/release/sprout}
@@ -19,35 +21,66 @@ runs=(
   "box-noprune:--selection box --no-prune"
   "box-prunes-after:--selection box --prunes-after-splits"
   "box-theta-noise:--selection box --theta noise"
+  "box-refine50:--selection box --refine-steps 50"
+  "box-exact-logits:--selection box --curvature exact-logits"
+  "box-theta-max1:--selection box --theta-max 1"
 )
-for r in "${runs[@]}"; do
-  name=${r%%:*}
-  flags=${r#*:}
-  if [ -f "$out/$name/final.json" ]; then continue; fi
-  rm -rf "${out:?}/$name"
-  # shellcheck disable=SC2086
-  "$bin" grow --threads 1 $flags --out "$out/$name" >"$out/$name.log" 2>&1 &
-  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 2; done
+seeds=(${SEEDS:-0})
+if [ -n "${ONLY:-}" ]; then
+  keep=()
+  for r in "${runs[@]}"; do
+    for o in $ONLY; do [ "${r%%:*}" = "$o" ] && keep+=("$r"); done
+  done
+  runs=("${keep[@]}")
+fi
+dir_of() { if [ "${#seeds[@]}" -eq 1 ] && [ "${seeds[0]}" = 0 ]; then echo "$out/$1"; else echo "$out/$1-s$2"; fi; }
+for seed in "${seeds[@]}"; do
+  for r in "${runs[@]}"; do
+    name=${r%%:*}
+    flags=${r#*:}
+    dir=$(dir_of "$name" "$seed")
+    if [ -f "$dir/final.json" ]; then continue; fi
+    rm -rf "${dir:?}"
+    # shellcheck disable=SC2086
+    "$bin" grow --threads 1 --seed "$seed" $flags --out "$dir" >"$dir.log" 2>&1 &
+    while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 2; done
+  done
 done
 wait
-python3 - "$out" "${runs[@]}" <<'PY'
-import json, sys, os
+dirs=()
+for r in "${runs[@]}"; do
+  d=""
+  for seed in "${seeds[@]}"; do d+="$(dir_of "${r%%:*}" "$seed") "; done
+  dirs+=("${r%%:*}=$d")
+done
+python3 - "$out" "${dirs[@]}" <<'PY'
+import json, sys, os, statistics as st
 out = sys.argv[1]
-rows = ["| run | true dL per phase (frozen BN) | BN refreshed | est. dL (set) | splits / prunes per phase | mean scale | final test acc | params |",
-        "|---|---|---|---|---|---|---:|---:|"]
-for r in sys.argv[2:]:
-    name = r.split(":")[0]
-    d = os.path.join(out, name)
-    try:
-        ph = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
-        fin = json.load(open(os.path.join(d, "final.json")))
-    except OSError:
+rows = ["| run | seeds | true dL per phase (frozen BN) | BN refreshed | est. dL (set) | splits / prunes per phase | mean scale | final test acc | params |",
+        "|---|---:|---|---|---|---|---|---:|---:|"]
+def ms(v, fmt):
+    return fmt.format(st.mean(v)) + ("" if len(v) < 2 else " ± " + fmt.format(st.stdev(v)).lstrip("+"))
+for arg in sys.argv[2:]:
+    name, ds = arg.split("=", 1)
+    runs = []
+    for d in ds.split():
+        try:
+            ph = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
+            fin = json.load(open(os.path.join(d, "final.json")))
+        except OSError:
+            continue
+        runs.append((ph, fin))
+    if not runs:
         continue
-    f = lambda k: " ".join(f"{p[k]:+.3f}" for p in ph)
-    est = " ".join("-" if p["joint_estimated_delta_loss"] is None else f"{p['joint_estimated_delta_loss']:+.3f}" for p in ph)
-    sp = " ".join(f"{p['splits']}/{p['prunes']}" for p in ph)
-    sc = sum(p["split_scale_mean"] for p in ph) / len(ph)
-    rows.append(f"| {name} | {f('true_delta_loss')} | {f('true_delta_loss_recalibrated')} | {est} | {sp} | {sc:.3f} | {100*fin['test_accuracy']:.2f}% | {fin['params']} |")
+    phases = len(runs[0][0])
+    col = lambda k: " ".join("{:+.3f}".format(st.mean(r[0][i][k] for r in runs)) for i in range(phases))
+    est = " ".join("-" if any(r[0][i]["joint_estimated_delta_loss"] is None for r in runs)
+                   else "{:+.3f}".format(st.mean(r[0][i]["joint_estimated_delta_loss"] for r in runs)) for i in range(phases))
+    sp = " ".join("{:.0f}/{:.0f}".format(st.mean(r[0][i]["splits"] for r in runs), st.mean(r[0][i]["prunes"] for r in runs)) for i in range(phases))
+    sc = st.mean(p["split_scale_mean"] for r in runs for p in r[0])
+    acc = ms([100 * r[1]["test_accuracy"] for r in runs], "{:.2f}")
+    par = ms([r[1]["params"] for r in runs], "{:.0f}")
+    rows.append(f"| {name} | {len(runs)} | {col('true_delta_loss')} | {col('true_delta_loss_recalibrated')} | {est} | {sp} | {sc:.3f} | {acc}% | {par} |")
 open(os.path.join(out, "summary.md"), "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 PY

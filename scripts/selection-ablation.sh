@@ -2,7 +2,8 @@
 # Every selection rule with prunes, without prunes and (box) with prunes
 # admitted after the splits, the noise-theta ablation, refinement of the
 # chosen theta on the real loss and the exact logit curvature, on the default
-# embedded run (`sprout grow` defaults); two runs at a time, one thread each.
+# embedded run (`sprout grow` defaults, but theta unbounded unless a row sets
+# --theta-max); two runs at a time, one thread each.
 # Usage: [SEEDS="0 1 2"] [ONLY="box box-refine50"] scripts/selection-ablation.sh OUT [SPROUT_BINARY]
 # Writes OUT/<rule>-s<seed>/ run directories (OUT/<rule>/ for seed 0 alone)
 # and OUT/summary.md (per rule: mean over seeds, ± sample std).
@@ -41,6 +42,8 @@ for seed in "${seeds[@]}"; do
     dir=$(dir_of "$name" "$seed")
     if [ -f "$dir/final.json" ]; then continue; fi
     rm -rf "${dir:?}"
+    # Unbounded theta (as these rows were first measured) unless the row bounds it.
+    case " $flags " in *" --theta-max "*) ;; *) flags="--theta-max inf $flags" ;; esac
     # shellcheck disable=SC2086
     "$bin" grow --threads 1 --seed "$seed" $flags --out "$dir" >"$dir.log" 2>&1 &
     while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 2; done

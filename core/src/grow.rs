@@ -79,6 +79,7 @@ pub struct GrowConfig {
     #[cfg_attr(feature = "serde", serde(default))]
     pub strategy: Strategy,
     /// Trust region on learned theta: `|theta[c]| <= theta_max * |w_in[c]|`
+    /// (default 1; the paper has none, docs/conventions.md, "Trust region")
     /// (`None`: unbounded, as in the paper).
     #[cfg_attr(feature = "serde", serde(default))]
     pub theta_max: Option<f32>,
@@ -126,7 +127,7 @@ impl Default for GrowConfig {
             select: SelectConfig::default(),
             augment: Some(Augment::default()),
             strategy: Strategy::Gn,
-            theta_max: None,
+            theta_max: Some(1.0),
             split_iterations: default_split_iterations(),
             split_epsilon: default_split_epsilon(),
             theta: ThetaSource::Learned,
@@ -157,6 +158,7 @@ impl GrowConfig {
                 selection: crate::select::Selection::Independent,
                 ..SelectConfig::default()
             },
+            theta_max: None,
             ..GrowConfig::default()
         }
     }

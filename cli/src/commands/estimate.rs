@@ -109,7 +109,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         &json!({
             "command": "estimate", "dataset": exp.dataset, "arch": arch, "train_epochs": a.train_epochs,
             "theta_epochs": a.theta_epochs, "heldout": heldout.len(), "lr": a.lr, "theta_init": a.theta_init,
-            "augment": !a.no_augment, "ema_alpha": exp.ema_alpha, "curvature": Curvature::from(a.curvature), "theta_max": a.theta_max, "seed": a.seed, "train_images": train.len(),
+            "augment": !a.no_augment, "ema_alpha": exp.ema_alpha, "curvature": Curvature::from(a.curvature), "theta_max": exp.theta_max, "seed": a.seed, "train_images": train.len(),
         }),
     )?;
     let args = a;

@@ -2,7 +2,7 @@
 //! `compare`, its Figure 4) share: their flags, training the network, and
 //! learning theta for every split candidate with the model fixed.
 
-use crate::commands::grow::CurvatureName;
+use crate::commands::grow::{theta_max_flag, CurvatureName};
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName};
 use crate::device::DeviceArgs;
@@ -56,7 +56,8 @@ pub struct ExperimentArgs {
     /// The estimate's quadratic term in the layer that feeds the logits.
     #[arg(long, value_enum, default_value = "rank-one")]
     pub curvature: CurvatureName,
-    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]| [default: unbounded, as in the paper].
+    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]|;
+    /// `inf`: unbounded, as in the paper [default: 1, as in grow].
     #[arg(long, value_name = "RATIO")]
     pub theta_max: Option<f32>,
     #[arg(long, default_value_t = 0)]
@@ -83,6 +84,8 @@ pub struct Learned {
     pub norm: Normalization,
     pub train_stats: PassStats,
     pub ema_alpha: f32,
+    /// The trust region theta was learned under (`None`: unbounded).
+    pub theta_max: Option<f32>,
     /// The run's generator after training and theta learning.
     pub rng: Rng,
 }
@@ -92,11 +95,6 @@ pub struct Learned {
 pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
     if a.train_epochs == 0 || a.theta_epochs == 0 || a.heldout == 0 {
         bail!("--train-epochs, --theta-epochs and --heldout must be at least 1");
-    }
-    if let Some(r) = a.theta_max {
-        if !(r.is_finite() && r > 0.0) {
-            bail!("--theta-max must be positive, got {r}");
-        }
     }
     let splits = resolve(a.dataset, a.data.as_deref())?;
     let train = match a.train_limit {
@@ -125,6 +123,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
             ..SelectConfig::default()
         },
         augment: (!a.no_augment).then(Augment::default),
+        theta_max: theta_max_flag(a.theta_max, GrowConfig::default().theta_max)?,
         ..GrowConfig::default()
     };
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -168,7 +167,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         adam: cfg.adam,
         ema_alpha,
         method: Default::default(),
-        theta_max: a.theta_max,
+        theta_max: cfg.theta_max,
         joint: false,
         curvature: a.curvature.into(),
     };
@@ -203,6 +202,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         norm,
         train_stats,
         ema_alpha,
+        theta_max: cfg.theta_max,
         rng: state.rng,
     })
 }

@@ -71,6 +71,17 @@ impl From<ThetaName> for ThetaSource {
     }
 }
 
+/// `--theta-max`: absent keeps `default`, `inf` is unbounded (the paper),
+/// any other value must be a positive ratio.
+pub fn theta_max_flag(flag: Option<f32>, default: Option<f32>) -> Result<Option<f32>> {
+    match flag {
+        None => Ok(default),
+        Some(r) if r == f32::INFINITY => Ok(None),
+        Some(r) if r.is_finite() && r > 0.0 => Ok(Some(r)),
+        Some(r) => bail!("--theta-max must be a positive ratio or inf, got {r}"),
+    }
+}
+
 /// Quadratic terms selectable with `--curvature`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CurvatureName {
@@ -209,7 +220,8 @@ pub struct GrowArgs {
     /// last two epochs; shorter morphism phases want a larger weight].
     #[arg(long)]
     pub ema_alpha: Option<f32>,
-    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]| [default: unbounded, as in the paper].
+    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]|;
+    /// `inf`: unbounded, as in the paper [default: 1].
     #[arg(long, value_name = "RATIO")]
     pub theta_max: Option<f32>,
     /// Initial |theta| relative to |w_in| [default: 0.01].
@@ -278,9 +290,7 @@ impl GrowArgs {
             g.ema_alpha = self.ema_alpha;
         }
         set(&mut g.theta_init, self.theta_init);
-        if self.theta_max.is_some() {
-            g.theta_max = self.theta_max;
-        }
+        g.theta_max = theta_max_flag(self.theta_max, g.theta_max)?;
         set(&mut g.select.lambda_params, self.lambda_params);
         set(&mut g.select.lambda_macs, self.lambda_macs);
         set(&mut g.select.fraction, self.grow_fraction);

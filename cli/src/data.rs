@@ -12,8 +12,10 @@ use sprout_core::data::cifar::{parse_cifar, CifarKind, IMAGE_BYTES};
 use sprout_core::data::idx::{
     images_header, labels_header, length_error, parse_idx, IMAGES_HEADER_LEN, LABELS_HEADER_LEN,
 };
-use sprout_core::data::Dataset;
+use sprout_core::data::{Dataset, Normalization};
 use sprout_core::error::Error;
+
+use crate::input::{InputSpec, Padding};
 
 /// The datasets `sprout` can load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -43,6 +45,16 @@ impl DatasetName {
         }
     }
 
+    /// The name of every class, by label (CIFAR-100: the fine labels).
+    pub fn class_names(self) -> &'static [&'static str] {
+        match self {
+            DatasetName::FashionMnist => &FASHION_MNIST_CLASSES,
+            DatasetName::Mnist => &MNIST_CLASSES,
+            DatasetName::Cifar10 => &CIFAR10_CLASSES,
+            DatasetName::Cifar100 => &CIFAR100_CLASSES,
+        }
+    }
+
     /// Where the dataset is looked for without `--data`, if anywhere.
     pub fn default_dir(self) -> Option<&'static Path> {
         match self {
@@ -59,6 +71,142 @@ impl std::fmt::Display for DatasetName {
     }
 }
 
+/// Fashion-MNIST's classes, by label.
+const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// MNIST's classes, by label.
+const MNIST_CLASSES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+/// CIFAR-10's classes, by label (batches.meta.txt of the binary version).
+const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// CIFAR-100's fine classes, by label (fine_label_names.txt of the binary
+/// version: alphabetical).
+const CIFAR100_CLASSES: [&str; 100] = [
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
+];
+
 /// A training and a test split.
 #[derive(Clone, Debug)]
 pub struct Splits {
@@ -66,6 +214,28 @@ pub struct Splits {
     pub test: Dataset,
     /// Short name of the data, for logs and run records.
     pub name: String,
+    /// The name of every class, by label.
+    pub class_names: Vec<String>,
+    /// The zero padding that took the files' images to the splits' shape.
+    pub padding: Padding,
+}
+
+impl Splits {
+    /// How a network trained on these splits with `normalization` (the
+    /// statistics of the training images it saw) takes its images.
+    pub fn input_spec(&self, normalization: Normalization) -> InputSpec {
+        InputSpec {
+            dataset: self.name.clone(),
+            class_names: self.class_names.clone(),
+            padding: self.padding,
+            normalization,
+        }
+    }
+}
+
+/// The names of `name`'s classes as owned strings.
+fn owned_class_names(name: DatasetName) -> Vec<String> {
+    name.class_names().iter().map(|s| s.to_string()).collect()
 }
 
 /// Side length that every image is padded to (28x28 IDX images get 2 zero
@@ -226,18 +396,25 @@ pub fn read_idx_from(
 /// images and the first 100 test images of each class (6,000 and 1,000), padded
 /// to 1x32x32. See cli/data/fashion-mnist-embedded/README.md.
 pub fn embedded() -> Result<Splits> {
-    let split = |images: &[u8], labels: &[u8], which: &str| -> Result<Dataset> {
+    let split = |images: &[u8], labels: &[u8], which: &str| -> Result<(Dataset, Padding)> {
         let what = format!("embedded Fashion-MNIST {which}");
         let images = read_idx_from(&what, images, None, IdxPart::Images, None)?;
         let labels = read_idx_from(&what, labels, None, IdxPart::Labels, None)?;
         let ds = parse_idx(&images, &labels, 10).map_err(|e| anyhow!("{what}: {e}"))?;
-        ds.pad_to(IMAGE_SIZE, IMAGE_SIZE)
-            .map_err(|e| anyhow!("{what}: {e}"))
+        let padding = Padding::centred([ds.channels, ds.height, ds.width], IMAGE_SIZE, IMAGE_SIZE);
+        let ds = ds
+            .pad_to(IMAGE_SIZE, IMAGE_SIZE)
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        Ok((ds, padding))
     };
+    let (train, padding) = split(EMBEDDED_TRAIN_IMAGES, EMBEDDED_TRAIN_LABELS, "training set")?;
+    let (test, _) = split(EMBEDDED_TEST_IMAGES, EMBEDDED_TEST_LABELS, "test set")?;
     Ok(Splits {
-        train: split(EMBEDDED_TRAIN_IMAGES, EMBEDDED_TRAIN_LABELS, "training set")?,
-        test: split(EMBEDDED_TEST_IMAGES, EMBEDDED_TEST_LABELS, "test set")?,
+        train,
+        test,
         name: "fashion-mnist-embedded".into(),
+        class_names: owned_class_names(DatasetName::FashionMnist),
+        padding,
     })
 }
 
@@ -259,14 +436,20 @@ pub fn load(name: DatasetName, dir: Option<&Path>) -> Result<Splits> {
             cifar_files(name).join(", ")
         ),
     };
-    let (train, test) = match name {
+    let (train, test, padding) = match name {
         DatasetName::FashionMnist | DatasetName::Mnist => load_idx(name, dir)?,
-        DatasetName::Cifar10 | DatasetName::Cifar100 => load_cifar(name, dir)?,
+        DatasetName::Cifar10 | DatasetName::Cifar100 => {
+            let (train, test) = load_cifar(name, dir)?;
+            let shape = [train.channels, train.height, train.width];
+            (train, test, Padding::none(shape))
+        }
     };
     Ok(Splits {
         train,
         test,
         name: name.as_str().into(),
+        class_names: owned_class_names(name),
+        padding,
     })
 }
 
@@ -360,8 +543,10 @@ fn check_same_shape(
     Ok(())
 }
 
-fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset)> {
-    let split = |images: &str, labels: &str| -> Result<(Dataset, PathBuf)> {
+/// The IDX splits of `name` in `dir`, and the padding of the training
+/// images (the test images have the same shape).
+fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset, Padding)> {
+    let split = |images: &str, labels: &str| -> Result<(Dataset, PathBuf, Padding)> {
         let (ib, ip) = read_idx_file(name, dir, images, IdxPart::Images, None)?;
         let count = images_header(&ib).ok().map(|h| h.dims[0]);
         let (lb, lp) = read_idx_file(name, dir, labels, IdxPart::Labels, count)?;
@@ -374,18 +559,19 @@ fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset)> {
             anyhow!("{}: {e}", path.display())
         })?;
         drop((ib, lb));
+        let source = [ds.channels, ds.height, ds.width];
         if ds.height > IMAGE_SIZE || ds.width > IMAGE_SIZE {
-            return Ok((ds, ip));
+            return Ok((ds, ip, Padding::none(source)));
         }
         let ds = ds
             .pad_to(IMAGE_SIZE, IMAGE_SIZE)
             .map_err(|e| anyhow!("{}: {e}", ip.display()))?;
-        Ok((ds, ip))
+        Ok((ds, ip, Padding::centred(source, IMAGE_SIZE, IMAGE_SIZE)))
     };
-    let (train, train_file) = split(TRAIN_IMAGES, TRAIN_LABELS)?;
-    let (test, test_file) = split(TEST_IMAGES, TEST_LABELS)?;
+    let (train, train_file, padding) = split(TRAIN_IMAGES, TRAIN_LABELS)?;
+    let (test, test_file, _) = split(TEST_IMAGES, TEST_LABELS)?;
     check_same_shape(&train, &train_file, &test, &test_file)?;
-    Ok((train, test))
+    Ok((train, test, padding))
 }
 
 fn cifar_kind(name: DatasetName) -> CifarKind {
@@ -570,6 +756,29 @@ mod tests {
             assert!(img[..64].iter().all(|&x| x == 0));
             assert!(img.iter().any(|&x| x != 0));
         }
+        let p = s.padding;
+        assert_eq!(p.source, [1, 28, 28]);
+        assert_eq!((p.top, p.bottom, p.left, p.right), (2, 2, 2, 2));
+        assert_eq!(s.class_names.len(), 10);
+        assert_eq!(s.class_names[9], "Ankle boot");
+    }
+
+    #[test]
+    fn every_dataset_names_its_classes() {
+        for (name, n) in [
+            (DatasetName::FashionMnist, 10),
+            (DatasetName::Mnist, 10),
+            (DatasetName::Cifar10, 10),
+            (DatasetName::Cifar100, 100),
+        ] {
+            let names = name.class_names();
+            assert_eq!(names.len(), n, "{name}");
+            let unique: std::collections::HashSet<_> = names.iter().collect();
+            assert_eq!(unique.len(), n, "{name}");
+        }
+        // CIFAR-100's fine label names are in alphabetical order.
+        let fine = DatasetName::Cifar100.class_names();
+        assert!(fine.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

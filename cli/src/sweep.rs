@@ -18,6 +18,7 @@
 use crate::commands::eval::load_dataset;
 use crate::commands::grow::{self, limited, RunConfig};
 use crate::device::{BackendKind, DeviceArgs};
+use crate::input::InputSpec;
 use crate::run_dir::{max_threads, set_threads, RunDir};
 use crate::slurm::{write_sbatch_script, SlurmArgs};
 use crate::weights::load_arch_json;
@@ -54,13 +55,15 @@ pub struct DataSpec {
 }
 
 impl DataSpec {
-    /// The training and test sets and the training set's normalisation.
-    pub fn load(&self) -> Result<(Dataset, Dataset, Normalization)> {
+    /// The training and test sets, the training set's normalisation and
+    /// the description of the images of a network trained on them.
+    pub fn load(&self) -> Result<(Dataset, Dataset, Normalization, InputSpec)> {
         let splits = load_dataset(&self.dataset, self.data_dir.as_deref())?;
         let train = limited(&splits.train, self.train_limit);
         let test = limited(&splits.test, self.test_limit);
         let norm = Normalization::of(&train);
-        Ok((train, test, norm))
+        let input = splits.input_spec(norm.clone());
+        Ok((train, test, norm, input))
     }
 }
 
@@ -399,7 +402,7 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
         },
         adapter: None,
     };
-    let (train, test, norm) = job.data.load()?;
+    let (train, test, norm, input) = job.data.load()?;
     let cfg = &job.config;
     let retrain = |arch: &Arch, epochs: usize, file: &str| -> Result<(f64, f64)> {
         let (_, tested, secs) = grow::retrain_to(
@@ -409,14 +412,17 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
             job.seed,
             epochs,
             (&train, &test, &norm),
+            &input,
             &device,
         )?;
         Ok((f64::from(tested.accuracy), secs))
     };
-    let outcome = match &job.work {
+    // The outcome, and the architecture of the run directory's network
+    // (model.safetensors of a fixed run, retrained.safetensors of a growth run).
+    let (outcome, arch) = match &job.work {
         Work::Fixed { arch, epochs } => {
             let (acc, secs) = retrain(arch, *epochs, "model.safetensors")?;
-            Outcome {
+            let outcome = Outcome {
                 id: line.id.clone(),
                 method: job.method.clone(),
                 point: job.point.clone(),
@@ -432,7 +438,8 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
                 theta_ratio: Vec::new(),
                 growth_seconds: None,
                 train_seconds: secs,
-            }
+            };
+            (outcome, arch.clone())
         }
         Work::Grow {
             seed_arch,
@@ -472,7 +479,7 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
             let col =
                 |k: &str| -> Vec<f64> { phases.iter().filter_map(|p| p[k].as_f64()).collect() };
             let (acc, secs) = retrain(&arch, *retrain_epochs, "retrained.safetensors")?;
-            Outcome {
+            let outcome = Outcome {
                 id: line.id.clone(),
                 method: job.method.clone(),
                 point: job.point.clone(),
@@ -491,10 +498,24 @@ fn run_line_inner(manifest: &Manifest, index: usize) -> Result<Outcome> {
                 theta_ratio: col("theta_ratio_mean"),
                 growth_seconds: Some(growth_seconds),
                 train_seconds: secs,
-            }
+            };
+            (outcome, arch)
         }
     };
-    RunDir::create(&dir)?.write_json(DONE, &outcome)?;
+    // What the network was trained on, for `sprout eval` and other
+    // frameworks; then the completion marker, last.
+    let config = serde_json::json!({
+        "command": "run-job",
+        "id": line.id,
+        "dataset": job.data.dataset,
+        "data_dir": job.data.data_dir,
+        "train_limit": job.data.train_limit,
+        "test_limit": job.data.test_limit,
+        "seed": job.seed,
+    });
+    let run = RunDir::create(&dir)?;
+    run.write_json("config.json", &input.describe(&config, Some(&arch)))?;
+    run.write_json(DONE, &outcome)?;
     Ok(outcome)
 }
 

@@ -3,8 +3,10 @@
 //!
 //! A network file holds one F32 tensor per [`ParamSpec`](sprout_core::arch::ParamSpec),
 //! named like `layers.3.conv.weight` or `head.weight`, with the metadata keys
-//! `format` = `sprout` and `arch` = the architecture as JSON, so that the file
-//! alone rebuilds the network and other frameworks can read the tensors.
+//! `format` = `sprout` and `arch` = the architecture as JSON, and those of an
+//! [`InputSpec`] (`dataset`, `class_names`, `padding`, `normalization`), so
+//! that the file alone rebuilds the network, prepares its images and names
+//! its outputs, and other frameworks can read the tensors.
 //!
 //! Every error is one line naming the file and what is wrong with it.
 
@@ -19,6 +21,8 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, View};
 use sprout_core::arch::{BnPart, Role};
 use sprout_core::{Arch, Network};
+
+use crate::input::InputSpec;
 
 /// Value of the `format` metadata key in files written by sprout.
 pub const FORMAT: &str = "sprout";
@@ -217,8 +221,15 @@ pub fn load_tensors(
 
 /// Saves `net` to `path` (atomically): its tensors under their
 /// [`ParamSpec`](sprout_core::arch::ParamSpec) names, the metadata `format` =
-/// `sprout` and `arch` = the architecture JSON, and `extra_metadata`.
-pub fn save_network(path: &Path, net: &Network, extra_metadata: &[(&str, String)]) -> Result<()> {
+/// `sprout` and `arch` = the architecture JSON, the entries of `input` (how
+/// the network takes its images; every command passes it, it must fit the
+/// architecture) and `extra_metadata`.
+pub fn save_network(
+    path: &Path,
+    net: &Network,
+    input: Option<&InputSpec>,
+    extra_metadata: &[(&str, String)],
+) -> Result<()> {
     let specs = net.arch.param_specs();
     if specs.len() != net.tensors.len() {
         bail!(
@@ -232,8 +243,14 @@ pub fn save_network(path: &Path, net: &Network, extra_metadata: &[(&str, String)
         .map_err(|e| anyhow!("{}: cannot encode the architecture: {e}", path.display()))?;
     let mut metadata: Vec<(&str, String)> =
         vec![(FORMAT_KEY, FORMAT.into()), (ARCH_KEY, arch_json)];
+    if let Some(input) = input {
+        input
+            .check_fits(&net.arch)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        metadata.extend(input.metadata());
+    }
     for (k, v) in extra_metadata {
-        if *k == FORMAT_KEY || *k == ARCH_KEY {
+        if *k == FORMAT_KEY || *k == ARCH_KEY || crate::input::KEYS.contains(k) {
             bail!("{}: metadata key '{k}' is reserved", path.display());
         }
         metadata.push((k, v.clone()));
@@ -244,6 +261,14 @@ pub fn save_network(path: &Path, net: &Network, extra_metadata: &[(&str, String)
         .map(|(s, t)| (s.name, s.shape, t.as_slice()))
         .collect();
     save_tensors(path, &tensors, &metadata)
+}
+
+/// The [`InputSpec`] in the metadata of the network file `path`; `Ok(None)`
+/// for a file saved before sprout recorded it.
+pub fn load_input_spec(path: &Path) -> Result<Option<InputSpec>> {
+    let bytes = read_bytes(path)?;
+    let meta = metadata_of(path, &bytes)?;
+    InputSpec::from_metadata(path, &meta)
 }
 
 /// Loads a network saved by [`save_network`]: the architecture from the
@@ -378,7 +403,7 @@ pub(crate) mod tests {
 
     fn assert_round_trip(net: &Network, dir: &Path, name: &str) {
         let path = dir.join(name);
-        save_network(&path, net, &[("phase", "3".into())]).unwrap();
+        save_network(&path, net, None, &[("phase", "3".into())]).unwrap();
         let back = load_network(&path).unwrap();
         assert_eq!(&back, net);
         // Bit-exact, not just equal as floats.
@@ -413,6 +438,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn networks_carry_their_input_description() {
+        let dir = TempDir::new("weights");
+        let path = dir.0.join("m.safetensors");
+        let splits = crate::data::embedded().unwrap();
+        let input = splits.input_spec(sprout_core::data::Normalization::of(&splits.train));
+        let net = Network::init(&Arch::vgg19(4, [1, 32, 32], 10).unwrap(), 0);
+        save_network(&path, &net, Some(&input), &[]).unwrap();
+        assert_eq!(load_input_spec(&path).unwrap(), Some(input.clone()));
+        assert_eq!(load_network(&path).unwrap(), net);
+        let (_, meta) = load_tensors(&path).unwrap();
+        assert_eq!(meta["dataset"], "fashion-mnist-embedded");
+        let names: Vec<String> = serde_json::from_str(&meta["class_names"]).unwrap();
+        assert_eq!(names[0], "T-shirt/top");
+        // Without one, the file has none.
+        save_network(&path, &net, None, &[]).unwrap();
+        assert_eq!(load_input_spec(&path).unwrap(), None);
+        // Its keys are reserved, and it must fit the architecture.
+        let m = save_network(&path, &net, None, &[("padding", "{}".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("'padding' is reserved"), "{m}");
+        let rgb = Network::init(&Arch::vgg19(4, [3, 32, 32], 10).unwrap(), 0);
+        let m = save_network(&path, &rgb, Some(&input), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("1x32x32") && m.contains("3x32x32"), "{m}");
+    }
+
+    #[test]
     fn random_widths_round_trip() {
         let dir = TempDir::new("weights");
         let mut rng = Rng::new(7);
@@ -438,7 +492,7 @@ pub(crate) mod tests {
         let dir = TempDir::new("weights");
         let path = dir.0.join("m.safetensors");
         let net = Network::init(&Arch::vgg19(4, [1, 32, 32], 10).unwrap(), 0);
-        save_network(&path, &net, &[]).unwrap();
+        save_network(&path, &net, None, &[]).unwrap();
         let (tensors, _) = load_tensors(&path).unwrap();
         let find = |n: &str| tensors.iter().find(|t| t.0 == n).map(|t| t.1.clone());
         assert_eq!(find("layers.3.conv.weight"), Some(vec![4, 4, 3, 3]));
@@ -487,7 +541,7 @@ pub(crate) mod tests {
         let path = dir.0.join("m.safetensors");
         let p = path.display().to_string();
         let net = Network::init(&Arch::vgg19(4, [1, 32, 32], 10).unwrap(), 0);
-        save_network(&path, &net, &[]).unwrap();
+        save_network(&path, &net, None, &[]).unwrap();
         let bytes = fs::read(&path).unwrap();
 
         for broken in [
@@ -702,7 +756,7 @@ pub(crate) mod tests {
             .position(|s| s.name == "layers.0.bn.running_var")
             .unwrap();
         net.tensors[i][0] = -1.0;
-        save_network(&path, &net, &[]).unwrap();
+        save_network(&path, &net, None, &[]).unwrap();
         let m = load_network(&path).unwrap_err().to_string();
         assert_eq!(
             m,
@@ -712,7 +766,7 @@ pub(crate) mod tests {
             )
         );
         net.tensors[i][0] = f32::INFINITY;
-        save_network(&path, &net, &[]).unwrap();
+        save_network(&path, &net, None, &[]).unwrap();
         let m = load_network(&path).unwrap_err().to_string();
         assert!(
             m.contains("layers.0.bn.running_var holds NaN or infinite"),
@@ -734,7 +788,7 @@ pub(crate) mod tests {
                 let dir = TempDir::new("weights-fuzz");
                 let path = dir.0.join("m.safetensors");
                 let net = Network::init(&Arch::vgg19(1, [1, 32, 32], 2).unwrap(), 0);
-                save_network(&path, &net, &[]).unwrap();
+                save_network(&path, &net, None, &[]).unwrap();
                 fs::read(&path).unwrap()
             })
             .clone()

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ok, sprout};
+use common::{assert_described, ok, sprout};
 use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
@@ -67,6 +67,8 @@ fn estimate_writes_candidates_thetas_plots_and_correlations() {
     }
     assert_eq!(summary["per_layer"].as_array().unwrap().len(), 16);
     assert!(out.join("thetas.safetensors").exists());
+    // The trained network the thetas belong to, described.
+    assert_described(&out, &out.join("model.safetensors"));
     assert!(out.join("scatter-layer-01.svg").exists() && out.join("scatter-all.svg").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -108,6 +110,7 @@ fn compare_writes_three_true_changes_per_first_layer_channel() {
     let summary = summary(&out);
     let f = summary["gn_beats_splitting_fraction"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&f));
+    assert_described(&out, &out.join("model.safetensors"));
     assert!(out.join("compare.svg").exists());
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{err, ok, sprout};
+use common::{err, ok, resume, sprout, tiny_grow};
 use sprout_core::data::idx::encode_idx;
 use sprout_core::data::Dataset;
 use sprout_core::rng::Rng;
@@ -304,7 +304,7 @@ fn flags_beyond_memory_threads_or_zero_limits_are_refused() {
 fn eval_caps_its_batch_at_the_test_set() {
     let dir = tmp("eval");
     let net = sprout_core::Network::init(&sprout_core::Arch::vgg19(2, [1, 32, 32], 10).unwrap(), 1);
-    sprout::weights::save_network(&dir.join("model.safetensors"), &net, &[]).unwrap();
+    sprout::weights::save_network(&dir.join("model.safetensors"), &net, None, &[]).unwrap();
     let text = ok(sprout()
         .args([
             "eval",
@@ -334,7 +334,7 @@ fn negative_running_variance_is_refused_by_name() {
     net.tensors[i][1] = -0.5;
     // save_network does not judge values; the loader does.
     let path = dir.join("model.safetensors");
-    sprout::weights::save_network(&path, &net, &[]).unwrap();
+    sprout::weights::save_network(&path, &net, None, &[]).unwrap();
     let e = err(sprout()
         .args(["eval", "--dataset", "fashion-mnist-embedded", "--run"])
         .arg(&dir)
@@ -348,37 +348,6 @@ fn negative_running_variance_is_refused_by_name() {
         "{e}"
     );
     let _ = fs::remove_dir_all(&dir);
-}
-
-/// A tiny growth run on the embedded data.
-fn tiny_grow(out: &Path) -> Command {
-    let mut c = sprout();
-    c.args([
-        "grow",
-        "--train-limit",
-        "64",
-        "--test-limit",
-        "32",
-        "--phases",
-        "1",
-        "--phase-epochs",
-        "1",
-        "--width",
-        "2",
-        "--batch",
-        "32",
-        "--threads",
-        "2",
-        "--out",
-    ])
-    .arg(out);
-    c
-}
-
-fn resume(dir: &Path) -> Command {
-    let mut c = sprout();
-    c.args(["grow", "--threads", "2", "--resume"]).arg(dir);
-    c
 }
 
 #[test]

@@ -158,6 +158,24 @@ fn table_has_every_row_and_reuses_finished_runs() {
 }
 
 #[test]
+fn sweep_runs_describe_their_networks() {
+    let runs = one_process().join("runs");
+    // A fixed run's model and a growth run's retrained network, beside the
+    // growth run's own directory.
+    let fixed = runs.join("vgg19-fixed-w8");
+    common::assert_described(&fixed, &fixed.join("model.safetensors"));
+    let gn = runs.join("vgg19-gn-3e-7");
+    common::assert_described(&gn, &gn.join("retrained.safetensors"));
+    common::assert_described(&gn.join("grow"), &gn.join("grow/model.safetensors"));
+    let eval = ok(sprout()
+        .args(["eval", "--run"])
+        .arg(&fixed)
+        .output()
+        .unwrap());
+    assert!(eval.contains("test accuracy"), "{eval}");
+}
+
+#[test]
 fn plan_run_job_and_collect_give_the_one_process_table() {
     let split = tmp("split");
     let plan = table(&split, &["--plan"]);

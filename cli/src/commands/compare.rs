@@ -5,7 +5,7 @@
 //! training loss, and (c) the splitting direction scaled by a line search on
 //! the true training loss.
 
-use crate::commands::experiment::{mean_loss, train_and_learn_theta, ExperimentArgs};
+use crate::commands::experiment::{mean_loss, save_run, train_and_learn_theta, ExperimentArgs};
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use anyhow::{bail, Result};
@@ -112,15 +112,14 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         &exp.norm,
     );
     let search = train.subset(&(0..args.search_images.min(train.len())).collect::<Vec<_>>());
-    run.write_json(
-        "config.json",
-        &json!({
-            "command": "compare", "dataset": exp.dataset, "arch": arch, "train_epochs": a.train_epochs,
-            "theta_epochs": a.theta_epochs, "direct_steps": args.direct_steps,
-            "splitting_batches": args.splitting_batches, "heldout": heldout.len(),
-            "search_images": search.len(), "seed": a.seed,
-        }),
-    )?;
+    let config = json!({
+        "command": "compare", "dataset": exp.dataset, "data_dir": a.data, "train_epochs": a.train_epochs,
+        "theta_epochs": a.theta_epochs, "direct_steps": args.direct_steps,
+        "splitting_batches": args.splitting_batches, "heldout": heldout.len(),
+        "search_images": search.len(), "seed": a.seed, "train_images": train.len(),
+        "theta_max": exp.theta_max, "curvature": sprout_core::estimator::Curvature::from(a.curvature),
+    });
+    save_run(&run, &exp, &config)?;
     let mut buffers = Batches::new(train, a.batch);
 
     // (c) Splitting eigenvectors of layer 0, averaged over batches.

@@ -3,7 +3,7 @@
 //! estimated Delta L with the true Delta L of the actually expanded network
 //! on held-out data, under the same frozen-sigma convention (eval mode).
 
-use crate::commands::experiment::{mean_loss, train_and_learn_theta, ExperimentArgs};
+use crate::commands::experiment::{mean_loss, save_run, train_and_learn_theta, ExperimentArgs};
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::save_tensors;
@@ -104,14 +104,12 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
         &exp.heldout,
         &exp.norm,
     );
-    run.write_json(
-        "config.json",
-        &json!({
-            "command": "estimate", "dataset": exp.dataset, "arch": arch, "train_epochs": a.train_epochs,
-            "theta_epochs": a.theta_epochs, "heldout": heldout.len(), "lr": a.lr, "theta_init": a.theta_init,
-            "augment": !a.no_augment, "ema_alpha": exp.ema_alpha, "curvature": Curvature::from(a.curvature), "theta_max": exp.theta_max, "seed": a.seed, "train_images": train.len(),
-        }),
-    )?;
+    let config = json!({
+        "command": "estimate", "dataset": exp.dataset, "data_dir": a.data, "train_epochs": a.train_epochs,
+        "theta_epochs": a.theta_epochs, "heldout": heldout.len(), "lr": a.lr, "theta_init": a.theta_init,
+        "augment": !a.no_augment, "ema_alpha": exp.ema_alpha, "curvature": Curvature::from(a.curvature), "theta_max": exp.theta_max, "seed": a.seed, "train_images": train.len(),
+    });
+    save_run(&run, &exp, &config)?;
     let args = a;
 
     // Eq. (1) with the final theta on the held-out data, and the brute-force truth there.

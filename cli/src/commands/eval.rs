@@ -9,7 +9,8 @@ use sprout_core::data::{Dataset, Normalization};
 use sprout_core::train::Batches;
 
 use crate::data::{self, DatasetName, Splits};
-use crate::weights::load_network;
+use crate::input::InputSpec;
+use crate::weights::{load_input_spec, load_network};
 
 /// Name of the Fashion-MNIST subset compiled into the binary.
 pub const EMBEDDED: &str = "fashion-mnist-embedded";
@@ -54,13 +55,9 @@ pub fn load_dataset(name: &str, dir: Option<&Path>) -> Result<Splits> {
 /// What a run directory's config.json says about its data: the dataset name
 /// and directory, if present. `Ok(None)` when there is no config.json.
 pub fn run_dataset(run: &Path) -> Result<Option<(String, Option<PathBuf>)>> {
-    let path = run.join("config.json");
-    if !path.is_file() {
+    let Some((path, config)) = run_config(run)? else {
         return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let config: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+    };
     let name = match config.get("dataset") {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(_) => bail!("{}: \"dataset\" must be a string", path.display()),
@@ -72,6 +69,31 @@ pub fn run_dataset(run: &Path) -> Result<Option<(String, Option<PathBuf>)>> {
         Some(_) => bail!("{}: \"data_dir\" must be a string or null", path.display()),
     };
     Ok(Some((name, dir)))
+}
+
+/// How the network `model` of the run directory `run` takes its images: from
+/// the model's metadata, else from the run's config.json; `Ok(None)` for a
+/// run written before sprout recorded it.
+pub fn recorded_input(run: &Path, model: &Path) -> Result<Option<InputSpec>> {
+    if let Some(input) = load_input_spec(model)? {
+        return Ok(Some(input));
+    }
+    match run_config(run)? {
+        Some((path, config)) => InputSpec::from_config(&path, &config),
+        None => Ok(None),
+    }
+}
+
+/// The path and content of `run`'s config.json; `Ok(None)` when there is none.
+fn run_config(run: &Path) -> Result<Option<(PathBuf, serde_json::Value)>> {
+    let path = run.join("config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let config = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+    Ok(Some((path, config)))
 }
 
 /// Loss and accuracy counts of `backend`'s loaded network on all of `ds`, in
@@ -155,7 +177,17 @@ pub fn eval_run(args: &EvalArgs) -> Result<(String, BatchStats)> {
     };
     let splits = load_dataset(&name, dir.as_deref())?;
     check_fits(&splits.test, &splits.name, &net.arch, &model)?;
-    let norm = Normalization::of(&splits.train);
+    // The statistics the network was trained with; runs written before
+    // sprout recorded them used those of the whole training split.
+    let norm = match recorded_input(&args.run, &model)? {
+        Some(input) => {
+            input
+                .check_fits(&net.arch)
+                .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+            input.normalization
+        }
+        None => Normalization::of(&splits.train),
+    };
     // Batches beyond the test set would only hold empty buffers.
     let batch = args.batch.min(splits.test.len()).max(1);
     crate::memory::check(&net.arch, batch, &model.display().to_string(), "--batch")?;
@@ -195,7 +227,7 @@ mod tests {
 
     fn run_dir(dir: &Path, config: Option<&str>) {
         let net = Network::init(&Arch::vgg19(8, [1, 32, 32], 10).unwrap(), 5);
-        save_network(&dir.join("model.safetensors"), &net, &[]).unwrap();
+        save_network(&dir.join("model.safetensors"), &net, None, &[]).unwrap();
         if let Some(c) = config {
             write_atomic(&dir.join("config.json"), c.as_bytes()).unwrap();
         }
@@ -232,6 +264,35 @@ mod tests {
             s.loss
         );
         run(&args(&dir.0, None, 500)).unwrap();
+    }
+
+    #[test]
+    fn the_recorded_normalisation_is_used() {
+        let dir = TempDir::new("eval");
+        let splits = data::embedded().unwrap();
+        // Statistics other than the training split's, as a --train-limit run records.
+        let first = splits.train.subset(&(0..100).collect::<Vec<_>>());
+        let norm = Normalization::of(&first);
+        assert_ne!(norm, Normalization::of(&splits.train));
+        let net = Network::init(&Arch::vgg19(8, [1, 32, 32], 10).unwrap(), 5);
+        let input = splits.input_spec(norm.clone());
+        save_network(&dir.0.join("model.safetensors"), &net, Some(&input), &[]).unwrap();
+        let (_, s) = eval_run(&args(&dir.0, Some(EMBEDDED), 250)).unwrap();
+        let mut backend = CpuBackend::new(250);
+        backend.load(&net, None).unwrap();
+        let want = evaluate_counts(&mut backend, &splits.test, &norm, 250).unwrap();
+        assert_eq!((s.correct, s.samples), (want.correct, want.samples));
+        assert_eq!(s.loss.to_bits(), want.loss.to_bits());
+        // Without it in the model, config.json's is used.
+        save_network(&dir.0.join("model.safetensors"), &net, None, &[]).unwrap();
+        let config = serde_json::json!({"dataset": EMBEDDED});
+        write_atomic(
+            &dir.0.join("config.json"),
+            &serde_json::to_vec(&input.describe(&config, Some(&net.arch))).unwrap(),
+        )
+        .unwrap();
+        let (_, s2) = eval_run(&args(&dir.0, None, 250)).unwrap();
+        assert_eq!(s2.loss.to_bits(), want.loss.to_bits());
     }
 
     #[test]
@@ -289,7 +350,7 @@ mod tests {
         // A model for other images is refused with both shapes named.
         let other = TempDir::new("eval");
         let net = Network::init(&Arch::vgg19(4, [3, 32, 32], 10).unwrap(), 1);
-        save_network(&other.0.join("model.safetensors"), &net, &[]).unwrap();
+        save_network(&other.0.join("model.safetensors"), &net, None, &[]).unwrap();
         let m = eval_run(&args(&other.0, Some(EMBEDDED), 64))
             .unwrap_err()
             .to_string();

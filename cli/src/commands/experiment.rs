@@ -6,7 +6,10 @@ use crate::commands::grow::{theta_max_flag, CurvatureName};
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName};
 use crate::device::DeviceArgs;
+use crate::input::InputSpec;
 use crate::progress::bar;
+use crate::run_dir::RunDir;
+use crate::weights::save_network;
 use anyhow::{bail, Result};
 use clap::Args;
 use sprout_core::data::{fill_batch, Augment, Dataset, Normalization};
@@ -76,6 +79,8 @@ pub struct ExperimentArgs {
 #[derive(Debug)]
 pub struct Learned {
     pub dataset: String,
+    /// How the network takes its images.
+    pub input: InputSpec,
     pub arch: Arch,
     pub net: Network,
     pub state: MorphState,
@@ -193,6 +198,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         start.elapsed().as_secs_f64()
     );
     Ok(Learned {
+        input: splits.input_spec(norm.clone()),
         dataset: splits.name,
         arch,
         net,
@@ -205,6 +211,18 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         theta_max: cfg.theta_max,
         rng: state.rng,
     })
+}
+
+/// Writes `exp`'s config.json (`config` with the input description and
+/// the architecture) and its trained network, model.safetensors.
+pub fn save_run(run: &RunDir, exp: &Learned, config: &serde_json::Value) -> Result<()> {
+    run.write_json("config.json", &exp.input.describe(config, Some(&exp.arch)))?;
+    save_network(
+        &run.file("model.safetensors"),
+        &exp.net,
+        Some(&exp.input),
+        &[],
+    )
 }
 
 /// Mean loss of `net` on `ds` in eval mode.

@@ -6,6 +6,7 @@ use crate::commands::eval::load_dataset;
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName, Splits};
 use crate::device::{BackendKind, DeviceArgs};
+use crate::input::InputSpec;
 use crate::progress::bar;
 use crate::run_dir::{run_command, set_threads, Fnv64, RunDir, RunLock};
 use crate::weights::{load_network, load_tensors, save_network, save_tensors};
@@ -378,11 +379,21 @@ const CHECKPOINT: &str = "checkpoint";
 
 /// Writes the checkpoint into a fresh directory and swaps it in, so a kill at
 /// any moment leaves either the old or the new checkpoint whole.
-fn save_checkpoint(run: &RunDir, state: &GrowState, finished: bool) -> Result<()> {
+fn save_checkpoint(
+    run: &RunDir,
+    state: &GrowState,
+    input: &InputSpec,
+    finished: bool,
+) -> Result<()> {
     let tmp = run.file("checkpoint.tmp");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    save_network(&tmp.join("model.safetensors"), &state.network, &[])?;
+    save_network(
+        &tmp.join("model.safetensors"),
+        &state.network,
+        Some(input),
+        &[],
+    )?;
     let specs = state.network.specs();
     let named: Vec<(String, Vec<usize>, &[f32])> = specs
         .iter()
@@ -474,12 +485,14 @@ pub(crate) fn limited(ds: &Dataset, limit: Option<usize>) -> Dataset {
     }
 }
 
-fn load_splits(cfg: &RunConfig) -> Result<(Dataset, Dataset)> {
+/// The run's splits, cut to its `--train-limit` and `--test-limit`.
+fn load_splits(cfg: &RunConfig) -> Result<Splits> {
     let splits = load_dataset(&cfg.dataset, cfg.data_dir.as_deref())?;
-    Ok((
-        limited(&splits.train, cfg.train_limit),
-        limited(&splits.test, cfg.test_limit),
-    ))
+    Ok(Splits {
+        train: limited(&splits.train, cfg.train_limit),
+        test: limited(&splits.test, cfg.test_limit),
+        ..splits
+    })
 }
 
 /// Per channel of the phase's architecture: the gain of its best candidate,
@@ -687,16 +700,19 @@ fn execute(
     if device.backend == BackendKind::Gpu && cfg.grow.strategy == Strategy::Splitting {
         bail!("--strategy splitting is not supported on the gpu backend; use --backend cpu");
     }
-    let (train, test) = load_splits(cfg)?;
+    let splits = load_splits(cfg)?;
+    let (train, test) = (&splits.train, &splits.test);
     let g = &cfg.grow;
-    let record = RunRecord::of(&train, &test);
+    let record = RunRecord::of(train, test);
+    let norm = Normalization::of(train);
+    let input = splits.input_spec(norm.clone());
     let mut backend = device.open(g.batch)?;
     let mut lock = None;
     match start {
         Start::Fresh { out, force } => {
             let (claimed, l) = RunDir::claim(&out, "grow", force)?;
             lock = Some(l);
-            claimed.write_json("config.json", cfg)?;
+            claimed.write_json("config.json", &input.describe(cfg, None))?;
             claimed.write_json(RECORD, &record)?;
             for f in ["metrics.jsonl", "morphisms.jsonl", "final.json"] {
                 let _ = fs::remove_file(claimed.file(f));
@@ -704,6 +720,9 @@ fn execute(
         }
         Start::Resume => {
             record.check_resume(run)?;
+            // The same configuration, with the input description that runs
+            // written before sprout recorded it lack.
+            run.write_json("config.json", &input.describe(cfg, None))?;
             truncate_log(run, "metrics.jsonl", state.phase)?;
             truncate_log(run, "morphisms.jsonl", state.phase)?;
             println!(
@@ -715,7 +734,6 @@ fn execute(
         }
     }
     let _lock = lock;
-    let norm = Normalization::of(&train);
     println!(
         "growing {} ({:?}) on {} ({} train / {} test images): {} phases x ({} train + {} morph epochs), lambda_p {:e}, lambda_f {:e}",
         cfg.seed_arch.family.name(),
@@ -738,15 +756,15 @@ fn execute(
             backend.as_mut(),
             &mut state,
             g,
-            &train,
-            &test,
+            train,
+            test,
             &norm,
             &mut progress,
         )
         .map_err(|e| failure(run, &format!("phase {phase}"), e, g.schedule.base))?;
         let secs = start.elapsed().as_secs_f64();
         log_phase(run, &report, secs)?;
-        save_checkpoint(run, &state, false)?;
+        save_checkpoint(run, &state, &input, false)?;
         last_report = Some(report);
     }
     if !finished {
@@ -760,7 +778,7 @@ fn execute(
             &mut state,
             g,
             g.final_epochs,
-            &train,
+            train,
             &norm,
             true,
             &mut progress,
@@ -770,9 +788,9 @@ fn execute(
         state.momentum = backend.momentum().map_err(fail)?;
         let test_stats = evaluate(
             backend.as_mut(),
-            &test,
+            test,
             &norm,
-            &mut Batches::new(&test, g.batch),
+            &mut Batches::new(test, g.batch),
         )
         .map_err(fail)?;
         // The results first, then the checkpoint that says they exist: a kill
@@ -790,10 +808,9 @@ fn execute(
                 "epochs_trained": state.epochs_trained,
             }),
         )?;
-        save_network(&run.file("model.safetensors"), &state.network, &[])?;
-        run.write_json("arch.json", &state.network.arch)?;
+        save_final(run, cfg, &state.network, &input)?;
         finished = true;
-        save_checkpoint(run, &state, finished)?;
+        save_checkpoint(run, &state, &input, finished)?;
         println!(
             "final: test {:.2}%  params {}  MACs {}  widths {:?}",
             100.0 * test_stats.accuracy,
@@ -802,15 +819,29 @@ fn execute(
             state.network.arch.widths
         );
     } else {
-        save_network(&run.file("model.safetensors"), &state.network, &[])?;
-        run.write_json("arch.json", &state.network.arch)?;
+        save_final(run, cfg, &state.network, &input)?;
     }
     if cfg.retrain_epochs > 0 {
-        retrain(run, cfg, &state.network.arch, &train, &test, &norm, device)?;
+        retrain(
+            run,
+            cfg,
+            &state.network.arch,
+            (train, test, &norm),
+            &input,
+            device,
+        )?;
     }
     write_figures(run, last_report.as_ref())?;
     println!("wrote {}", run.path.display());
     Ok(())
+}
+
+/// The grown network's files: model.safetensors, arch.json, and config.json
+/// with its architecture.
+fn save_final(run: &RunDir, cfg: &RunConfig, net: &Network, input: &InputSpec) -> Result<()> {
+    save_network(&run.file("model.safetensors"), net, Some(input), &[])?;
+    run.write_json("arch.json", &net.arch)?;
+    run.write_json("config.json", &input.describe(cfg, Some(&net.arch)))
 }
 
 /// The phase line: accuracy and loss around the morphisms, the set's
@@ -909,9 +940,8 @@ fn retrain(
     run: &RunDir,
     cfg: &RunConfig,
     arch: &Arch,
-    train: &Dataset,
-    test: &Dataset,
-    norm: &Normalization,
+    data: (&Dataset, &Dataset, &Normalization),
+    input: &InputSpec,
     device: &DeviceArgs,
 ) -> Result<()> {
     let (last, t, _) = retrain_to(
@@ -920,7 +950,8 @@ fn retrain(
         &cfg.grow,
         cfg.seed,
         cfg.retrain_epochs,
-        (train, test, norm),
+        data,
+        input,
         device,
     )?;
     println!(
@@ -936,7 +967,8 @@ fn retrain(
 
 /// The paper's protocol for reported accuracy (and the fixed baselines):
 /// `arch` trained from scratch for `epochs` epochs with `cfg`'s optimiser,
-/// schedule and augmentation, with a progress bar, and saved to `path`.
+/// schedule and augmentation, with a progress bar, and saved to `path`
+/// with `input`, the description of its images.
 /// Returns the last training epoch's and the test statistics and the
 /// seconds it took.
 pub(crate) fn retrain_to(
@@ -946,6 +978,7 @@ pub(crate) fn retrain_to(
     seed: u64,
     epochs: usize,
     (train, test, norm): (&Dataset, &Dataset, &Normalization),
+    input: &InputSpec,
     device: &DeviceArgs,
 ) -> Result<(PassStats, PassStats, f64)> {
     let batches = train.len().div_ceil(cfg.batch) as u64;
@@ -970,7 +1003,7 @@ pub(crate) fn retrain_to(
     )?;
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    save_network(path, &net, &[])?;
+    save_network(path, &net, Some(input), &[])?;
     Ok((last, tested, secs))
 }
 

@@ -123,25 +123,25 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     crate::memory::check(&arch, args.batch, &arch_flag(args), "--batch")?;
     // Everything is checked (the backend opens) before the directory is touched.
     let mut backend = args.device.open(args.batch)?;
+    let norm = Normalization::of(&splits.train);
+    let input = splits.input_spec(norm.clone());
     let (run, _lock) = RunDir::claim(&args.out, "train", args.force)?;
-    run.write_json(
-        "config.json",
-        &json!({
-            "command": "train",
-            "dataset": splits.name,
-            "data_dir": args.data,
-            "arch": arch.family.name(),
-            "widths": arch.widths,
-            "epochs": args.epochs,
-            "batch": args.batch,
-            "lr": args.lr,
-            "weight_decay": args.weight_decay,
-            "milestones": args.milestones,
-            "lr_gamma": args.lr_gamma,
-            "seed": args.seed,
-            "augment": !args.no_augment,
-        }),
-    )?;
+    let config = json!({
+        "command": "train",
+        "dataset": splits.name,
+        "data_dir": args.data,
+        "arch": arch.family.name(),
+        "widths": arch.widths,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "milestones": args.milestones,
+        "lr_gamma": args.lr_gamma,
+        "seed": args.seed,
+        "augment": !args.no_augment,
+    });
+    run.write_json("config.json", &input.describe(&config, Some(&arch)))?;
     run.write_json("arch.json", &arch)?;
     let _ = std::fs::remove_file(run.file("metrics.jsonl"));
     println!(
@@ -155,7 +155,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     );
     let net = Network::init(&arch, args.seed);
     backend.load(&net, None)?;
-    let norm = Normalization::of(&splits.train);
     let augment = args.augment();
     let mut rng = Rng::new(args.seed ^ 0x5eed_da7a);
     let mut buffers = Batches::new(&splits.train, args.batch);
@@ -213,6 +212,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         save_network(
             &run.file("model.safetensors"),
             &backend.network()?,
+            Some(&input),
             &[("epoch", (epoch + 1).to_string())],
         )?;
     }

@@ -77,3 +77,68 @@ pub fn run_job_error(manifest: &Path, index: usize) -> String {
         .output()
         .unwrap())
 }
+
+/// Checks that `run`'s config.json and the network file `model` describe
+/// the network's input (dataset, class names, padding, normalisation) alike,
+/// that config.json's architecture is the model's, and that the embedded
+/// Fashion-MNIST's 28x28 images are recorded as padded by 2 on each side.
+/// Returns the description.
+pub fn assert_described(run: &Path, model: &Path) -> sprout::input::InputSpec {
+    let path = run.join("config.json");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let from_config = sprout::input::InputSpec::from_config(&path, &config)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{}: no input description", path.display()));
+    let from_model = sprout::weights::load_input_spec(model)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{}: no input description", model.display()));
+    assert_eq!(from_config, from_model);
+    let net = sprout::weights::load_network(model).unwrap();
+    let arch: sprout_core::Arch = serde_json::from_value(config["architecture"].clone()).unwrap();
+    assert_eq!(arch, net.arch, "{}: architecture", path.display());
+    from_model.check_fits(&net.arch).unwrap();
+    let p = from_model.padding;
+    if from_model.dataset == "fashion-mnist-embedded" {
+        assert_eq!(p.source, [1, 28, 28]);
+        assert_eq!((p.top, p.bottom, p.left, p.right), (2, 2, 2, 2));
+        assert_eq!(from_model.class_names.len(), 10);
+        assert_eq!(from_model.class_names[0], "T-shirt/top");
+    }
+    let n = &from_model.normalization;
+    assert_eq!((n.mean.len(), n.std.len()), (1, 1));
+    assert!(n.mean[0] > 0.0 && n.mean[0] < 1.0 && n.std[0] > 0.0);
+    from_model
+}
+
+/// A tiny growth run on the embedded data: one phase of one epoch on 64
+/// images at width 2.
+pub fn tiny_grow(out: &Path) -> Command {
+    let mut c = sprout();
+    c.args([
+        "grow",
+        "--train-limit",
+        "64",
+        "--test-limit",
+        "32",
+        "--phases",
+        "1",
+        "--phase-epochs",
+        "1",
+        "--width",
+        "2",
+        "--batch",
+        "32",
+        "--threads",
+        "2",
+        "--out",
+    ])
+    .arg(out);
+    c
+}
+
+/// `sprout grow --resume dir` with 2 threads.
+pub fn resume(dir: &Path) -> Command {
+    let mut c = sprout();
+    c.args(["grow", "--threads", "2", "--resume"]).arg(dir);
+    c
+}

@@ -61,13 +61,19 @@ use wide::f32x8;
 /// What follows BN + ReLU in the frozen sigma.
 #[derive(Clone, Copy, Debug)]
 pub enum SigmaPost<'a> {
+    /// Nothing after BN + ReLU.
     None,
+    /// A 2x2 max-pool, stride 2 (floor).
     MaxPool,
     /// Next block's depthwise conv (kernel `[c, 1, 3, 3]`) and its frozen BN, then ReLU.
     Depthwise {
+        /// Stride of the depthwise 3x3 conv (pad 1).
         stride: usize,
+        /// Depthwise kernel `[c, 1, 3, 3]`.
         kernel: &'a [f32],
+        /// Its BN's folded scale per channel.
         scale: &'a [f32],
+        /// Its BN's folded shift per channel.
         shift: &'a [f32],
     },
 }
@@ -75,27 +81,37 @@ pub enum SigmaPost<'a> {
 /// The frozen channelwise map of a unit: `relu(scale * y + shift)`, then `post`.
 #[derive(Clone, Copy, Debug)]
 pub struct Sigma<'a> {
+    /// Per-channel BN scale `gamma / sqrt(running_var + eps)`.
     pub scale: &'a [f32],
+    /// Per-channel BN shift `beta - running_mean * scale`.
     pub shift: &'a [f32],
+    /// What follows BN + ReLU.
     pub post: SigmaPost<'a>,
 }
 
 /// A depthwise conv and its BN folded to `scale`/`shift` at running statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrozenDepthwise {
+    /// Stride of the depthwise 3x3 conv (pad 1).
     pub stride: usize,
+    /// Depthwise kernel `[c, 1, 3, 3]`.
     pub kernel: Vec<f32>,
+    /// Its BN's folded scale per channel.
     pub scale: Vec<f32>,
+    /// Its BN's folded shift per channel.
     pub shift: Vec<f32>,
 }
 
 /// Owned frozen-sigma parameters of one unit, folded from BN running statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrozenSigma {
+    /// Per-channel BN scale `gamma / sqrt(running_var + eps)`.
     pub scale: Vec<f32>,
+    /// Per-channel BN shift `beta - running_mean * scale`.
     pub shift: Vec<f32>,
     /// The next block's depthwise conv and its frozen BN (MobileNet units).
     pub depthwise: Option<FrozenDepthwise>,
+    /// A 2x2 max-pool after BN + ReLU (VGG units before a pool).
     pub maxpool: bool,
 }
 
@@ -138,6 +154,7 @@ impl FrozenSigma {
         }
     }
 
+    /// The borrowed [`Sigma`] the estimator reads.
     pub fn view(&self) -> Sigma<'_> {
         let post = match &self.depthwise {
             Some(d) => SigmaPost::Depthwise {
@@ -160,6 +177,7 @@ impl FrozenSigma {
 /// One layer's view of a mini-batch: what the estimator reads.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerBatch<'a> {
+    /// Shape of the layer: conv geometry, channels and what follows BN + ReLU.
     pub unit: UnitShape,
     /// Samples `S`.
     pub n: usize,
@@ -171,6 +189,7 @@ pub struct LayerBatch<'a> {
     pub a: &'a [f32],
     /// Gradient of the mean mini-batch loss with respect to `a`.
     pub grad_a: &'a [f32],
+    /// The frozen channelwise map from `y` to `a`.
     pub sigma: Sigma<'a>,
     /// Current training loss `L_hat` (the mini-batch loss).
     pub loss: f32,
@@ -199,9 +218,13 @@ pub enum Curvature {
 /// output, and every sample's softmax probabilities `[n, classes]`.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadCurvature<'a> {
+    /// The linear head's weight `[classes, features]`, row-major.
     pub weight: &'a [f32],
+    /// Softmax probabilities of the logits `[n, classes]`.
     pub probs: &'a [f32],
+    /// Classes `K`.
     pub classes: usize,
+    /// How the head reduces the unit's output to its features.
     pub pool: Pool,
 }
 

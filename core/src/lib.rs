@@ -13,6 +13,7 @@
 //! runtime SIMD detection in the GEMM and data parallelism on all cores.
 #![no_std]
 #![warn(missing_debug_implementations)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(feature = "std")]
@@ -30,7 +31,7 @@ pub mod model;
 pub mod morph;
 pub mod network;
 pub mod optim;
-pub mod par;
+pub(crate) mod par;
 pub mod refine;
 pub mod rng;
 pub mod select;

@@ -56,7 +56,7 @@ pub struct ExperimentArgs {
     /// The estimate's quadratic term in the layer that feeds the logits.
     #[arg(long, value_enum, default_value = "rank-one")]
     pub curvature: CurvatureName,
-    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]| [default: unbounded, as in the paper].
+    /// Trust region for learned theta: |theta_c| <= RATIO * |w_in_c| [default: unbounded, as in the paper].
     #[arg(long, value_name = "RATIO")]
     pub theta_max: Option<f32>,
     #[arg(long, default_value_t = 0)]

@@ -209,7 +209,7 @@ pub struct GrowArgs {
     /// last two epochs; shorter morphism phases want a larger weight].
     #[arg(long)]
     pub ema_alpha: Option<f32>,
-    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]| [default: unbounded, as in the paper].
+    /// Trust region for learned theta: |theta_c| <= RATIO * |w_in_c| [default: unbounded, as in the paper].
     #[arg(long, value_name = "RATIO")]
     pub theta_max: Option<f32>,
     /// Initial |theta| relative to |w_in| [default: 0.01].

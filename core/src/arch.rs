@@ -106,6 +106,32 @@ pub struct UnitShape {
 }
 
 impl UnitShape {
+    /// The shape of a unit built outside any [`Arch`]: a `kernel x kernel`
+    /// conv from `cin` to `cout` channels on an `in_hw` input, then BN +
+    /// ReLU and `post`. The conv and output sizes follow (floor division).
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        in_hw: (usize, usize),
+        post: Post,
+    ) -> UnitShape {
+        let conv_hw = conv_out(in_hw, kernel, stride, pad);
+        UnitShape {
+            cin,
+            cout,
+            kernel,
+            stride,
+            pad,
+            in_hw,
+            conv_hw,
+            post,
+            out_hw: post_out(conv_hw, post),
+        }
+    }
+
     /// Elements of one sample's input `[cin, H, W]`.
     pub fn in_len(&self) -> usize {
         self.cin * self.in_hw.0 * self.in_hw.1

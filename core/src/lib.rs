@@ -22,6 +22,7 @@ extern crate std;
 pub mod arch;
 pub mod backend;
 pub mod data;
+mod embed;
 pub mod error;
 pub mod estimator;
 pub mod grow;

@@ -18,6 +18,43 @@
 //! of the original channel, shared by both halves — and per-sample gradients
 //! are the batch-mean gradients times `S`.
 //!
+//! Embedding: the buffers can come from any framework. Everything below is
+//! `no_std` + `alloc` (with the `ndarray` feature, `LayerBatch::from_views`
+//! takes the same buffers as `ArrayView4`s):
+//!
+//! ```
+//! use sprout_core::arch::{Post, UnitShape};
+//! use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
+//!
+//! // A 3x3 conv (pad 1) from 2 to 4 channels on 8x8 inputs, then BN + ReLU.
+//! let (n, cin, cout) = (2, 2, 4);
+//! let unit = UnitShape::new(cin, cout, 3, 1, 1, (8, 8), Post::None);
+//! // From the other framework, NCHW row-major f32: the layer input x, the
+//! // pre-activation y, the unit output a = relu(bn(y)) in eval mode, the
+//! // gradient of the mean mini-batch loss with respect to a, and that loss.
+//! let x = vec![0.5f32; n * unit.in_len()];
+//! let y: Vec<f32> = (0..n * unit.conv_len()).map(|i| (i % 7) as f32 - 3.0).collect();
+//! let a: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect(); // BN below is the identity
+//! let grad_a = vec![0.01f32; n * unit.out_len()];
+//! let loss = 0.7;
+//! // The BN's gamma, beta, running mean and running variance, folded.
+//! let (gamma, beta) = (vec![1.0; cout], vec![0.0; cout]);
+//! let (mean, var) = (vec![0.0; cout], vec![1.0 - 1e-5; cout]);
+//! let sigma = FrozenSigma::from_batch_norm(&gamma, &beta, &mean, &var).unwrap();
+//! let batch = LayerBatch::new(unit, n, &x, &y, &a, &grad_a, sigma.view(), loss).unwrap();
+//!
+//! // One split direction per channel, stacked like the kernel [cout, cin, 3, 3].
+//! let theta = vec![0.05f32; unit.weight_len()];
+//! let (mut delta_l, mut grad_theta) = (vec![0.0; cout], vec![0.0; theta.len()]);
+//! let mut ws = Workspace::default();
+//! split_estimates(&batch, &theta, &mut ws, &mut delta_l, Some(&mut grad_theta));
+//! // Eq. (1) per channel, and the first-order terms u[s * cout + c].
+//! assert!(delta_l.iter().all(|d| d.is_finite() && *d >= -loss));
+//! assert_eq!(ws.last_u(n, cout).len(), n * cout);
+//! ```
+//!
+//! From a sprout [`Model`]:
+//!
 //! ```
 //! use sprout_core::arch::Arch;
 //! use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};

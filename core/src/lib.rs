@@ -11,6 +11,9 @@
 //! ([`optim`]), the [`backend::Backend`] trait with its CPU implementation,
 //! and dataset parsing from bytes ([`data`]). The default `std` feature adds
 //! runtime SIMD detection in the GEMM and data parallelism on all cores.
+//! The optional `ndarray` feature (`no_std` too) adds
+//! `estimator::LayerBatch::from_views`, the estimator's input as ndarray views;
+//! [`estimator`]'s docs show the estimator fed from another framework's buffers.
 #![no_std]
 #![warn(missing_debug_implementations)]
 #![warn(missing_docs)]

@@ -186,9 +186,9 @@ fn split_estimates_from_slices_and_views_match_an_independent_computation() {
     // Brute force per channel: the expanded layer's logits, loss and the
     // first-order term u_s = Delta_z_s . (p_s - onehot_s).
     let d = conv(&l.x, &theta);
-    let mut true_u = vec![0.0; N * COUT];
-    let mut true_dl = vec![0.0; COUT];
-    let mut dz_sq = vec![0.0; COUT];
+    let mut true_u = [0.0; N * COUT];
+    let mut true_dl = [0.0; COUT];
+    let mut dz_sq = [0.0; COUT];
     for c in 0..COUT {
         let mut a2 = a.clone();
         for s in 0..N {

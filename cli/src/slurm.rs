@@ -29,7 +29,7 @@ pub struct SlurmArgs {
     /// One GPU per task (`--gres=gpu:1`); implied by --backend gpu.
     #[arg(long)]
     pub gpus: bool,
-    /// Directory of the per-task logs [default: <out>/slurm-logs].
+    /// Directory of the per-task logs [default: OUT/slurm-logs].
     #[arg(long, value_name = "DIR")]
     pub slurm_log_dir: Option<PathBuf>,
     /// Run at most N tasks of the array at once.

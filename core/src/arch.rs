@@ -24,7 +24,9 @@ use alloc::vec::Vec;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Family {
+    /// VGG-19: sixteen 3x3 convs with BN + ReLU, max-pools, flatten head.
     Vgg19,
+    /// MobileNetV1: a 3x3 conv, then depthwise-separable blocks, global-average head.
     MobilenetV1,
 }
 
@@ -48,6 +50,7 @@ impl Family {
         }
     }
 
+    /// The name [`Family::parse`] reads back.
     pub fn name(self) -> &'static str {
         match self {
             Family::Vgg19 => "vgg19",
@@ -64,40 +67,80 @@ pub enum Post {
     /// 2x2 max-pool, stride 2 (floor).
     MaxPool,
     /// The next block's depthwise 3x3 (pad 1) with this stride, then BN + ReLU.
-    Depthwise { stride: usize },
+    Depthwise {
+        /// Stride of the depthwise conv.
+        stride: usize,
+    },
 }
 
 /// How the head reduces the last unit's output to features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pool {
+    /// Flatten the last unit's output (channel-major) into the linear layer.
     Flatten,
+    /// Average each channel over its positions before the linear layer.
     GlobalAverage,
 }
 
 /// Shapes of one unit, derived from an [`Arch`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnitShape {
+    /// Input channels of the conv.
     pub cin: usize,
+    /// Output channels of the conv: the layer's width.
     pub cout: usize,
+    /// Kernel size `k` of the square `k x k` conv.
     pub kernel: usize,
+    /// Conv stride.
     pub stride: usize,
+    /// Zero padding on every side of the input.
     pub pad: usize,
     /// Input spatial size (height, width).
     pub in_hw: (usize, usize),
     /// Conv output (pre-activation) spatial size.
     pub conv_hw: (usize, usize),
+    /// What follows BN + ReLU in the unit's channelwise map.
     pub post: Post,
     /// Spatial size of the unit output `a`.
     pub out_hw: (usize, usize),
 }
 
 impl UnitShape {
+    /// The shape of a unit built outside any [`Arch`]: a `kernel x kernel`
+    /// conv from `cin` to `cout` channels on an `in_hw` input, then BN +
+    /// ReLU and `post`. The conv and output sizes follow (floor division).
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        in_hw: (usize, usize),
+        post: Post,
+    ) -> UnitShape {
+        let conv_hw = conv_out(in_hw, kernel, stride, pad);
+        UnitShape {
+            cin,
+            cout,
+            kernel,
+            stride,
+            pad,
+            in_hw,
+            conv_hw,
+            post,
+            out_hw: post_out(conv_hw, post),
+        }
+    }
+
+    /// Elements of one sample's input `[cin, H, W]`.
     pub fn in_len(&self) -> usize {
         self.cin * self.in_hw.0 * self.in_hw.1
     }
+    /// Elements of one sample's pre-activation `[cout, Hc, Wc]`.
     pub fn conv_len(&self) -> usize {
         self.cout * self.conv_hw.0 * self.conv_hw.1
     }
+    /// Elements of one sample's output `a` `[cout, Ho, Wo]`.
     pub fn out_len(&self) -> usize {
         self.cout * self.out_hw.0 * self.out_hw.1
     }
@@ -114,15 +157,18 @@ impl UnitShape {
 /// Shape of the classifier head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadShape {
+    /// How the head reduces the last unit's output.
     pub pool: Pool,
     /// Channels of the last unit.
     pub channels: usize,
     /// Spatial positions per channel that the linear layer reads (1 after global pooling).
     pub positions: usize,
+    /// Classes: the linear layer's outputs.
     pub classes: usize,
 }
 
 impl HeadShape {
+    /// Inputs of the linear layer: `channels * positions`.
     pub fn features(&self) -> usize {
         self.channels * self.positions
     }
@@ -132,9 +178,11 @@ impl HeadShape {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Arch {
+    /// The preset family.
     pub family: Family,
     /// Input shape `[channels, height, width]`.
     pub input: [usize; 3],
+    /// Classes of the classifier head.
     pub classes: usize,
     /// Output channels of each growable layer.
     pub widths: Vec<usize>,
@@ -411,9 +459,13 @@ fn post_out(hw: (usize, usize), post: Post) -> (usize, usize) {
 /// Which BN tensor a [`Role::BatchNorm`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BnPart {
+    /// BN scale `gamma`.
     Gamma,
+    /// BN shift `beta`.
     Beta,
+    /// Running mean.
     RunningMean,
+    /// Running (unbiased) variance.
     RunningVar,
 }
 
@@ -422,20 +474,26 @@ pub enum BnPart {
 pub enum Role {
     /// `[cout, cin, k, k]` kernel of unit `layer`.
     ConvWeight {
+        /// The unit.
         layer: usize,
     },
     /// BN of unit `layer`'s conv output, or (depthwise) of its next-depthwise output.
     BatchNorm {
+        /// The unit.
         layer: usize,
+        /// Which of the four tensors.
         part: BnPart,
+        /// The BN of the next-block depthwise conv rather than of the unit's conv.
         depthwise: bool,
     },
     /// `[c, 1, 3, 3]` next-block depthwise kernel carried by unit `layer`.
     DepthwiseWeight {
+        /// The unit.
         layer: usize,
     },
     /// `[classes, features]`.
     HeadWeight,
+    /// `[classes]` bias of the head.
     HeadBias,
 }
 
@@ -444,7 +502,9 @@ pub enum Role {
 pub struct ParamSpec {
     /// Name in exported weights, e.g. `layers.3.conv.weight`.
     pub name: String,
+    /// Tensor shape, row-major.
     pub shape: Vec<usize>,
+    /// What the tensor is.
     pub role: Role,
     /// False for BN running statistics (state, not learned).
     pub learnable: bool,
@@ -459,9 +519,11 @@ impl ParamSpec {
             learnable: true,
         }
     }
+    /// Elements of the tensor.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether the tensor has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

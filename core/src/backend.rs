@@ -18,7 +18,9 @@ use alloc::vec::Vec;
 pub struct BatchStats {
     /// Mean loss over the batch.
     pub loss: f32,
+    /// Samples whose highest logit is their label.
     pub correct: usize,
+    /// Samples in the batch.
     pub samples: usize,
 }
 

@@ -18,6 +18,43 @@
 //! of the original channel, shared by both halves — and per-sample gradients
 //! are the batch-mean gradients times `S`.
 //!
+//! Embedding: the buffers can come from any framework. Everything below is
+//! `no_std` + `alloc` (with the `ndarray` feature, `LayerBatch::from_views`
+//! takes the same buffers as `ArrayView4`s):
+//!
+//! ```
+//! use sprout_core::arch::{Post, UnitShape};
+//! use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
+//!
+//! // A 3x3 conv (pad 1) from 2 to 4 channels on 8x8 inputs, then BN + ReLU.
+//! let (n, cin, cout) = (2, 2, 4);
+//! let unit = UnitShape::new(cin, cout, 3, 1, 1, (8, 8), Post::None);
+//! // From the other framework, NCHW row-major f32: the layer input x, the
+//! // pre-activation y, the unit output a = relu(bn(y)) in eval mode, the
+//! // gradient of the mean mini-batch loss with respect to a, and that loss.
+//! let x = vec![0.5f32; n * unit.in_len()];
+//! let y: Vec<f32> = (0..n * unit.conv_len()).map(|i| (i % 7) as f32 - 3.0).collect();
+//! let a: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect(); // BN below is the identity
+//! let grad_a = vec![0.01f32; n * unit.out_len()];
+//! let loss = 0.7;
+//! // The BN's gamma, beta, running mean and running variance, folded.
+//! let (gamma, beta) = (vec![1.0; cout], vec![0.0; cout]);
+//! let (mean, var) = (vec![0.0; cout], vec![1.0 - 1e-5; cout]);
+//! let sigma = FrozenSigma::from_batch_norm(&gamma, &beta, &mean, &var).unwrap();
+//! let batch = LayerBatch::new(unit, n, &x, &y, &a, &grad_a, sigma.view(), loss).unwrap();
+//!
+//! // One split direction per channel, stacked like the kernel [cout, cin, 3, 3].
+//! let theta = vec![0.05f32; unit.weight_len()];
+//! let (mut delta_l, mut grad_theta) = (vec![0.0; cout], vec![0.0; theta.len()]);
+//! let mut ws = Workspace::default();
+//! split_estimates(&batch, &theta, &mut ws, &mut delta_l, Some(&mut grad_theta));
+//! // Eq. (1) per channel, and the first-order terms u[s * cout + c].
+//! assert!(delta_l.iter().all(|d| d.is_finite() && *d >= -loss));
+//! assert_eq!(ws.last_u(n, cout).len(), n * cout);
+//! ```
+//!
+//! From a sprout [`Model`]:
+//!
 //! ```
 //! use sprout_core::arch::Arch;
 //! use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
@@ -61,13 +98,19 @@ use wide::f32x8;
 /// What follows BN + ReLU in the frozen sigma.
 #[derive(Clone, Copy, Debug)]
 pub enum SigmaPost<'a> {
+    /// Nothing after BN + ReLU.
     None,
+    /// A 2x2 max-pool, stride 2 (floor).
     MaxPool,
     /// Next block's depthwise conv (kernel `[c, 1, 3, 3]`) and its frozen BN, then ReLU.
     Depthwise {
+        /// Stride of the depthwise 3x3 conv (pad 1).
         stride: usize,
+        /// Depthwise kernel `[c, 1, 3, 3]`.
         kernel: &'a [f32],
+        /// Its BN's folded scale per channel.
         scale: &'a [f32],
+        /// Its BN's folded shift per channel.
         shift: &'a [f32],
     },
 }
@@ -75,27 +118,37 @@ pub enum SigmaPost<'a> {
 /// The frozen channelwise map of a unit: `relu(scale * y + shift)`, then `post`.
 #[derive(Clone, Copy, Debug)]
 pub struct Sigma<'a> {
+    /// Per-channel BN scale `gamma / sqrt(running_var + eps)`.
     pub scale: &'a [f32],
+    /// Per-channel BN shift `beta - running_mean * scale`.
     pub shift: &'a [f32],
+    /// What follows BN + ReLU.
     pub post: SigmaPost<'a>,
 }
 
 /// A depthwise conv and its BN folded to `scale`/`shift` at running statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrozenDepthwise {
+    /// Stride of the depthwise 3x3 conv (pad 1).
     pub stride: usize,
+    /// Depthwise kernel `[c, 1, 3, 3]`.
     pub kernel: Vec<f32>,
+    /// Its BN's folded scale per channel.
     pub scale: Vec<f32>,
+    /// Its BN's folded shift per channel.
     pub shift: Vec<f32>,
 }
 
 /// Owned frozen-sigma parameters of one unit, folded from BN running statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrozenSigma {
+    /// Per-channel BN scale `gamma / sqrt(running_var + eps)`.
     pub scale: Vec<f32>,
+    /// Per-channel BN shift `beta - running_mean * scale`.
     pub shift: Vec<f32>,
     /// The next block's depthwise conv and its frozen BN (MobileNet units).
     pub depthwise: Option<FrozenDepthwise>,
+    /// A 2x2 max-pool after BN + ReLU (VGG units before a pool).
     pub maxpool: bool,
 }
 
@@ -138,6 +191,7 @@ impl FrozenSigma {
         }
     }
 
+    /// The borrowed [`Sigma`] the estimator reads.
     pub fn view(&self) -> Sigma<'_> {
         let post = match &self.depthwise {
             Some(d) => SigmaPost::Depthwise {
@@ -160,6 +214,7 @@ impl FrozenSigma {
 /// One layer's view of a mini-batch: what the estimator reads.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerBatch<'a> {
+    /// Shape of the layer: conv geometry, channels and what follows BN + ReLU.
     pub unit: UnitShape,
     /// Samples `S`.
     pub n: usize,
@@ -171,6 +226,7 @@ pub struct LayerBatch<'a> {
     pub a: &'a [f32],
     /// Gradient of the mean mini-batch loss with respect to `a`.
     pub grad_a: &'a [f32],
+    /// The frozen channelwise map from `y` to `a`.
     pub sigma: Sigma<'a>,
     /// Current training loss `L_hat` (the mini-batch loss).
     pub loss: f32,
@@ -199,9 +255,13 @@ pub enum Curvature {
 /// output, and every sample's softmax probabilities `[n, classes]`.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadCurvature<'a> {
+    /// The linear head's weight `[classes, features]`, row-major.
     pub weight: &'a [f32],
+    /// Softmax probabilities of the logits `[n, classes]`.
     pub probs: &'a [f32],
+    /// Classes `K`.
     pub classes: usize,
+    /// How the head reduces the unit's output to its features.
     pub pool: Pool,
 }
 

@@ -58,6 +58,7 @@ pub enum ThetaSource {
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct GrowConfig {
+    /// Growth phases (morphism rounds).
     pub phases: usize,
     /// Training epochs per phase (n_phase).
     pub train_epochs: usize,
@@ -65,17 +66,23 @@ pub struct GrowConfig {
     pub morph_epochs: usize,
     /// Training epochs after the last phase's morphisms are applied.
     pub final_epochs: usize,
+    /// Mini-batch size for training and morphism learning.
     pub batch: usize,
     /// Learning rate by cumulative training epoch.
     pub schedule: StepSchedule,
+    /// SGD weight decay.
     pub weight_decay: f32,
+    /// The optimiser of theta.
     pub adam: Adam,
     /// EMA weight; `None` is the paper's `(S / N) / 2`.
     pub ema_alpha: Option<f32>,
     /// Initial `|theta[c]| / |w_in[c]|`.
     pub theta_init: f32,
+    /// Which morphisms to apply.
     pub select: SelectConfig,
+    /// Training augmentation (`None`: none).
     pub augment: Option<Augment>,
+    /// What scores candidates: the Gauss-Newton estimate or a baseline.
     #[cfg_attr(feature = "serde", serde(default))]
     pub strategy: Strategy,
     /// Trust region on learned theta: `|theta[c]| <= theta_max * |w_in[c]|`
@@ -269,8 +276,11 @@ pub struct GrowState {
     pub phase: usize,
     /// Training epochs run so far (drives the learning-rate schedule).
     pub epochs_trained: usize,
+    /// The network being grown.
     pub network: Network,
+    /// SGD momentum, one buffer per tensor of `network`.
     pub momentum: Vec<Vec<f32>>,
+    /// The random stream (theta noise, shuffles, augmentation).
     pub rng: Rng,
 }
 
@@ -296,9 +306,21 @@ pub const CALIBRATION_BATCHES: usize = 30;
 /// Which part of a phase a progress callback reports on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    Train { epoch: usize },
-    Morph { epoch: usize },
-    Final { epoch: usize },
+    /// Training within a phase.
+    Train {
+        /// Epoch within the phase, from 0.
+        epoch: usize,
+    },
+    /// Morphism learning within a phase.
+    Morph {
+        /// Epoch within the phase, from 0.
+        epoch: usize,
+    },
+    /// Training after the last phase.
+    Final {
+        /// Epoch of the final training, from 0.
+        epoch: usize,
+    },
 }
 
 /// How large the applied splits' theta are against their incoming kernels.
@@ -334,10 +356,13 @@ pub struct PhaseReport {
     pub test_after_recalibrated: PassStats,
     /// Mean loss over the morphism-learning batches.
     pub morph: PassStats,
+    /// The architecture before the phase's morphisms.
     pub arch_before: Arch,
+    /// The architecture after them.
     pub arch_after: Arch,
     /// Every candidate with its final EMA estimate and gain.
     pub candidates: Vec<Candidate>,
+    /// The applied candidates, in the order applied.
     pub applied: Vec<Candidate>,
     /// Per applied candidate: the factor the selection put on its theta.
     pub scales: Vec<f64>,

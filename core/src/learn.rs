@@ -20,7 +20,10 @@ pub enum MorphMethod {
     /// Splitting steepest descent: per batch, `iterations` warm-started steps
     /// toward each channel's minimum splitting eigenpair; `theta` holds the
     /// unit eigenvectors and `split_ema` the eigenvalues.
-    Splitting { iterations: usize },
+    Splitting {
+        /// Warm-started eigen-iteration steps per batch.
+        iterations: usize,
+    },
 }
 
 /// Settings of the morphism-learning phase.
@@ -68,7 +71,9 @@ impl MorphConfig {
 pub struct MorphState {
     /// Per layer, `[cout, cin, k, k]`: channel `c`'s split parameters.
     pub theta: Vec<Vec<f32>>,
+    /// Per layer: Adam's first moment of theta.
     pub adam_m: Vec<Vec<f32>>,
+    /// Per layer: Adam's second moment of theta.
     pub adam_v: Vec<Vec<f32>>,
     /// Adam steps taken.
     pub steps: u32,

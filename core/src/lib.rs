@@ -11,8 +11,12 @@
 //! ([`optim`]), the [`backend::Backend`] trait with its CPU implementation,
 //! and dataset parsing from bytes ([`data`]). The default `std` feature adds
 //! runtime SIMD detection in the GEMM and data parallelism on all cores.
+//! The optional `ndarray` feature (`no_std` too) adds
+//! `estimator::LayerBatch::from_views`, the estimator's input as ndarray views;
+//! [`estimator`]'s docs show the estimator fed from another framework's buffers.
 #![no_std]
 #![warn(missing_debug_implementations)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(feature = "std")]
@@ -21,6 +25,7 @@ extern crate std;
 pub mod arch;
 pub mod backend;
 pub mod data;
+mod embed;
 pub mod error;
 pub mod estimator;
 pub mod grow;
@@ -30,7 +35,7 @@ pub mod model;
 pub mod morph;
 pub mod network;
 pub mod optim;
-pub mod par;
+pub(crate) mod par;
 pub mod refine;
 pub mod rng;
 pub mod select;

@@ -22,7 +22,9 @@ use alloc::vec::Vec;
 /// or the running statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Batch statistics in BN, running statistics updated.
     Train,
+    /// Running statistics in BN (frozen sigma).
     Eval,
 }
 
@@ -132,9 +134,11 @@ impl Model {
         }
     }
 
+    /// The architecture the model runs.
     pub fn arch(&self) -> &Arch {
         &self.arch
     }
+    /// Largest batch the buffers hold.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -142,9 +146,11 @@ impl Model {
     pub fn batch(&self) -> usize {
         self.n
     }
+    /// Per-unit shapes.
     pub fn units(&self) -> &[UnitShape] {
         &self.units
     }
+    /// The kernels' scratch buffers, for reuse by callers.
     pub fn scratch(&mut self) -> &mut Scratch {
         &mut self.scratch
     }

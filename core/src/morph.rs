@@ -19,16 +19,21 @@ use alloc::vec::Vec;
 pub enum Morphism {
     /// Split with `theta` (shaped like the channel's incoming kernel, `cin * k * k`).
     Split {
+        /// The split direction: halves `w_in + theta` and `w_in - theta`.
         theta: Vec<f32>,
     },
+    /// Remove the channel and its outgoing weights.
     Prune,
 }
 
 /// A morphism of channel `channel` (index before any morphism of this call) in `layer`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChannelMorphism {
+    /// Growable layer.
     pub layer: usize,
+    /// Channel of `layer`.
     pub channel: usize,
+    /// What to do with it.
     pub morphism: Morphism,
 }
 
@@ -70,6 +75,7 @@ impl ChannelMap {
         self.sign.push(sign);
         self.out_scale.push(scale);
     }
+    /// Channels of the layer after its morphisms.
     pub fn width(&self) -> usize {
         self.from.len()
     }

@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 /// Indices into the tensor list of one unit's parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnitParams {
+    /// The conv kernel.
     pub conv: usize,
     /// gamma, beta, running mean, running variance.
     pub bn: [usize; 4],
@@ -21,12 +22,16 @@ pub struct UnitParams {
 /// Indices of every tensor by role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamIndex {
+    /// Per growable layer.
     pub units: Vec<UnitParams>,
+    /// The head's linear weight.
     pub head_weight: usize,
+    /// The head's bias.
     pub head_bias: usize,
 }
 
 impl ParamIndex {
+    /// The index of `arch`'s tensors.
     pub fn new(arch: &Arch) -> ParamIndex {
         let specs = arch.param_specs();
         let mut units: Vec<UnitParams> = arch
@@ -79,6 +84,7 @@ impl ParamIndex {
 /// and running statistics, linear weight and bias).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Network {
+    /// The architecture the tensors belong to.
     pub arch: Arch,
     /// One tensor per [`ParamSpec`], row-major.
     pub tensors: Vec<Vec<f32>>,
@@ -136,10 +142,12 @@ impl Network {
         Ok(Network { arch, tensors })
     }
 
+    /// Name, shape and role of every tensor.
     pub fn specs(&self) -> Vec<ParamSpec> {
         self.arch.param_specs()
     }
 
+    /// Indices of the tensors by role.
     pub fn index(&self) -> ParamIndex {
         ParamIndex::new(&self.arch)
     }

@@ -8,9 +8,13 @@ use alloc::vec::Vec;
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Sgd {
+    /// Learning rate.
     pub lr: f32,
+    /// Momentum coefficient.
     pub momentum: f32,
+    /// L2 weight decay added to the gradient.
     pub weight_decay: f32,
+    /// Nesterov momentum.
     pub nesterov: bool,
 }
 
@@ -56,9 +60,13 @@ impl Sgd {
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Adam {
+    /// Learning rate.
     pub lr: f32,
+    /// First-moment decay.
     pub beta1: f32,
+    /// Second-moment decay.
     pub beta2: f32,
+    /// Added to the denominator.
     pub eps: f32,
 }
 
@@ -91,12 +99,16 @@ impl Adam {
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StepSchedule {
+    /// Learning rate before the first milestone.
     pub base: f32,
+    /// Epochs after which the rate is multiplied by `gamma`.
     pub milestones: Vec<usize>,
+    /// Factor at each milestone.
     pub gamma: f32,
 }
 
 impl StepSchedule {
+    /// The same rate at every epoch.
     pub fn constant(lr: f32) -> Self {
         StepSchedule {
             base: lr,

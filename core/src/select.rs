@@ -14,7 +14,9 @@ use alloc::vec::Vec;
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Kind {
+    /// Split the channel in two.
     Split,
+    /// Remove the channel.
     Prune,
 }
 
@@ -22,8 +24,11 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Candidate {
+    /// Growable layer.
     pub layer: usize,
+    /// Channel of `layer`.
     pub channel: usize,
+    /// Split or prune.
     pub kind: Kind,
     /// Estimated change of the training loss (EMA of eq. 1).
     pub delta_loss: f32,

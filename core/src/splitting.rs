@@ -528,6 +528,7 @@ pub struct SplitAverage {
 }
 
 impl SplitAverage {
+    /// An empty average.
     pub fn new() -> Self {
         SplitAverage::default()
     }

@@ -13,21 +13,29 @@ use alloc::vec::Vec;
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PassStats {
+    /// Mean loss per sample.
     pub loss: f32,
+    /// Fraction of samples classified correctly.
     pub accuracy: f32,
+    /// Samples classified correctly.
     pub correct: usize,
+    /// Samples seen.
     pub samples: usize,
 }
 
 /// Reusable batch buffers for one dataset layout.
 #[derive(Debug)]
 pub struct Batches {
+    /// Samples per batch.
     pub batch: usize,
+    /// Normalised images of the current batch, NCHW.
     pub images: Vec<f32>,
+    /// Labels of the current batch.
     pub labels: Vec<u32>,
 }
 
 impl Batches {
+    /// Buffers for batches of `batch` images of `ds`'s shape.
     pub fn new(ds: &Dataset, batch: usize) -> Batches {
         Batches {
             batch,

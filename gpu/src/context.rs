@@ -10,6 +10,7 @@ const INSTALL_HINT: &str = "install a Vulkan driver, e.g. `apt-get install mesa-
 /// One adapter as `sprout devices` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdapterSummary {
+    /// Adapter name as the driver reports it.
     pub name: String,
     /// Graphics API: Vulkan, Metal, Dx12.
     pub backend: String,
@@ -73,7 +74,9 @@ struct DeviceHealth {
 /// An open device with its queue.
 #[derive(Debug)]
 pub struct Gpu {
+    /// The wgpu device.
     pub device: wgpu::Device,
+    /// Its submission queue.
     pub queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     health: Arc<Mutex<DeviceHealth>>,

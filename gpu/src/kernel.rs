@@ -24,6 +24,7 @@ pub fn aligned(n: usize) -> usize {
 /// A range of f32 values in a storage buffer.
 #[derive(Clone, Debug)]
 pub struct View {
+    /// The storage buffer the range lies in.
     pub buffer: wgpu::Buffer,
     /// First element (a multiple of [`ALIGN`]).
     pub offset: usize,
@@ -186,6 +187,7 @@ pub enum Res<'a> {
     Params(&'a [u32]),
     /// A shared uniform buffer written between submissions.
     Uniform(&'a wgpu::Buffer),
+    /// A range of a storage buffer.
     View(&'a View),
 }
 

@@ -9,7 +9,9 @@ use sprout_core::error::{Error, Result};
 /// Where each tensor starts in a flat buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// First element of each tensor.
     pub offsets: Vec<usize>,
+    /// Elements of each tensor.
     pub lens: Vec<usize>,
     /// Length of the flat buffer.
     pub total: usize,

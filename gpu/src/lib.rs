@@ -7,13 +7,15 @@
 //! any. Parameters stay on the device; a step sends back only its loss and
 //! correct count.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod context;
-pub mod graph;
+pub(crate) mod graph;
 pub mod kernel;
 pub mod kernels;
 pub mod layout;
-pub mod morph;
+pub(crate) mod morph;
 
 pub use backend::GpuBackend;
 pub use context::{adapter_available, adapter_or_skip, adapters, AdapterSummary, Gpu};

@@ -59,7 +59,7 @@ pub struct ExperimentArgs {
     /// The estimate's quadratic term in the layer that feeds the logits.
     #[arg(long, value_enum, default_value = "rank-one")]
     pub curvature: CurvatureName,
-    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]|;
+    /// Trust region for learned theta: |theta_c| <= RATIO * |w_in_c|;
     /// `inf`: unbounded, as in the paper [default: 1, as in grow].
     #[arg(long, value_name = "RATIO")]
     pub theta_max: Option<f32>,

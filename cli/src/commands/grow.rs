@@ -221,7 +221,7 @@ pub struct GrowArgs {
     /// last two epochs; shorter morphism phases want a larger weight].
     #[arg(long)]
     pub ema_alpha: Option<f32>,
-    /// Trust region for learned theta: |theta[c]| <= RATIO * |w_in[c]|;
+    /// Trust region for learned theta: |theta_c| <= RATIO * |w_in_c|;
     /// `inf`: unbounded, as in the paper [default: 1].
     #[arg(long, value_name = "RATIO")]
     pub theta_max: Option<f32>,

@@ -14,7 +14,9 @@ use crate::rng::Rng;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Augment {
+    /// Zero padding on each side for the random crop (0: no crop).
     pub crop_padding: usize,
+    /// Flip horizontally with probability 1/2.
     pub flip: bool,
 }
 

@@ -16,8 +16,11 @@ pub struct Dataset {
     pub images: Vec<u8>,
     /// One class index per image.
     pub labels: Vec<u8>,
+    /// Channels per image.
     pub channels: usize,
+    /// Image height in pixels.
     pub height: usize,
+    /// Image width in pixels.
     pub width: usize,
     /// Number of classes; every label is below it.
     pub classes: usize,
@@ -208,7 +211,9 @@ impl Dataset {
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Normalization {
+    /// Per-channel mean of the pixels scaled to `[0, 1]`.
     pub mean: Vec<f32>,
+    /// Per-channel standard deviation of the pixels scaled to `[0, 1]`.
     pub std: Vec<f32>,
 }
 

@@ -18,8 +18,11 @@ pub const BN_MOMENTUM: f32 = 0.1;
 /// Layout of a BN input: `n` samples of `channels` planes of `plane` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BnGeom {
+    /// Samples.
     pub n: usize,
+    /// Channels.
     pub channels: usize,
+    /// Values per channel plane (`H * W`).
     pub plane: usize,
 }
 

@@ -9,12 +9,19 @@ use crate::par::{self, SharedMut};
 /// Geometry of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
+    /// Input channels.
     pub cin: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Kernel size `k` (square).
     pub kernel: usize,
+    /// Stride.
     pub stride: usize,
+    /// Zero padding on every side.
     pub pad: usize,
+    /// Input spatial size (height, width).
     pub in_hw: (usize, usize),
+    /// Output spatial size (height, width).
     pub out_hw: (usize, usize),
 }
 
@@ -23,9 +30,11 @@ impl ConvGeom {
     pub fn patch(&self) -> usize {
         self.cin * self.kernel * self.kernel
     }
+    /// Values per input plane.
     pub fn in_plane(&self) -> usize {
         self.in_hw.0 * self.in_hw.1
     }
+    /// Values per output plane.
     pub fn out_plane(&self) -> usize {
         self.out_hw.0 * self.out_hw.1
     }

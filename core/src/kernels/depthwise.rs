@@ -31,9 +31,13 @@ use wide::f32x8;
 /// Geometry of a depthwise 3x3 conv with padding 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DwGeom {
+    /// Channels (one 3x3 kernel each).
     pub channels: usize,
+    /// Stride.
     pub stride: usize,
+    /// Input spatial size (height, width).
     pub in_hw: (usize, usize),
+    /// Output spatial size (height, width).
     pub out_hw: (usize, usize),
 }
 

@@ -3,44 +3,44 @@
 
 pub mod batchnorm;
 pub mod conv;
-pub mod conv3x3;
+pub(crate) mod conv3x3;
 pub mod depthwise;
-pub mod gemm;
-pub mod lanes;
+pub(crate) mod gemm;
+pub(crate) mod lanes;
 pub mod linear;
 pub mod loss;
 pub mod pool;
-pub mod simd;
+pub(crate) mod simd;
 
 use alloc::vec::Vec;
 
 /// Per-worker scratch buffers, grown on demand and reused across calls so the
 /// hot loops never allocate after the first batch.
 #[derive(Default, Clone, Debug)]
-pub struct WorkerScratch {
+pub(crate) struct WorkerScratch {
     /// An im2col matrix or other per-sample temporary.
-    pub col: Vec<f32>,
+    pub(crate) col: Vec<f32>,
     /// A per-worker accumulator (weight gradients, channel sums).
-    pub acc: Vec<f32>,
+    pub(crate) acc: Vec<f32>,
 }
 
 impl WorkerScratch {
-    pub fn ensure_col(&mut self, len: usize) {
+    pub(crate) fn ensure_col(&mut self, len: usize) {
         if self.col.len() < len {
             self.col.resize(len, 0.0);
         }
     }
-    pub fn ensure_acc(&mut self, len: usize) {
+    pub(crate) fn ensure_acc(&mut self, len: usize) {
         if self.acc.len() < len {
             self.acc.resize(len, 0.0);
         }
     }
 }
 
-/// Scratch for every worker of [`crate::par`].
+/// Scratch for every worker of the kernels' data-parallel loops.
 #[derive(Clone, Debug)]
 pub struct Scratch {
-    pub workers: Vec<WorkerScratch>,
+    pub(crate) workers: Vec<WorkerScratch>,
 }
 
 impl Default for Scratch {
@@ -50,6 +50,7 @@ impl Default for Scratch {
 }
 
 impl Scratch {
+    /// One empty scratch per worker thread, grown on first use.
     pub fn new() -> Self {
         let mut workers = Vec::new();
         workers.resize_with(crate::par::threads(), WorkerScratch::default);
@@ -57,7 +58,7 @@ impl Scratch {
     }
 
     /// Sums the accumulators of the workers that `par::for_each_part(n, ..)` used into `out`.
-    pub fn reduce_acc(&self, n: usize, out: &mut [f32]) {
+    pub(crate) fn reduce_acc(&self, n: usize, out: &mut [f32]) {
         let parts = self.workers.len().min(n).max(1);
         out.copy_from_slice(&self.workers[0].acc[..out.len()]);
         for w in &self.workers[1..parts] {

@@ -47,6 +47,7 @@ fn check_params(g: &BnGeom, bn: &View, stats: &View) -> Result<()> {
 }
 
 impl BatchNorm {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<BatchNorm> {
         let wg = [("WG", WG as f64)];
         Ok(BatchNorm {

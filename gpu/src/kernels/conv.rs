@@ -35,6 +35,7 @@ fn check(g: &ConvGeom, n: usize, x: &View, w: &View, y: &View) -> Result<()> {
 }
 
 impl Conv {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Conv> {
         let tiled = [("WG", WG as f64), ("PX_TILE", PX_TILE as f64)];
         Ok(Conv {

@@ -36,6 +36,7 @@ fn check(g: &DwGeom, n: usize, x: &View, k: &View, y: &View) -> Result<()> {
 }
 
 impl Depthwise {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Depthwise> {
         let wg = [("WG", WG as f64)];
         let acc = [Uniform, Read, Read, Write];

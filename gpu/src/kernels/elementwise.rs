@@ -15,6 +15,7 @@ pub struct Elementwise {
 }
 
 impl Elementwise {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Elementwise> {
         Ok(Elementwise {
             sub: Kernel::new(

@@ -53,6 +53,7 @@ impl Slots {
         self.entries.len()
     }
 
+    /// Whether there are no candidates.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -72,6 +73,7 @@ fn word(v: usize, what: &str) -> Result<u32> {
 }
 
 impl Estimator {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Estimator> {
         let wg = [("WG", WG as f64)];
         let k = |name, src, acc: &[Access]| Kernel::new(gpu, name, src, acc, &wg, WG);

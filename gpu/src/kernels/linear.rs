@@ -12,8 +12,11 @@ const WG: u32 = 64;
 /// Shape of a linear layer applied to `n` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearGeom {
+    /// Rows (samples).
     pub n: usize,
+    /// Inputs per row.
     pub features: usize,
+    /// Outputs per row.
     pub classes: usize,
 }
 
@@ -32,6 +35,7 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Linear> {
         let wg = [("WG", WG as f64)];
         let k = |name, src, acc: &[Access]| Kernel::new(gpu, name, src, acc, &wg, WG);
@@ -60,6 +64,7 @@ impl Linear {
         need("linear output", out, g.n * g.classes)
     }
 
+    /// Records `out = f W^T + b` (`f` `[n, features]`, `w` `[classes, features]`, `b` `[classes]`).
     pub fn forward(
         &self,
         gpu: &Gpu,

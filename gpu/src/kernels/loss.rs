@@ -17,6 +17,7 @@ pub struct Loss {
 }
 
 impl Loss {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Loss> {
         Ok(Loss {
             softmax_xent: Kernel::new(

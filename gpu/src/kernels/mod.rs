@@ -18,18 +18,28 @@ use sprout_core::error::Result;
 /// Every pipeline a training, evaluation or morphism step uses.
 #[derive(Debug, Clone)]
 pub struct Kernels {
+    /// Convolutions.
     pub conv: conv::Conv,
+    /// Depthwise convolutions.
     pub depthwise: depthwise::Depthwise,
+    /// Batch normalisation.
     pub bn: batchnorm::BatchNorm,
+    /// Max-pool and global average pool.
     pub pool: pool::Pool,
+    /// The linear head.
     pub linear: linear::Linear,
+    /// Softmax cross-entropy.
     pub loss: loss::Loss,
+    /// SGD, Adam and the morphism-state updates.
     pub optim: optimizer::Optimizer,
+    /// The Gauss-Newton estimator.
     pub estimator: estimator::Estimator,
+    /// Elementwise ops (ReLU, copies, fills).
     pub elementwise: elementwise::Elementwise,
 }
 
 impl Kernels {
+    /// Builds every pipeline on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Kernels> {
         Ok(Kernels {
             conv: conv::Conv::new(gpu)?,

@@ -26,12 +26,15 @@ pub fn sgd_words(s: &Sgd) -> [u32; 4] {
 /// trust-region, EMA and joint cross-term kernels.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MorphHyper {
+    /// Adam's settings for theta.
     pub adam: Adam,
     /// 1-based Adam step.
     pub t: u32,
+    /// EMA weight of the estimates.
     pub ema_alpha: f32,
     /// Whether this batch initialises the moving averages.
     pub ema_first: bool,
+    /// Trust region `|theta[c]| <= theta_max * |w_in[c]|` (`None`: unbounded).
     pub theta_max: Option<f32>,
     /// Whether this batch initialises the joint cross terms: on the phase's
     /// first batch and on the first with the joint estimate on.
@@ -42,6 +45,7 @@ impl MorphHyper {
     /// Words of the uniform (padded to a multiple of 16 bytes).
     pub const WORDS: usize = 12;
 
+    /// The uniform's words: bias-corrected Adam rates, then the EMA and trust-region settings and the flags.
     pub fn words(&self) -> [u32; Self::WORDS] {
         let a = &self.adam;
         let c1 = 1.0 - a.beta1.powf(self.t as f32);
@@ -91,6 +95,7 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Optimizer> {
         let wg = [("WG", WG as f64)];
         Ok(Optimizer {

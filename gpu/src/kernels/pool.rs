@@ -18,6 +18,7 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<Pool> {
         let wg = [("WG", WG as f64)];
         let k = |name, src, acc: &[Access]| Kernel::new(gpu, name, src, acc, &wg, WG);

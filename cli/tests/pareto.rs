@@ -13,8 +13,8 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .arg(&one)
         .output()
         .unwrap());
-    assert!(out.contains("planned 8 runs"), "{out}");
-    assert!(out.contains("all 8 runs finished"), "{out}");
+    assert!(out.contains("planned 11 runs"), "{out}");
+    assert!(out.contains("all 11 runs finished"), "{out}");
     let rows = comparable(&one.join("pareto.csv"));
     assert_eq!(
         rows[0],
@@ -40,6 +40,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
             "fixed",
             "gn",
             "gn-noise",
+            "gn-noise-noprune",
             "gn-noprune",
             "random",
             "splitting",
@@ -64,6 +65,20 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     }
     let md = std::fs::read_to_string(one.join("pareto.md")).unwrap();
     assert!(md.contains("| gn | lambda_p 1e-4 | 1 |"), "{md}");
+    // Both Gauss-Newton methods are compared with growth sized to them.
+    for gn in ["gn", "gn-noprune"] {
+        assert!(
+            md.contains(&format!("| uniform | lambda_p 1e-4 sized to {gn} | 1 |")),
+            "{md}"
+        );
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {gn} | lambda_p 1e-4 | retrained |")))
+            .unwrap_or_else(|| panic!("{md}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // vs uniform, vs random, vs the noise-theta ablation.
+        assert!(cells[5..8].iter().all(|c| *c != "-"), "{line}");
+    }
     assert!(params("uniform") > 0 && params("random") > 0);
 
     // A rerun reuses every finished run.
@@ -73,7 +88,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .output()
         .unwrap());
     assert!(
-        again.contains("0 of 8 runs to do (8 finished before)"),
+        again.contains("0 of 11 runs to do (11 finished before)"),
         "{again}"
     );
 
@@ -84,7 +99,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .arg(&split)
         .output()
         .unwrap());
-    assert!(plan.contains("planned 8 runs"), "{plan}");
+    assert!(plan.contains("planned 11 runs"), "{plan}");
     let manifest = split.join("manifest.jsonl");
     let first = std::fs::read(&manifest).unwrap();
     ok(sprout()
@@ -103,10 +118,10 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .output()
         .unwrap());
     assert!(
-        partial.contains("0 of 8 runs finished; not yet:"),
+        partial.contains("0 of 11 runs finished; not yet:"),
         "{partial}"
     );
-    run_every_line(&manifest, 8);
+    run_every_line(&manifest, 11);
     ok(sprout()
         .args(["pareto", "--tiny", "--collect", "--out"])
         .arg(&split)
@@ -119,8 +134,8 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     );
 
     // Bad manifests and indices: one line naming the file and line.
-    let e = run_job_error(&manifest, 8);
-    assert!(e.contains("--index 8") && e.contains("has 8 runs"), "{e}");
+    let e = run_job_error(&manifest, 11);
+    assert!(e.contains("--index 11") && e.contains("has 11 runs"), "{e}");
     let text = String::from_utf8(first.clone()).unwrap();
     let edited = split.join("edited.jsonl");
     std::fs::write(

@@ -167,6 +167,17 @@ fn lambda_point(l: f64) -> String {
     format!("lambda_p {l:e}")
 }
 
+/// The point of a uniform or random run sized to the Gauss-Newton run
+/// `gn_method` at the Gauss-Newton point `point`.
+fn matched_point(point: &str, gn_method: &str) -> String {
+    format!("{point} sized to {gn_method}")
+}
+
+/// The noise-theta ablation of the Gauss-Newton method `gn_method`.
+fn noise_of(gn_method: &str) -> String {
+    gn_method.replacen("gn", "gn-noise", 1)
+}
+
 /// Every run of the sweep, in the order they may start: the matched
 /// uniform and random runs come after the Gauss-Newton runs they read.
 fn plan(a: &ParetoArgs, family: Family) -> Result<Vec<(String, Job)>> {
@@ -226,64 +237,56 @@ fn plan(a: &ParetoArgs, family: Family) -> Result<Vec<(String, Job)>> {
                 lambda_params: l,
                 ..SelectConfig::default()
             };
-            let gn = base.clone().with_select(select);
-            let gn_id = format!("{fam}-gn-lam{l:e}-s{seed}");
-            first.push((
-                gn_id.clone(),
-                job(
-                    "gn",
-                    lambda_point(l),
-                    seed,
-                    gn.clone(),
-                    grow(&seed_arch, None),
-                ),
-            ));
-            // The same without prunes: at small widths a prune is a large
-            // change that eq. (1) misjudges (see docs/conventions.md).
-            first.push((
-                format!("{fam}-gn-noprune-lam{l:e}-s{seed}"),
-                job(
-                    "gn-noprune",
-                    lambda_point(l),
-                    seed,
-                    base.clone().with_select(SelectConfig {
-                        prune: false,
-                        ..select
-                    }),
-                    grow(&seed_arch, None),
-                ),
-            ));
-            let noise = GrowConfig {
-                theta: ThetaSource::Noise,
-                ..gn.clone()
-            };
-            first.push((
-                format!("{fam}-gn-noise-lam{l:e}-s{seed}"),
-                job(
-                    "gn-noise",
-                    lambda_point(l),
-                    seed,
-                    noise,
-                    grow(&seed_arch, None),
-                ),
-            ));
-            for (method, strategy) in [("uniform", Strategy::Uniform), ("random", Strategy::Random)]
-            {
-                matched.push((
-                    format!("{fam}-{method}-lam{l:e}-s{seed}"),
+            // Gauss-Newton growth with prunes and without (at small widths a
+            // prune is a large change that eq. (1) misjudges, see
+            // docs/conventions.md); each with its noise-theta ablation, and
+            // uniform and random growth sized to its final parameter count.
+            for (gn_method, prune) in [("gn", true), ("gn-noprune", false)] {
+                let gn = base.clone().with_select(SelectConfig { prune, ..select });
+                let gn_id = format!("{fam}-{gn_method}-lam{l:e}-s{seed}");
+                first.push((
+                    gn_id.clone(),
                     job(
-                        method,
+                        gn_method,
                         lambda_point(l),
                         seed,
-                        base.clone()
-                            .with_strategy(strategy)
-                            .with_select(SelectConfig {
-                                selection: Selection::Independent,
-                                ..SelectConfig::default()
-                            }),
-                        grow(&seed_arch, Some(gn_id.clone())),
+                        gn.clone(),
+                        grow(&seed_arch, None),
                     ),
                 ));
+                let noise_method = noise_of(gn_method);
+                first.push((
+                    format!("{fam}-{noise_method}-lam{l:e}-s{seed}"),
+                    job(
+                        &noise_method,
+                        lambda_point(l),
+                        seed,
+                        GrowConfig {
+                            theta: ThetaSource::Noise,
+                            ..gn
+                        },
+                        grow(&seed_arch, None),
+                    ),
+                ));
+                for (method, strategy) in
+                    [("uniform", Strategy::Uniform), ("random", Strategy::Random)]
+                {
+                    matched.push((
+                        format!("{fam}-{method}-{gn_method}-lam{l:e}-s{seed}"),
+                        job(
+                            method,
+                            matched_point(&lambda_point(l), gn_method),
+                            seed,
+                            base.clone()
+                                .with_strategy(strategy)
+                                .with_select(SelectConfig {
+                                    selection: Selection::Independent,
+                                    ..SelectConfig::default()
+                                }),
+                            grow(&seed_arch, Some(gn_id.clone())),
+                        ),
+                    ));
+                }
             }
         }
         let l = a.lambdas[0];
@@ -455,12 +458,13 @@ fn render(rows: &[Outcome], pts: &[Point]) -> Result<(String, String)> {
         .filter(|p| p.method == "gn" || p.method == "gn-noprune")
         .collect();
     if !gn.is_empty() {
-        md.push_str("\nGauss-Newton growth (learned θ, with and without prunes) against the others at the same λ_p point: difference of mean test accuracy in points, and the combined standard error sqrt(se1² + se2²); the fixed-width family is interpolated at the run's parameter count; uniform and random growth are sized to the gn runs (with prunes), and the noise-θ ablation is of those.\n\n| method | λ_p point | accuracy | vs fixed width | vs uniform | vs random | vs gn with noise θ |\n|---|---|---|---:|---:|---:|---:|\n");
+        md.push_str("\nGauss-Newton growth (learned θ, with and without prunes) against the others at the same λ_p point: difference of mean test accuracy in points, and the combined standard error sqrt(se1² + se2²); the fixed-width family is interpolated at the run's parameter count; uniform and random growth are sized to each gn method's runs at that point, and the noise-θ ablation is of the same method.\n\n| method | λ_p point | accuracy | vs fixed width | vs uniform | vs random | vs gn with noise θ |\n|---|---|---|---:|---:|---:|---:|\n");
         for (label, grown) in [("retrained", false), ("end of growth", true)] {
             for g in &gn {
-                let other = |m: &str| {
+                let sized = matched_point(&g.point, &g.method);
+                let other = |m: &str, point: &str| {
                     pts.iter()
-                        .find(|p| p.method == m && p.point == g.point && g.method == "gn")
+                        .find(|p| p.method == m && p.point == point)
                         .map(|p| (p.acc(grown), p.se(grown)))
                 };
                 let cmp = |o: Option<(f64, f64)>| {
@@ -480,9 +484,9 @@ fn render(rows: &[Outcome], pts: &[Point]) -> Result<(String, String)> {
                     g.method,
                     g.point,
                     cmp(vs_fixed),
-                    cmp(other("uniform")),
-                    cmp(other("random")),
-                    cmp(other("gn-noise"))
+                    cmp(other("uniform", &sized)),
+                    cmp(other("random", &sized)),
+                    cmp(other(&noise_of(&g.method), &g.point))
                 )?;
             }
         }

@@ -13,8 +13,8 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .arg(&one)
         .output()
         .unwrap());
-    assert!(out.contains("planned 11 runs"), "{out}");
-    assert!(out.contains("all 11 runs finished"), "{out}");
+    assert!(out.contains("planned 15 runs"), "{out}");
+    assert!(out.contains("all 15 runs finished"), "{out}");
     let rows = comparable(&one.join("pareto.csv"));
     assert_eq!(
         rows[0],
@@ -41,7 +41,9 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
             "gn",
             "gn-noise",
             "gn-noise-noprune",
+            "gn-noise-prunes-after",
             "gn-noprune",
+            "gn-prunes-after",
             "random",
             "splitting",
             "uniform"
@@ -65,8 +67,13 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     }
     let md = std::fs::read_to_string(one.join("pareto.md")).unwrap();
     assert!(md.contains("| gn | lambda_p 1e-4 | 1 |"), "{md}");
+    // Learned against noise theta, paired over the one phase.
+    for gn in ["gn", "gn-noprune", "gn-prunes-after"] {
+        let pair = format!("| {gn} against {} | 1 |", gn.replacen("gn", "gn-noise", 1));
+        assert!(md.contains(&pair), "{md}");
+    }
     // Both Gauss-Newton methods are compared with growth sized to them.
-    for gn in ["gn", "gn-noprune"] {
+    for gn in ["gn", "gn-noprune", "gn-prunes-after"] {
         assert!(
             md.contains(&format!("| uniform | lambda_p 1e-4 sized to {gn} | 1 |")),
             "{md}"
@@ -88,7 +95,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .output()
         .unwrap());
     assert!(
-        again.contains("0 of 11 runs to do (11 finished before)"),
+        again.contains("0 of 15 runs to do (15 finished before)"),
         "{again}"
     );
 
@@ -99,7 +106,7 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .arg(&split)
         .output()
         .unwrap());
-    assert!(plan.contains("planned 11 runs"), "{plan}");
+    assert!(plan.contains("planned 15 runs"), "{plan}");
     let manifest = split.join("manifest.jsonl");
     let first = std::fs::read(&manifest).unwrap();
     ok(sprout()
@@ -118,10 +125,10 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
         .output()
         .unwrap());
     assert!(
-        partial.contains("0 of 11 runs finished; not yet:"),
+        partial.contains("0 of 15 runs finished; not yet:"),
         "{partial}"
     );
-    run_every_line(&manifest, 11);
+    run_every_line(&manifest, 15);
     ok(sprout()
         .args(["pareto", "--tiny", "--collect", "--out"])
         .arg(&split)
@@ -134,8 +141,8 @@ fn tiny_sweep_gives_every_method_a_point_and_the_split_form_the_same_table() {
     );
 
     // Bad manifests and indices: one line naming the file and line.
-    let e = run_job_error(&manifest, 11);
-    assert!(e.contains("--index 11") && e.contains("has 11 runs"), "{e}");
+    let e = run_job_error(&manifest, 15);
+    assert!(e.contains("--index 15") && e.contains("has 15 runs"), "{e}");
     let text = String::from_utf8(first.clone()).unwrap();
     let edited = split.join("edited.jsonl");
     std::fs::write(

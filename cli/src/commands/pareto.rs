@@ -163,6 +163,16 @@ impl ParetoArgs {
     }
 }
 
+/// The Gauss-Newton methods: `(name, prune, prunes_after_splits)`. Splits
+/// and prunes chosen together, without prunes (at small widths a prune is a
+/// large change that eq. (1) misjudges, see docs/conventions.md), and
+/// prunes admitted only after the splits where they add to the set.
+const GN_METHODS: [(&str, bool, bool); 3] = [
+    ("gn", true, false),
+    ("gn-noprune", false, false),
+    ("gn-prunes-after", true, true),
+];
+
 fn lambda_point(l: f64) -> String {
     format!("lambda_p {l:e}")
 }
@@ -237,12 +247,14 @@ fn plan(a: &ParetoArgs, family: Family) -> Result<Vec<(String, Job)>> {
                 lambda_params: l,
                 ..SelectConfig::default()
             };
-            // Gauss-Newton growth with prunes and without (at small widths a
-            // prune is a large change that eq. (1) misjudges, see
-            // docs/conventions.md); each with its noise-theta ablation, and
+            // Each Gauss-Newton method with its noise-theta ablation, and
             // uniform and random growth sized to its final parameter count.
-            for (gn_method, prune) in [("gn", true), ("gn-noprune", false)] {
-                let gn = base.clone().with_select(SelectConfig { prune, ..select });
+            for (gn_method, prune, prunes_after_splits) in GN_METHODS {
+                let gn = base.clone().with_select(SelectConfig {
+                    prune,
+                    prunes_after_splits,
+                    ..select
+                });
                 let gn_id = format!("{fam}-{gn_method}-lam{l:e}-s{seed}");
                 first.push((
                     gn_id.clone(),
@@ -455,10 +467,10 @@ fn render(rows: &[Outcome], pts: &[Point]) -> Result<(String, String)> {
     let fixed: Vec<&Point> = pts.iter().filter(|p| p.method == "fixed").collect();
     let gn: Vec<&Point> = pts
         .iter()
-        .filter(|p| p.method == "gn" || p.method == "gn-noprune")
+        .filter(|p| GN_METHODS.iter().any(|m| m.0 == p.method))
         .collect();
     if !gn.is_empty() {
-        md.push_str("\nGauss-Newton growth (learned θ, with and without prunes) against the others at the same λ_p point: difference of mean test accuracy in points, and the combined standard error sqrt(se1² + se2²); the fixed-width family is interpolated at the run's parameter count; uniform and random growth are sized to each gn method's runs at that point, and the noise-θ ablation is of the same method.\n\n| method | λ_p point | accuracy | vs fixed width | vs uniform | vs random | vs gn with noise θ |\n|---|---|---|---:|---:|---:|---:|\n");
+        md.push_str("\nGauss-Newton growth (learned θ; with prunes, without, and with prunes after the splits) against the others at the same λ_p point: difference of mean test accuracy in points, and the combined standard error sqrt(se1² + se2²); the fixed-width family is interpolated at the run's parameter count; uniform and random growth are sized to each gn method's runs at that point, and the noise-θ ablation is of the same method.\n\n| method | λ_p point | accuracy | vs fixed width | vs uniform | vs random | vs gn with noise θ |\n|---|---|---|---:|---:|---:|---:|\n");
         for (label, grown) in [("retrained", false), ("end of growth", true)] {
             for g in &gn {
                 let sized = matched_point(&g.point, &g.method);
@@ -491,7 +503,63 @@ fn render(rows: &[Outcome], pts: &[Point]) -> Result<(String, String)> {
             }
         }
     }
+    md.push_str(&learned_vs_noise(rows)?);
     Ok((csv, md))
+}
+
+/// Phase by phase, paired by point, seed and phase: how often the learned
+/// theta of each Gauss-Newton method left a lower true Delta L right after
+/// the morphisms than its noise-theta ablation (frozen BN statistics, and
+/// with them refreshed). Ties are sets whose learned splits went in at
+/// scale 0 or at the same theta.
+fn learned_vs_noise(rows: &[Outcome]) -> Result<String> {
+    let mut md = String::new();
+    for (gn_method, ..) in GN_METHODS {
+        let noise = noise_of(gn_method);
+        let (mut frozen, mut refreshed) = ([0usize; 3], [0usize; 3]);
+        for a in rows.iter().filter(|r| r.method == gn_method) {
+            let Some(b) = rows
+                .iter()
+                .find(|r| r.method == noise && r.point == a.point && r.seed == a.seed)
+            else {
+                continue;
+            };
+            for (tally, x, y) in [
+                (&mut frozen, &a.true_delta_loss, &b.true_delta_loss),
+                (
+                    &mut refreshed,
+                    &a.true_delta_loss_recalibrated,
+                    &b.true_delta_loss_recalibrated,
+                ),
+            ] {
+                for (l, n) in x.iter().zip(y) {
+                    let i = if (l - n).abs() <= 1e-6 * (1.0 + n.abs()) {
+                        1
+                    } else if l < n {
+                        0
+                    } else {
+                        2
+                    };
+                    tally[i] += 1;
+                }
+            }
+        }
+        let total: usize = frozen.iter().sum();
+        if total == 0 {
+            continue;
+        }
+        if md.is_empty() {
+            md.push_str("\nLearned against noise θ, phase by phase (paired by point, seed and phase): phases where the learned θ left the lower true ΔL on held-out images right after the morphisms / ties / phases where the noise θ did.\n\n| method | phases | frozen BN statistics | BN statistics refreshed |\n|---|---:|---:|---:|\n");
+        }
+        let f = |t: [usize; 3]| format!("{} / {} / {}", t[0], t[1], t[2]);
+        writeln!(
+            md,
+            "| {gn_method} against {noise} | {total} | {} | {} |",
+            f(frozen),
+            f(refreshed)
+        )?;
+    }
+    Ok(md)
 }
 
 /// The sweep of a validated [`ParetoArgs`].

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sprout_core::data::cifar::{parse_cifar, CifarKind, IMAGE_BYTES};
 use sprout_core::data::idx::{
     images_header, labels_header, length_error, parse_idx, IMAGES_HEADER_LEN, LABELS_HEADER_LEN,
@@ -347,7 +347,7 @@ pub fn read_idx_from(
         IdxPart::Images => images_header(&head),
         IdxPart::Labels => labels_header(&head),
     }
-    .map_err(|e| anyhow!("{what}: {e}"))?;
+    .with_context(|| what.to_string())?;
     match part {
         IdxPart::Images => {
             let (n, rows, cols) = (h.dims[0], h.dims[1], h.dims[2]);
@@ -400,11 +400,11 @@ pub fn embedded() -> Result<Splits> {
         let what = format!("embedded Fashion-MNIST {which}");
         let images = read_idx_from(&what, images, None, IdxPart::Images, None)?;
         let labels = read_idx_from(&what, labels, None, IdxPart::Labels, None)?;
-        let ds = parse_idx(&images, &labels, 10).map_err(|e| anyhow!("{what}: {e}"))?;
+        let ds = parse_idx(&images, &labels, 10).with_context(|| what.clone())?;
         let padding = Padding::centred([ds.channels, ds.height, ds.width], IMAGE_SIZE, IMAGE_SIZE);
         let ds = ds
             .pad_to(IMAGE_SIZE, IMAGE_SIZE)
-            .map_err(|e| anyhow!("{what}: {e}"))?;
+            .with_context(|| what.clone())?;
         Ok((ds, padding))
     };
     let (train, padding) = split(EMBEDDED_TRAIN_IMAGES, EMBEDDED_TRAIN_LABELS, "training set")?;
@@ -556,7 +556,8 @@ fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset, Padding)
                 Error::Data(m) if m.starts_with("IDX labels") => &lp,
                 _ => &ip,
             };
-            anyhow!("{}: {e}", path.display())
+            let path = path.display().to_string();
+            anyhow::Error::new(e).context(path)
         })?;
         drop((ib, lb));
         let source = [ds.channels, ds.height, ds.width];
@@ -565,7 +566,7 @@ fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset, Padding)
         }
         let ds = ds
             .pad_to(IMAGE_SIZE, IMAGE_SIZE)
-            .map_err(|e| anyhow!("{}: {e}", ip.display()))?;
+            .with_context(|| ip.display().to_string())?;
         Ok((ds, ip, Padding::centred(source, IMAGE_SIZE, IMAGE_SIZE)))
     };
     let (train, train_file, padding) = split(TRAIN_IMAGES, TRAIN_LABELS)?;
@@ -648,7 +649,7 @@ fn load_cifar(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset)> {
         f.take(len)
             .read_to_end(&mut bytes)
             .map_err(|e| anyhow!("{what}: {e}"))?;
-        let ds = parse_cifar(&[&bytes], kind).map_err(|e| anyhow!("{what}: {e}"))?;
+        let ds = parse_cifar(&[&bytes], kind).with_context(|| what.to_string())?;
         debug_assert_eq!(ds.images.len(), records as usize * IMAGE_BYTES);
         parts.push(ds);
     }

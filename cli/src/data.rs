@@ -679,6 +679,17 @@ pub fn resolve(name: Option<DatasetName>, dir: Option<&Path>) -> Result<Splits> 
 
 #[cfg(test)]
 mod tests {
+    /// The line `sprout` prints for an error.
+    trait Said {
+        fn said(self) -> String;
+    }
+
+    impl Said for anyhow::Error {
+        fn said(self) -> String {
+            crate::errors::report(&self)
+        }
+    }
+
     use super::*;
     use sprout_core::data::cifar::encode_cifar;
     use sprout_core::data::idx::encode_idx;
@@ -833,9 +844,7 @@ mod tests {
         let path = dir.0.join(TRAIN_IMAGES);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-        let m = load(DatasetName::Mnist, Some(&dir.0))
-            .unwrap_err()
-            .to_string();
+        let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();
         assert!(m.starts_with(&path.display().to_string()), "{m}");
         assert!(m.contains("IDX images: truncated"), "{m}");
         assert!(!m.contains('\n'), "{m}");
@@ -848,9 +857,7 @@ mod tests {
         fs::remove_file(&lpath).unwrap();
         let gz_path = dir.0.join(format!("{TEST_LABELS}.gz"));
         fs::write(&gz_path, gzip(&lb)).unwrap();
-        let m = load(DatasetName::Mnist, Some(&dir.0))
-            .unwrap_err()
-            .to_string();
+        let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();
         assert!(
             m.starts_with(&format!(
                 "{}: invalid data: IDX labels: wrong magic",
@@ -863,9 +870,7 @@ mod tests {
         let mut g = gzip(&lb);
         g.truncate(g.len() / 2);
         fs::write(&gz_path, g).unwrap();
-        let m = load(DatasetName::Mnist, Some(&dir.0))
-            .unwrap_err()
-            .to_string();
+        let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();
         assert!(
             m.starts_with(&gz_path.display().to_string()) && m.contains("gzip"),
             "{m}"
@@ -877,7 +882,7 @@ mod tests {
         let dir = TempDir::new();
         let m = load(DatasetName::FashionMnist, Some(&dir.0))
             .unwrap_err()
-            .to_string();
+            .said();
         let want = format!("missing {}", dir.0.join(TRAIN_IMAGES).display());
         assert!(m.starts_with(&want), "{m}");
         assert!(
@@ -885,9 +890,9 @@ mod tests {
             "{m}"
         );
         for name in [DatasetName::Cifar10, DatasetName::Cifar100] {
-            let m = load(name, None).unwrap_err().to_string();
+            let m = load(name, None).unwrap_err().said();
             assert!(m.contains("--data DIR"), "{m}");
-            let m = load(name, Some(&dir.0)).unwrap_err().to_string();
+            let m = load(name, Some(&dir.0)).unwrap_err().said();
             assert!(m.starts_with("missing ") && m.contains("--data DIR"), "{m}");
         }
     }
@@ -930,7 +935,7 @@ mod tests {
                 // A damaged file is named.
                 let bad = base.join(files[1]);
                 fs::write(&bad, vec![0u8; 100]).unwrap();
-                let m = load(name, Some(&dir.0)).unwrap_err().to_string();
+                let m = load(name, Some(&dir.0)).unwrap_err().said();
                 assert!(m.starts_with(&bad.display().to_string()), "{m}");
                 assert!(m.contains("length 100 is not a multiple"), "{m}");
             }
@@ -959,7 +964,7 @@ mod tests {
         }
         let m = read_idx_from("f", &gzip(&h)[..], None, IdxPart::Images, None)
             .unwrap_err()
-            .to_string();
+            .said();
         assert_eq!(
             m,
             format!(
@@ -970,7 +975,7 @@ mod tests {
         let (images, labels) = encode_idx(&random(2, 1, 4, 10, 1));
         let m = read_idx_from("f", &images[..16], Some(1 << 40), IdxPart::Images, None)
             .unwrap_err()
-            .to_string();
+            .said();
         assert!(
             m.starts_with("f: invalid data: IDX images:") && m.contains("trailing bytes"),
             "{m}"
@@ -980,12 +985,12 @@ mod tests {
         long.extend(vec![0u8; 1 << 20]);
         let m = read_idx_from("f", &gzip(&long)[..], None, IdxPart::Images, None)
             .unwrap_err()
-            .to_string();
+            .said();
         assert!(m.contains("trailing data after the 48 bytes"), "{m}");
         // Labels for another number of images are refused from the header.
         let m = read_idx_from("l", &labels[..], None, IdxPart::Labels, Some(3))
             .unwrap_err()
-            .to_string();
+            .said();
         assert!(m.contains("count mismatch: 2 labels for 3 images"), "{m}");
         assert_eq!(
             read_idx_from("f", &gzip(&images)[..], None, IdxPart::Images, None).unwrap(),
@@ -998,9 +1003,7 @@ mod tests {
         let dir = TempDir::new();
         let link = dir.0.join(TRAIN_IMAGES);
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-        let m = load(DatasetName::Mnist, Some(&dir.0))
-            .unwrap_err()
-            .to_string();
+        let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();
         assert_eq!(m, format!("{}: not a regular file", link.display()));
     }
 

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sprout_core::data::cifar::{parse_cifar, CifarKind, IMAGE_BYTES};
 use sprout_core::data::idx::{
     images_header, labels_header, length_error, parse_idx, IMAGES_HEADER_LEN, LABELS_HEADER_LEN,
@@ -347,7 +347,7 @@ pub fn read_idx_from(
         IdxPart::Images => images_header(&head),
         IdxPart::Labels => labels_header(&head),
     }
-    .map_err(|e| anyhow!("{what}: {e}"))?;
+    .with_context(|| what.to_string())?;
     match part {
         IdxPart::Images => {
             let (n, rows, cols) = (h.dims[0], h.dims[1], h.dims[2]);
@@ -400,11 +400,11 @@ pub fn embedded() -> Result<Splits> {
         let what = format!("embedded Fashion-MNIST {which}");
         let images = read_idx_from(&what, images, None, IdxPart::Images, None)?;
         let labels = read_idx_from(&what, labels, None, IdxPart::Labels, None)?;
-        let ds = parse_idx(&images, &labels, 10).map_err(|e| anyhow!("{what}: {e}"))?;
+        let ds = parse_idx(&images, &labels, 10).with_context(|| what.clone())?;
         let padding = Padding::centred([ds.channels, ds.height, ds.width], IMAGE_SIZE, IMAGE_SIZE);
         let ds = ds
             .pad_to(IMAGE_SIZE, IMAGE_SIZE)
-            .map_err(|e| anyhow!("{what}: {e}"))?;
+            .with_context(|| what.clone())?;
         Ok((ds, padding))
     };
     let (train, padding) = split(EMBEDDED_TRAIN_IMAGES, EMBEDDED_TRAIN_LABELS, "training set")?;
@@ -556,7 +556,8 @@ fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset, Padding)
                 Error::Data(m) if m.starts_with("IDX labels") => &lp,
                 _ => &ip,
             };
-            anyhow!("{}: {e}", path.display())
+            let path = path.display().to_string();
+            anyhow::Error::new(e).context(path)
         })?;
         drop((ib, lb));
         let source = [ds.channels, ds.height, ds.width];
@@ -565,7 +566,7 @@ fn load_idx(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset, Padding)
         }
         let ds = ds
             .pad_to(IMAGE_SIZE, IMAGE_SIZE)
-            .map_err(|e| anyhow!("{}: {e}", ip.display()))?;
+            .with_context(|| ip.display().to_string())?;
         Ok((ds, ip, Padding::centred(source, IMAGE_SIZE, IMAGE_SIZE)))
     };
     let (train, train_file, padding) = split(TRAIN_IMAGES, TRAIN_LABELS)?;
@@ -648,7 +649,7 @@ fn load_cifar(name: DatasetName, dir: &Path) -> Result<(Dataset, Dataset)> {
         f.take(len)
             .read_to_end(&mut bytes)
             .map_err(|e| anyhow!("{what}: {e}"))?;
-        let ds = parse_cifar(&[&bytes], kind).map_err(|e| anyhow!("{what}: {e}"))?;
+        let ds = parse_cifar(&[&bytes], kind).with_context(|| what.to_string())?;
         debug_assert_eq!(ds.images.len(), records as usize * IMAGE_BYTES);
         parts.push(ds);
     }
@@ -678,6 +679,17 @@ pub fn resolve(name: Option<DatasetName>, dir: Option<&Path>) -> Result<Splits> 
 
 #[cfg(test)]
 mod tests {
+    /// The line `sprout` prints for an error.
+    trait Said {
+        fn said(self) -> String;
+    }
+
+    impl Said for anyhow::Error {
+        fn said(self) -> String {
+            crate::errors::report(&self)
+        }
+    }
+
     use super::*;
     use sprout_core::data::cifar::encode_cifar;
     use sprout_core::data::idx::encode_idx;
@@ -832,9 +844,7 @@ mod tests {
         let path = dir.0.join(TRAIN_IMAGES);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-        let m = load(DatasetName::Mnist, Some(&dir.0))
-            .unwrap_err()
-            .to_string();
+        let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();
         assert!(m.starts_with(&path.display().to_string()), "{m}");
         assert!(m.contains("IDX images: truncated"), "{m}");
         assert!(!m.contains('\n'), "{m}");
@@ -847,9 +857,7 @@ mod tests {
         fs::remove_file(&lpath).unwrap();
         let gz_path = dir.0.join(format!("{TEST_LABELS}.gz"));
         fs::write(&gz_path, gzip(&lb)).unwrap();
-        let m = load(DatasetName::Mnist, Some(&dir.0))
-            .unwrap_err()
-            .to_string();
+        let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();
         assert!(
             m.starts_with(&format!(
                 "{}: invalid data: IDX labels: wrong magic",
@@ -862,9 +870,7 @@ mod tests {
         let mut g = gzip(&lb);
         g.truncate(g.len() / 2);
         fs::write(&gz_path, g).unwrap();
-        let m = load(DatasetName::Mnist, Some(&dir.0))
-            .unwrap_err()
-            .to_string();
+        let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();
         assert!(
             m.starts_with(&gz_path.display().to_string()) && m.contains("gzip"),
             "{m}"
@@ -876,7 +882,7 @@ mod tests {
         let dir = TempDir::new();
         let m = load(DatasetName::FashionMnist, Some(&dir.0))
             .unwrap_err()
-            .to_string();
+            .said();
         let want = format!("missing {}", dir.0.join(TRAIN_IMAGES).display());
         assert!(m.starts_with(&want), "{m}");
         assert!(
@@ -884,9 +890,9 @@ mod tests {
             "{m}"
         );
         for name in [DatasetName::Cifar10, DatasetName::Cifar100] {
-            let m = load(name, None).unwrap_err().to_string();
+            let m = load(name, None).unwrap_err().said();
             assert!(m.contains("--data DIR"), "{m}");
-            let m = load(name, Some(&dir.0)).unwrap_err().to_string();
+            let m = load(name, Some(&dir.0)).unwrap_err().said();
             assert!(m.starts_with("missing ") && m.contains("--data DIR"), "{m}");
         }
     }
@@ -929,7 +935,7 @@ mod tests {
                 // A damaged file is named.
                 let bad = base.join(files[1]);
                 fs::write(&bad, vec![0u8; 100]).unwrap();
-                let m = load(name, Some(&dir.0)).unwrap_err().to_string();
+                let m = load(name, Some(&dir.0)).unwrap_err().said();
                 assert!(m.starts_with(&bad.display().to_string()), "{m}");
                 assert!(m.contains("length 100 is not a multiple"), "{m}");
             }
@@ -958,7 +964,7 @@ mod tests {
         }
         let m = read_idx_from("f", &gzip(&h)[..], None, IdxPart::Images, None)
             .unwrap_err()
-            .to_string();
+            .said();
         assert_eq!(
             m,
             format!(
@@ -969,7 +975,7 @@ mod tests {
         let (images, labels) = encode_idx(&random(2, 1, 4, 10, 1));
         let m = read_idx_from("f", &images[..16], Some(1 << 40), IdxPart::Images, None)
             .unwrap_err()
-            .to_string();
+            .said();
         assert!(
             m.starts_with("f: invalid data: IDX images:") && m.contains("trailing bytes"),
             "{m}"
@@ -979,12 +985,12 @@ mod tests {
         long.extend(vec![0u8; 1 << 20]);
         let m = read_idx_from("f", &gzip(&long)[..], None, IdxPart::Images, None)
             .unwrap_err()
-            .to_string();
+            .said();
         assert!(m.contains("trailing data after the 48 bytes"), "{m}");
         // Labels for another number of images are refused from the header.
         let m = read_idx_from("l", &labels[..], None, IdxPart::Labels, Some(3))
             .unwrap_err()
-            .to_string();
+            .said();
         assert!(m.contains("count mismatch: 2 labels for 3 images"), "{m}");
         assert_eq!(
             read_idx_from("f", &gzip(&images)[..], None, IdxPart::Images, None).unwrap(),
@@ -997,9 +1003,7 @@ mod tests {
         let dir = TempDir::new();
         let link = dir.0.join(TRAIN_IMAGES);
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-        let m = load(DatasetName::Mnist, Some(&dir.0))
-            .unwrap_err()
-            .to_string();
+        let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();
         assert_eq!(m, format!("{}: not a regular file", link.display()));
     }
 

@@ -1,7 +1,7 @@
 //! Which engine runs the training and morphism steps: `--backend cpu|gpu`
 //! and `--adapter NAME`, and the one place a backend is built from them.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use sprout_core::backend::{Backend, CpuBackend};
 use sprout_gpu::GpuBackend;
@@ -56,7 +56,7 @@ impl DeviceArgs {
             }
             BackendKind::Gpu => {
                 let gpu =
-                    GpuBackend::new(batch, self.adapter.as_deref()).map_err(|e| anyhow!("{e}"))?;
+                    GpuBackend::new(batch, self.adapter.as_deref()).map_err(crate::errors::cli)?;
                 let a = gpu.adapter();
                 Ok((Box::new(gpu), format!("gpu: {} ({})", a.name, a.backend)))
             }

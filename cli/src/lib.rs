@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod errors;
 pub mod input;
 pub mod memory;
 pub mod plots;

@@ -120,9 +120,7 @@ pub fn matched_fraction(seed: &Arch, phases: usize, target: u64) -> Result<f64> 
                 *w += layer_budget(*w, fraction);
             }
         }
-        Ok(Arch::new(seed.family, seed.input, seed.classes, widths)
-            .map_err(|e| anyhow!("{e}"))?
-            .params())
+        Ok(Arch::new(seed.family, seed.input, seed.classes, widths)?.params())
     };
     let mut best = (u64::MAX, 0.01);
     for i in 1..=100 {

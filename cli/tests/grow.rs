@@ -127,6 +127,33 @@ fn bad_flags_fail_clearly() {
 }
 
 #[test]
+fn zero_epoch_counts_name_their_own_flag() {
+    let out = tmp("zero-epochs");
+    for (flag, value, needle) in [
+        (
+            "--morph-epochs",
+            "0",
+            "--morph-epochs must be at least 1, got 0",
+        ),
+        (
+            "--phase-epochs",
+            "0",
+            "--phase-epochs must be at least 1, got 0",
+        ),
+        ("--ema-alpha", "2", "--ema-alpha must be in (0, 1], got 2"),
+    ] {
+        let e = err(sprout()
+            .args(["grow", flag, value, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap());
+        assert_eq!(e.trim().lines().count(), 1, "{flag}: {e}");
+        assert_eq!(e.trim(), format!("error: {needle}"), "{flag}");
+    }
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
+
+#[test]
 fn resume_refuses_missing_foreign_and_half_written_runs() {
     let missing = tmp("missing");
     let e = err(sprout()

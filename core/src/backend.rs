@@ -112,7 +112,7 @@ impl CpuBackend {
     fn state(&mut self) -> Result<&mut CpuState> {
         self.state
             .as_mut()
-            .ok_or_else(|| Error::Backend("no network loaded".into()))
+            .ok_or_else(|| Error::backend("no network loaded"))
     }
 
     /// The loaded network without copying it (CPU only).
@@ -135,7 +135,7 @@ fn check_batch(
 ) -> Result<()> {
     let len: usize = net.arch.input.iter().product();
     if n == 0 || n > capacity || images.len() < n * len || labels.len() < n {
-        return Err(Error::Shape(format!(
+        return Err(Error::Mismatch(format!(
             "batch of {n} images (capacity {capacity}) with {} values and {} labels; each image needs {len}",
             images.len(),
             labels.len()
@@ -145,7 +145,7 @@ fn check_batch(
         .iter()
         .find(|&&l| l as usize >= net.arch.classes)
     {
-        return Err(Error::Shape(format!(
+        return Err(Error::Mismatch(format!(
             "label {bad} out of range for {} classes",
             net.arch.classes
         )));
@@ -161,7 +161,7 @@ impl Backend for CpuBackend {
                 if m.len() != net.tensors.len()
                     || m.iter().zip(&net.tensors).any(|(a, b)| a.len() != b.len())
                 {
-                    return Err(Error::Shape(
+                    return Err(Error::Mismatch(
                         "momentum buffers do not match the network's tensors".into(),
                     ));
                 }
@@ -275,7 +275,7 @@ impl Backend for CpuBackend {
         let phase = s
             .morph
             .as_mut()
-            .ok_or_else(|| Error::Backend("morph_batch outside a morphism phase".into()))?;
+            .ok_or_else(|| Error::backend("morph_batch outside a morphism phase"))?;
         s.model.forward(&s.net, images, n, Mode::Eval);
         let (loss, correct) = s.model.loss(labels);
         if !(loss.is_finite() && loss > 0.0) {
@@ -363,7 +363,7 @@ impl Backend for CpuBackend {
         let phase = s
             .morph
             .take()
-            .ok_or_else(|| Error::Backend("end_morph outside a morphism phase".into()))?;
+            .ok_or_else(|| Error::backend("end_morph outside a morphism phase"))?;
         Ok(phase.state)
     }
 }

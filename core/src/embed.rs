@@ -20,10 +20,11 @@ fn folded(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) -> Result<(Vec
         ("running variance", var),
     ] {
         if v.len() != c {
-            return Err(Error::Shape(format!(
-                "BN {name} has {} channels, gamma has {c}",
-                v.len()
-            )));
+            return Err(Error::shape(
+                format!("BN {name} channels (gamma's)"),
+                c,
+                v.len(),
+            ));
         }
     }
     let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
@@ -71,12 +72,19 @@ impl FrozenSigma {
         running_var: &[f32],
     ) -> Result<FrozenSigma> {
         let c = self.scale.len();
-        if kernel.len() != c * 9 || gamma.len() != c {
-            return Err(Error::Shape(format!(
-                "depthwise kernel of {} values and BN of {} channels after {c} channels",
+        if kernel.len() != c * 9 {
+            return Err(Error::shape(
+                format!("depthwise 3x3 kernel after {c} channels"),
+                c * 9,
                 kernel.len(),
-                gamma.len()
-            )));
+            ));
+        }
+        if gamma.len() != c {
+            return Err(Error::shape(
+                format!("depthwise BN channels after {c} channels"),
+                c,
+                gamma.len(),
+            ));
         }
         let (scale, shift) = folded(gamma, beta, running_mean, running_var)?;
         Ok(FrozenSigma {
@@ -96,9 +104,7 @@ fn need(name: &str, len: usize, want: usize) -> Result<()> {
     if len == want {
         Ok(())
     } else {
-        Err(Error::Shape(format!(
-            "{name} has {len} values, expected {want}"
-        )))
+        Err(Error::shape(name, want, len))
     }
 }
 
@@ -127,7 +133,7 @@ impl<'a> LayerBatch<'a> {
         need("sigma scale", sigma.scale.len(), unit.cout)?;
         need("sigma shift", sigma.shift.len(), unit.cout)?;
         if !(loss.is_finite() && loss > 0.0) {
-            return Err(Error::Shape(format!(
+            return Err(Error::Mismatch(format!(
                 "loss {loss} is not positive and finite"
             )));
         }
@@ -154,12 +160,12 @@ mod views {
     fn slice<'a>(name: &str, v: &ArrayView4<'a, f32>, want: [usize; 4]) -> Result<&'a [f32]> {
         let dim = v.dim();
         if [dim.0, dim.1, dim.2, dim.3] != want {
-            return Err(Error::Shape(format!(
+            return Err(Error::Mismatch(format!(
                 "{name} is {dim:?}, expected {want:?}"
             )));
         }
         v.to_slice()
-            .ok_or_else(|| Error::Shape(format!("{name} is not contiguous row-major (NCHW)")))
+            .ok_or_else(|| Error::Mismatch(format!("{name} is not contiguous row-major (NCHW)")))
     }
 
     impl<'a> LayerBatch<'a> {

@@ -5,7 +5,7 @@
 use crate::arch::Arch;
 use crate::backend::Backend;
 use crate::data::{Augment, Dataset, Normalization};
-use crate::error::{Error, Result};
+use crate::error::{Error, Field, Result};
 use crate::learn::{Curvature, MorphConfig, MorphMethod, MorphState};
 use crate::morph;
 use crate::network::Network;
@@ -224,46 +224,37 @@ fn default_split_epsilon() -> f32 {
 }
 
 impl GrowConfig {
-    /// Checks every setting, naming the flag that is wrong.
+    /// Checks every setting; an error names the [`Field`] that is wrong.
     pub fn validate(&self) -> Result<()> {
-        use alloc::format;
-        if self.phases == 0 {
-            return Err(Error::Config("--phases must be at least 1".into()));
-        }
-        if self.train_epochs == 0 {
-            return Err(Error::Config("--phase-epochs must be at least 1".into()));
-        }
-        if self.morph_epochs == 0 {
-            return Err(Error::Config("--morph-epochs must be at least 1".into()));
-        }
-        if self.batch == 0 {
-            return Err(Error::Config("--batch must be at least 1".into()));
+        for (field, v) in [
+            (Field::Phases, self.phases),
+            (Field::TrainEpochs, self.train_epochs),
+            (Field::MorphEpochs, self.morph_epochs),
+            (Field::Batch, self.batch),
+        ] {
+            if v == 0 {
+                return Err(Error::config(field, "at least 1", v));
+            }
         }
         if !(self.theta_init.is_finite() && self.theta_init > 0.0) {
-            return Err(Error::Config(format!(
-                "--theta-init must be positive, got {}",
-                self.theta_init
-            )));
+            return Err(Error::config(Field::ThetaInit, "positive", self.theta_init));
         }
         if let Some(a) = self.ema_alpha {
             if !(a > 0.0 && a <= 1.0) {
-                return Err(Error::Config(format!(
-                    "--ema-alpha must be in (0, 1], got {a}"
-                )));
+                return Err(Error::config(Field::EmaAlpha, "in (0, 1]", a));
             }
         }
         if let Some(r) = self.theta_max {
             if !(r.is_finite() && r > 0.0) {
-                return Err(Error::Config(format!(
-                    "--theta-max must be positive, got {r}"
-                )));
+                return Err(Error::config(Field::ThetaMax, "positive", r));
             }
         }
         if !(self.split_epsilon.is_finite() && self.split_epsilon > 0.0) {
-            return Err(Error::Config(format!(
-                "--split-epsilon must be positive, got {}",
-                self.split_epsilon
-            )));
+            return Err(Error::config(
+                Field::SplitEpsilon,
+                "positive",
+                self.split_epsilon,
+            ));
         }
         self.select.validate()
     }
@@ -845,4 +836,48 @@ pub fn run_phase(
         theta,
         theta_norms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let bad = |f: fn(&mut GrowConfig)| {
+            let mut c = GrowConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        let e = bad(|c| c.morph_epochs = 0);
+        assert_eq!(
+            e,
+            Error::Config {
+                field: Field::MorphEpochs,
+                requirement: "at least 1",
+                value: "0".into(),
+            }
+        );
+        assert_eq!(
+            bad(|c| c.train_epochs = 0).field(),
+            Some(Field::TrainEpochs)
+        );
+        assert_eq!(bad(|c| c.phases = 0).field(), Some(Field::Phases));
+        assert_eq!(
+            bad(|c| c.theta_max = Some(f32::NAN)).field(),
+            Some(Field::ThetaMax)
+        );
+        let e = bad(|c| c.select.lambda_params = -1.0);
+        assert_eq!(e.field(), Some(Field::LambdaParams));
+        assert_eq!(
+            e.to_string(),
+            "invalid setting: select.lambda_params must be a finite number >= 0, got -1"
+        );
+        assert_eq!(
+            bad(|c| c.select.fraction = 1.5).field(),
+            Some(Field::GrowFraction)
+        );
+        assert!(GrowConfig::default().validate().is_ok());
+    }
 }

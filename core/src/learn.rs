@@ -183,7 +183,7 @@ impl MorphState {
         if ok {
             Ok(())
         } else {
-            Err(Error::Shape(format!(
+            Err(Error::Mismatch(format!(
                 "morphism state does not match the architecture (widths {:?})",
                 net.arch.widths
             )))

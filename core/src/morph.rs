@@ -188,20 +188,20 @@ pub fn channel_maps(arch: &Arch, morphisms: &[ChannelMorphism]) -> Result<Vec<Ch
     let mut prunes: Vec<Vec<usize>> = alloc::vec![Vec::new(); units.len()];
     for m in morphisms {
         let u = units.get(m.layer).ok_or_else(|| {
-            Error::Config(format!(
+            Error::Morphism(format!(
                 "morphism names layer {} of {}",
                 m.layer,
                 units.len()
             ))
         })?;
         if m.channel >= u.cout {
-            return Err(Error::Config(format!(
+            return Err(Error::Morphism(format!(
                 "morphism names channel {} of layer {} with {} channels",
                 m.channel, m.layer, u.cout
             )));
         }
         if splits[m.layer].contains(&m.channel) || prunes[m.layer].contains(&m.channel) {
-            return Err(Error::Config(format!(
+            return Err(Error::Morphism(format!(
                 "two morphisms for channel {} of layer {}",
                 m.channel, m.layer
             )));
@@ -209,12 +209,11 @@ pub fn channel_maps(arch: &Arch, morphisms: &[ChannelMorphism]) -> Result<Vec<Ch
         match &m.morphism {
             Morphism::Split { theta } => {
                 if theta.len() != u.fan_in() {
-                    return Err(Error::Shape(format!(
-                        "theta for layer {} has {} values, the incoming kernel has {}",
-                        m.layer,
+                    return Err(Error::shape(
+                        format!("theta for layer {} (its incoming kernel's values)", m.layer),
+                        u.fan_in(),
                         theta.len(),
-                        u.fan_in()
-                    )));
+                    ));
                 }
                 splits[m.layer].push(m.channel)
             }
@@ -227,7 +226,7 @@ pub fn channel_maps(arch: &Arch, morphisms: &[ChannelMorphism]) -> Result<Vec<Ch
         .map(|(l, u)| {
             let map = ChannelMap::new(u.cout, &splits[l], &prunes[l]);
             if map.width() == 0 {
-                return Err(Error::Config(format!(
+                return Err(Error::Morphism(format!(
                     "pruning would leave layer {l} with no channels"
                 )));
             }
@@ -249,8 +248,10 @@ pub fn apply(
     let mut tensors = net.tensors.clone();
     for e in extra.iter() {
         if e.len() != tensors.len() {
-            return Err(Error::Shape(
-                "optimizer state does not match the network".into(),
+            return Err(Error::shape(
+                "optimizer state tensors",
+                tensors.len(),
+                e.len(),
             ));
         }
     }

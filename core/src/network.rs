@@ -114,21 +114,19 @@ impl Network {
         arch.validate()?;
         let specs = arch.param_specs();
         if specs.len() != tensors.len() {
-            return Err(Error::Shape(format!(
-                "architecture has {} parameter tensors, got {}",
+            return Err(Error::shape(
+                "the architecture's parameter tensors",
                 specs.len(),
-                tensors.len()
-            )));
+                tensors.len(),
+            ));
         }
         for (s, t) in specs.iter().zip(&tensors) {
             if s.len() != t.len() {
-                return Err(Error::Shape(format!(
-                    "tensor {} should have shape {:?} ({} values), got {} values",
-                    s.name,
-                    s.shape,
+                return Err(Error::shape(
+                    format!("tensor {} {:?} values", s.name, s.shape),
                     s.len(),
-                    t.len()
-                )));
+                    t.len(),
+                ));
             }
             if t.iter().any(|v| !v.is_finite()) {
                 // Weights read from files are checked by their loaders; a

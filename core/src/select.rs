@@ -3,10 +3,9 @@
 //! the best candidates by gain are applied, at most a fraction of its channels.
 
 use crate::arch::Arch;
-use crate::error::{Error, Result};
+use crate::error::{Error, Field, Result};
 use crate::learn::MorphState;
 use crate::morph::{ChannelMorphism, Morphism};
-use alloc::format;
 use alloc::vec::Vec;
 
 /// Split or prune.
@@ -112,21 +111,20 @@ impl Default for SelectConfig {
 impl SelectConfig {
     /// Checks ranges: lambdas finite and non-negative, fraction in (0, 1].
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("lambda-params", self.lambda_params),
-            ("lambda-macs", self.lambda_macs),
+        for (field, v) in [
+            (Field::LambdaParams, self.lambda_params),
+            (Field::LambdaMacs, self.lambda_macs),
         ] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::Config(format!(
-                    "--{name} must be a finite number >= 0, got {v}"
-                )));
+                return Err(Error::config(field, "a finite number >= 0", v));
             }
         }
         if !(self.fraction > 0.0 && self.fraction <= 1.0) {
-            return Err(Error::Config(format!(
-                "--grow-fraction must be in (0, 1], got {}",
-                self.fraction
-            )));
+            return Err(Error::config(
+                Field::GrowFraction,
+                "in (0, 1]",
+                self.fraction,
+            ));
         }
         Ok(())
     }

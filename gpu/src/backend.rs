@@ -15,7 +15,7 @@ use crate::kernels::optimizer::{sgd_words, MorphHyper};
 use crate::kernels::Kernels;
 use crate::morph::MorphBuffers;
 use sprout_core::backend::{Backend, BatchStats};
-use sprout_core::error::{Error, Result};
+use sprout_core::error::{Error, Field, Result};
 use sprout_core::learn::{Curvature, MorphConfig, MorphMethod, MorphState};
 use sprout_core::network::Network;
 use sprout_core::optim::Sgd;
@@ -84,7 +84,7 @@ impl GpuBackend {
     fn state(&mut self) -> Result<&mut State> {
         self.state
             .as_mut()
-            .ok_or_else(|| Error::Backend("no network loaded".into()))
+            .ok_or_else(|| Error::backend("no network loaded"))
     }
 
     /// Uploads a batch after the same checks the CPU backend makes.
@@ -94,18 +94,18 @@ impl GpuBackend {
         let s = self
             .state
             .as_ref()
-            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+            .ok_or_else(|| Error::backend("no network loaded"))?;
         let arch = &s.graph.arch;
         let len: usize = arch.input.iter().product();
         if n == 0 || n > capacity || images.len() < n * len || labels.len() < n {
-            return Err(Error::Shape(format!(
+            return Err(Error::Mismatch(format!(
                 "batch of {n} images (capacity {capacity}) with {} values and {} labels; each image needs {len}",
                 images.len(),
                 labels.len()
             )));
         }
         if let Some(&bad) = labels[..n].iter().find(|&&l| l as usize >= arch.classes) {
-            return Err(Error::Shape(format!(
+            return Err(Error::Mismatch(format!(
                 "label {bad} out of range for {} classes",
                 arch.classes
             )));
@@ -126,7 +126,7 @@ impl GpuBackend {
         } = self;
         let s = state
             .as_mut()
-            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+            .ok_or_else(|| Error::backend("no network loaded"))?;
         let g = &s.graph;
         let ops = match (step, &mut s.morph) {
             (Step::Morph { joint }, Some(phase)) => {
@@ -145,9 +145,7 @@ impl GpuBackend {
                 &phase.plans[&(n, joint)]
             }
             (Step::Morph { .. }, None) => {
-                return Err(Error::Backend(
-                    "morph_batch outside a morphism phase".into(),
-                ))
+                return Err(Error::backend("morph_batch outside a morphism phase"))
             }
             _ => {
                 if let Entry::Vacant(slot) = s.plans.entry((step, n)) {
@@ -207,7 +205,7 @@ impl Backend for GpuBackend {
             if m.len() != net.tensors.len()
                 || m.iter().zip(&net.tensors).any(|(a, b)| a.len() != b.len())
             {
-                return Err(Error::Shape(
+                return Err(Error::Mismatch(
                     "momentum buffers do not match the network's tensors".into(),
                 ));
             }
@@ -257,7 +255,7 @@ impl Backend for GpuBackend {
         let s = self
             .state
             .as_ref()
-            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+            .ok_or_else(|| Error::backend("no network loaded"))?;
         let g = &s.graph;
         let flat = gpu.read(&g.params, g.layout.total)?;
         Network::from_tensors(g.arch.clone(), g.layout.unpack(&flat)?)
@@ -268,7 +266,7 @@ impl Backend for GpuBackend {
         let s = self
             .state
             .as_ref()
-            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+            .ok_or_else(|| Error::backend("no network loaded"))?;
         let g = &s.graph;
         g.layout.unpack(&gpu.read(&g.momentum, g.layout.total)?)
     }
@@ -285,7 +283,7 @@ impl Backend for GpuBackend {
         let s = self
             .state
             .as_mut()
-            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+            .ok_or_else(|| Error::backend("no network loaded"))?;
         let buffers = MorphBuffers::new(gpu, &s.graph, &state)?;
         s.morph = Some(Phase {
             state,
@@ -303,16 +301,18 @@ impl Backend for GpuBackend {
         cfg: &MorphConfig,
     ) -> Result<BatchStats> {
         if let MorphMethod::Splitting { .. } = cfg.method {
-            return Err(Error::Backend(
-                "splitting steepest descent is not supported on the gpu backend; use --backend cpu"
-                    .into(),
-            ));
+            return Err(Error::Unsupported {
+                field: Field::MorphMethod,
+                value: "splitting",
+                backend: "gpu",
+            });
         }
         if cfg.curvature != Curvature::RankOne {
-            return Err(Error::Backend(
-                "--curvature exact-logits is not supported on the gpu backend; use --backend cpu"
-                    .into(),
-            ));
+            return Err(Error::Unsupported {
+                field: Field::Curvature,
+                value: "exact-logits",
+                backend: "gpu",
+            });
         }
         self.upload_batch(images, labels, n)?;
         // The joint estimate (sprout-core's `MorphConfig::joint`): the cross
@@ -323,11 +323,11 @@ impl Backend for GpuBackend {
             let s = self
                 .state
                 .as_mut()
-                .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+                .ok_or_else(|| Error::backend("no network loaded"))?;
             let phase = s
                 .morph
                 .as_mut()
-                .ok_or_else(|| Error::Backend("morph_batch outside a morphism phase".into()))?;
+                .ok_or_else(|| Error::backend("morph_batch outside a morphism phase"))?;
             if joint {
                 phase.buffers.enable_joint(gpu, &s.graph)?;
             }
@@ -363,11 +363,11 @@ impl Backend for GpuBackend {
         let s = self
             .state
             .as_mut()
-            .ok_or_else(|| Error::Backend("no network loaded".into()))?;
+            .ok_or_else(|| Error::backend("no network loaded"))?;
         let mut phase = s
             .morph
             .take()
-            .ok_or_else(|| Error::Backend("end_morph outside a morphism phase".into()))?;
+            .ok_or_else(|| Error::backend("end_morph outside a morphism phase"))?;
         phase.buffers.read_into(gpu, &mut phase.state)?;
         Ok(phase.state)
     }

@@ -1,11 +1,8 @@
 //! The GPU context: instance, adapter, device and queue, adapter listing and
 //! selection, and the mapping of device failures to sprout's error values.
 
-use sprout_core::error::{Error, Result};
+use sprout_core::error::{Error, Remedy, Result};
 use std::sync::{Arc, Mutex};
-
-/// Advice printed whenever no adapter can be used.
-const INSTALL_HINT: &str = "install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers libvulkan1` for software rendering, or use --backend cpu";
 
 /// One adapter as `sprout devices` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,14 +94,14 @@ impl Gpu {
                 all.into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&lower))
                     .ok_or_else(|| {
-                        Error::Backend(if names.is_empty() {
-                            format!("no GPU adapter found; {INSTALL_HINT}")
+                        if names.is_empty() {
+                            Error::backend_with("no GPU adapter found", Remedy::InstallDriver)
                         } else {
-                            format!(
+                            Error::backend(format!(
                                 "no GPU adapter matches '{want}'; available: {}",
                                 names.join(", ")
-                            )
-                        })
+                            ))
+                        }
                     })?
             }
             None => pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
@@ -113,7 +110,9 @@ impl Gpu {
                 compatible_surface: None,
                 apply_limit_buckets: false,
             }))
-            .map_err(|e| Error::Backend(format!("no GPU adapter found ({e}); {INSTALL_HINT}")))?,
+            .map_err(|e| {
+                Error::backend_with(format!("no GPU adapter found ({e})"), Remedy::InstallDriver)
+            })?,
         };
         let info = adapter.get_info();
         let desc = wgpu::DeviceDescriptor {
@@ -125,10 +124,13 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
-            Error::Backend(format!(
-                "could not open GPU '{}' with the default limits: {e}; {INSTALL_HINT}",
-                info.name
-            ))
+            Error::backend_with(
+                format!(
+                    "could not open GPU '{}' with the default limits: {e}",
+                    info.name
+                ),
+                Remedy::InstallDriver,
+            )
         })?;
         let health = Arc::new(Mutex::new(DeviceHealth::default()));
         let h = Arc::clone(&health);
@@ -162,15 +164,15 @@ impl Gpu {
         let mut g = self
             .health
             .lock()
-            .map_err(|_| Error::Backend("GPU error state poisoned".into()))?;
+            .map_err(|_| Error::backend("GPU error state poisoned"))?;
         if let Some(m) = &g.lost {
-            return Err(Error::Backend(format!(
-                "GPU device '{}' was lost ({m}); restart, or use --backend cpu",
-                self.info.name
-            )));
+            return Err(Error::backend_with(
+                format!("GPU device '{}' was lost ({m})", self.info.name),
+                Remedy::Restart,
+            ));
         }
         if let Some(m) = g.uncaptured.take() {
-            return Err(Error::Backend(format!("GPU error: {m}")));
+            return Err(Error::backend(format!("GPU error: {m}")));
         }
         Ok(())
     }
@@ -185,12 +187,13 @@ impl Gpu {
         let val = pollster::block_on(val.pop());
         let oom = pollster::block_on(oom.pop());
         if let Some(e) = oom {
-            return Err(Error::Backend(format!(
-                "GPU out of memory while {what} ({e}); use a smaller --batch or network, or --backend cpu"
-            )));
+            return Err(Error::backend_with(
+                format!("GPU out of memory while {what} ({e})"),
+                Remedy::LessMemory,
+            ));
         }
         if let Some(e) = val {
-            return Err(Error::Backend(format!("GPU rejected {what}: {e}")));
+            return Err(Error::backend(format!("GPU rejected {what}: {e}")));
         }
         self.check()?;
         out
@@ -200,7 +203,7 @@ impl Gpu {
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Backend(format!("waiting for the GPU failed: {e}")))?;
+            .map_err(|e| Error::backend(format!("waiting for the GPU failed: {e}")))?;
         self.check()
     }
 }

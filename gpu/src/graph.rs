@@ -100,8 +100,8 @@ impl Graph {
             for b in blocks {
                 let st = stride(layout.lens[b[0]]);
                 if (0..4).any(|j| layout.offsets[b[j]] != layout.offsets[b[0]] + j * st) {
-                    return Err(Error::Backend(
-                        "BN tensors are not consecutive in the parameter layout".into(),
+                    return Err(Error::backend(
+                        "BN tensors are not consecutive in the parameter layout",
                     ));
                 }
             }
@@ -545,5 +545,5 @@ pub fn depthwise_params(p: &UnitParams) -> Result<(usize, [usize; 4])> {
 }
 
 fn missing() -> Error {
-    Error::Backend("a depthwise or pooled unit is missing its buffers or parameters".into())
+    Error::backend("a depthwise or pooled unit is missing its buffers or parameters")
 }

@@ -3,7 +3,7 @@
 //! recorded dispatches ([`Op`]) and their submission, and readback.
 
 use crate::context::Gpu;
-use sprout_core::error::{Error, Result};
+use sprout_core::error::{Error, Remedy, Result};
 use wgpu::util::DeviceExt;
 
 /// Code every shader starts with (flat indices over 2-D grids, a workgroup sum).
@@ -36,7 +36,7 @@ impl View {
     /// The part of this view from element `start` (a multiple of [`ALIGN`]), `len` long.
     pub fn sub(&self, start: usize, len: usize) -> Result<View> {
         if !start.is_multiple_of(ALIGN) || start + len > self.len || len == 0 {
-            return Err(Error::Shape(format!(
+            return Err(Error::Mismatch(format!(
                 "sub-view {start}..{} of a view of {} values",
                 start + len,
                 self.len
@@ -61,7 +61,7 @@ impl View {
 /// Checks that view `name` holds at least `need` values.
 pub fn need(name: &str, v: &View, need: usize) -> Result<()> {
     if v.len < need {
-        return Err(Error::Shape(format!(
+        return Err(Error::Mismatch(format!(
             "{name} holds {} values, the kernel needs {need}",
             v.len
         )));
@@ -76,11 +76,14 @@ impl Gpu {
         let bytes = (len * 4) as u64;
         let limit = self.device.limits().max_storage_buffer_binding_size;
         if bytes > limit {
-            return Err(Error::Backend(format!(
-                "{label} needs {} MiB, more than the {} MiB one GPU buffer may hold; use a smaller --batch or network",
-                bytes >> 20,
-                limit >> 20
-            )));
+            return Err(Error::backend_with(
+                format!(
+                    "{label} needs {} MiB, more than the {} MiB one GPU buffer may hold",
+                    bytes >> 20,
+                    limit >> 20
+                ),
+                Remedy::SmallerBatchOrNetwork,
+            ));
         }
         let buffer = self.scoped(&format!("allocating {label}"), || {
             Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -156,12 +159,12 @@ impl Gpu {
         });
         self.wait()?;
         rx.recv()
-            .map_err(|_| Error::Backend("GPU readback was cancelled".into()))?
-            .map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+            .map_err(|_| Error::backend("GPU readback was cancelled"))?
+            .map_err(|e| Error::backend(format!("GPU readback failed: {e}")))?;
         let out = {
             let range = staging
                 .get_mapped_range(..)
-                .map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+                .map_err(|e| Error::backend(format!("GPU readback failed: {e}")))?;
             bytemuck::pod_collect_to_vec::<u8, f32>(&range)
         };
         staging.unmap();
@@ -285,7 +288,7 @@ impl Kernel {
     /// Records one dispatch of `groups` workgroups over `resources` (one per binding).
     pub fn op(&self, gpu: &Gpu, resources: &[Res], groups: usize) -> Result<Op> {
         if resources.len() != self.access.len() {
-            return Err(Error::Backend(format!(
+            return Err(Error::backend(format!(
                 "kernel {} takes {} bindings, got {}",
                 self.name,
                 self.access.len(),
@@ -296,7 +299,7 @@ impl Kernel {
         for r in resources {
             if let Res::Params(words) = r {
                 if words.len() > PARAM_WORDS {
-                    return Err(Error::Backend(format!(
+                    return Err(Error::backend(format!(
                         "kernel {} got {} parameter words",
                         self.name,
                         words.len()
@@ -320,12 +323,12 @@ impl Kernel {
             let resource = match (r, a) {
                 (Res::Params(_), Access::Uniform) => params
                     .next()
-                    .ok_or_else(|| Error::Backend("missing params".into()))?
+                    .ok_or_else(|| Error::backend("missing params"))?
                     .as_entire_binding(),
                 (Res::Uniform(b), Access::Uniform) => b.as_entire_binding(),
                 (Res::View(v), Access::Read | Access::Write) => v.binding(),
                 _ => {
-                    return Err(Error::Backend(format!(
+                    return Err(Error::backend(format!(
                         "kernel {}: binding {i} has the wrong kind",
                         self.name
                     )))
@@ -361,9 +364,10 @@ impl Kernel {
 }
 
 fn too_big(name: &str) -> Error {
-    Error::Backend(format!(
-        "kernel {name} would need more workgroups than a GPU dispatch allows; use a smaller --batch"
-    ))
+    Error::backend_with(
+        format!("kernel {name} would need more workgroups than a GPU dispatch allows"),
+        Remedy::SmallerBatch,
+    )
 }
 
 /// One recorded dispatch: a pipeline, its bindings and its grid.

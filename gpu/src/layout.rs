@@ -39,7 +39,7 @@ impl Layout {
         if tensors.len() != self.lens.len()
             || tensors.iter().zip(&self.lens).any(|(t, &l)| t.len() != l)
         {
-            return Err(Error::Shape(
+            return Err(Error::Mismatch(
                 "tensors do not match the buffer layout".into(),
             ));
         }
@@ -53,11 +53,7 @@ impl Layout {
     /// Splits a flat vector back into tensors.
     pub fn unpack(&self, flat: &[f32]) -> Result<Vec<Vec<f32>>> {
         if flat.len() < self.total {
-            return Err(Error::Shape(format!(
-                "flat buffer of {} values, layout needs {}",
-                flat.len(),
-                self.total
-            )));
+            return Err(Error::shape("flat buffer values", self.total, flat.len()));
         }
         Ok(self
             .offsets

@@ -142,7 +142,7 @@ impl MorphBuffers {
         let k = entries.len();
         let kk = k
             .checked_mul(k)
-            .ok_or_else(|| Error::Shape(format!("{k} x {k} cross terms are too many")))?;
+            .ok_or_else(|| Error::Mismatch(format!("{k} x {k} cross terms are too many")))?;
         self.joint = Some(Joint {
             cross: gpu.buffer("joint cross terms", kk)?,
             slots: Slots::new(gpu, &entries)?,
@@ -344,7 +344,7 @@ impl MorphBuffers {
         }
         if joint {
             let j = self.joint.as_ref().ok_or_else(|| {
-                Error::Backend("joint estimate recorded before its buffers were allocated".into())
+                Error::backend("joint estimate recorded before its buffers were allocated")
             })?;
             ops.push(
                 k.estimator

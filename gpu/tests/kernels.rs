@@ -111,7 +111,10 @@ fn conv_rejects_short_buffers() {
         t.poisoned(3 * 16),
     );
     let err = t.k.conv.forward(&t.gpu, &g, 1, &x, &w, &y);
-    assert!(matches!(err, Err(sprout_core::Error::Shape(_))), "{err:?}");
+    assert!(
+        matches!(err, Err(sprout_core::Error::Mismatch(_))),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -288,8 +288,7 @@ pub fn score_all(
                 &mut [],
             )
         })
-        .collect::<sprout_core::Result<_>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .collect::<sprout_core::Result<_>>()?;
     // Expanded networks of one layer share an architecture: one model per layer.
     let mut models: Vec<Model> = Vec::new();
     let brute = median_images_per_s(batch, windows.min(3), window_seconds, || {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use sprout_core::backend::{Backend, BatchStats, CpuBackend};
 use sprout_core::data::{Dataset, Normalization};
@@ -194,7 +194,7 @@ pub fn eval_run(args: &EvalArgs) -> Result<(String, BatchStats)> {
     let mut backend = CpuBackend::new(batch);
     backend
         .load(&net, None)
-        .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+        .with_context(|| model.display().to_string())?;
     let stats = evaluate_counts(&mut backend, &splits.test, &norm, batch)?;
     Ok((splits.name, stats))
 }

@@ -13,6 +13,7 @@ use crate::weights::save_network;
 use anyhow::{bail, Result};
 use clap::Args;
 use sprout_core::data::{fill_batch, Augment, Dataset, Normalization};
+use sprout_core::error::Field;
 use sprout_core::grow::{train_epochs, GrowConfig, GrowState, Stage};
 use sprout_core::learn::{MorphConfig, MorphState};
 use sprout_core::model::{Mode, Model};
@@ -95,6 +96,16 @@ pub struct Learned {
     pub rng: Rng,
 }
 
+/// The flag of `compare` and `estimate` that sets `field`: their epochs
+/// have their own names, the rest are named as for `sprout grow`.
+fn experiment_flag(field: Field) -> &'static str {
+    match field {
+        Field::TrainEpochs => "--train-epochs",
+        Field::MorphEpochs => "--theta-epochs",
+        other => crate::errors::grow_flag(other),
+    }
+}
+
 /// Trains the seed for `--train-epochs`, then learns theta with the
 /// Gauss-Newton estimator for `--theta-epochs` (model fixed, BN frozen).
 pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
@@ -131,7 +142,8 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         theta_max: theta_max_flag(a.theta_max, GrowConfig::default().theta_max)?,
         ..GrowConfig::default()
     };
-    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    cfg.validate()
+        .map_err(|e| crate::errors::cli_with(e, experiment_flag))?;
     let norm = Normalization::of(&train);
     let mut state = GrowState::new(Network::init(&arch, a.seed), a.seed ^ 0x6a09_e667);
     let mut backend = a.device.open(a.batch)?;

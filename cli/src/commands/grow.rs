@@ -316,7 +316,7 @@ impl GrowArgs {
                 bail!("{flag} must be a positive number, got {v}");
             }
         }
-        g.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        g.validate().map_err(crate::errors::cli)?;
         Ok(g)
     }
 
@@ -610,7 +610,7 @@ pub fn run(args: &GrowArgs, force: bool) -> Result<()> {
                 .network
                 .arch
                 .validate()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+                .with_context(|| dir.display().to_string())?;
             check_checkpoint(&run, &stored, &state, finished)?;
             (run, stored, state, finished)
         }
@@ -1276,7 +1276,8 @@ fn failure(run: &RunDir, what: &str, e: sprout_core::Error, lr: f32) -> anyhow::
         Some(dir) => format!("the last good checkpoint {} is kept", dir.display()),
         None => format!("no checkpoint was written in {}", run.path.display()),
     };
-    anyhow::anyhow!("{what}: {e}{hint}; {kept}")
+    let message = format!("{what}: {}{hint}; {kept}", crate::errors::message(&e));
+    crate::errors::Flagged::new(message, e).into()
 }
 
 /// The flag that chose the seed architecture, for messages.

@@ -101,7 +101,7 @@ pub fn arch_from_flags(
         (None, Some(0)) => bail!("--width: must be at least 1"),
         (None, w) => vec![w.unwrap_or_else(|| default_width(family)); family.layers()],
     };
-    Arch::new(family, input, classes, widths).map_err(|e| anyhow!("{e}"))
+    Ok(Arch::new(family, input, classes, widths)?)
 }
 
 /// One row of the per-layer table.

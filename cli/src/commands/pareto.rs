@@ -195,7 +195,7 @@ fn plan(a: &ParetoArgs, family: Family) -> Result<Vec<(String, Job)>> {
     let t = &splits.train;
     let input = [t.channels, t.height, t.width];
     let arch_of = |w: usize| {
-        Arch::new(family, input, t.classes, vec![w; family.layers()]).map_err(|e| anyhow!("{e}"))
+        Arch::new(family, input, t.classes, vec![w; family.layers()]).map_err(anyhow::Error::from)
     };
     let seed_arch = arch_of(a.seed_width)?;
     let data = DataSpec {

@@ -334,7 +334,7 @@ fn plan(a: &TableArgs, families: &[Family]) -> Result<Vec<(String, Job)>> {
         let seed_name = family.name();
         let arch_of = |w: usize| {
             Arch::new(family, input, t.classes, vec![w; family.layers()])
-                .map_err(|e| anyhow!("{e}"))
+                .map_err(anyhow::Error::from)
         };
         let seed_arch = arch_of(match family {
             Family::Vgg19 => 16,

@@ -109,7 +109,7 @@ impl Dataset {
     /// or right). Errors if the target is smaller than the current size.
     pub fn pad_to(&self, height: usize, width: usize) -> Result<Dataset> {
         if height < self.height || width < self.width {
-            return Err(Error::Shape(format!(
+            return Err(Error::Mismatch(format!(
                 "cannot pad {}x{} images to the smaller {height}x{width}",
                 self.height, self.width
             )));

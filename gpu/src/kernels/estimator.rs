@@ -69,7 +69,7 @@ impl Slots {
 }
 
 fn word(v: usize, what: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Shape(format!("{what} {v} does not fit in 32 bits")))
+    u32::try_from(v).map_err(|_| Error::Mismatch(format!("{what} {v} does not fit in 32 bits")))
 }
 
 impl Estimator {
@@ -308,14 +308,14 @@ impl Estimator {
     ) -> Result<Op> {
         let k = slots.len();
         if n == 0 || k == 0 {
-            return Err(Error::Shape(format!(
+            return Err(Error::Mismatch(format!(
                 "joint cross terms of {k} candidates over {n} samples"
             )));
         }
         let kk = k
             .checked_mul(k)
             .filter(|&kk| u32::try_from(kk).is_ok())
-            .ok_or_else(|| Error::Shape(format!("{k} x {k} cross terms are too many")))?;
+            .ok_or_else(|| Error::Mismatch(format!("{k} x {k} cross terms are too many")))?;
         need("u", u, slots.reach(n))?;
         need("loss", loss, 1)?;
         need("cross terms", pairs, kk)?;

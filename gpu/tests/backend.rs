@@ -302,3 +302,31 @@ fn bad_batches_and_phases_are_errors() {
         .is_err());
     assert!(gpu.end_morph().is_err());
 }
+
+#[test]
+fn a_width_over_the_device_limits_is_an_error_that_says_what_to_do() {
+    let Some(mut gpu) = gpu_backend() else {
+        return;
+    };
+    // One activation of the first layer needs BATCH * 16384 * 32 * 32 * 4
+    // bytes (256 MiB), over the 128 MiB one buffer may hold under the
+    // portable limits the backend asks for.
+    let mut widths = vec![4; 16];
+    widths[0] = 16384;
+    let arch = Arch::new(Family::Vgg19, [1, 32, 32], 10, widths).unwrap();
+    let e = gpu.load(&Network::init(&arch, 0), None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            sprout_core::Error::Backend {
+                remedy: Some(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("MiB") && !msg.contains('\n'), "{msg}");
+    // The backend stays usable for a network that fits.
+    gpu.load(&network(&vgg(), 1), None).unwrap();
+}

@@ -27,7 +27,7 @@
 
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 use super::lanes::has_avx512;
-use super::lanes::{isa, round_up, Isa, Vf, L, MAX_LANES};
+use super::lanes::{copy, isa, round_up, Isa, Vf, L, MAX_LANES};
 use super::Scratch;
 use crate::par::{self, SharedMut};
 use wide::f32x8;
@@ -419,6 +419,15 @@ fn block_weights_flipped(w: &[f32], cout: usize, cin: usize, wk: &mut [f32]) {
     }
 }
 
+/// Copies a row with inline vector moves: rows are short (2 to 32 floats
+/// here), and a library call per row costs more than the copy.
+#[inline(always)]
+fn copy_row(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    // SAFETY: both slices hold `src.len()` floats and do not overlap.
+    unsafe { copy::<f32x8>(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
+}
+
 /// Copies `k` samples of `c` planes of `h x w` into the interiors of the bordered planes.
 fn pad_planes(g: &Grid, c: usize, k: usize, src: &[f32], dst: &mut [f32]) {
     let (h, w, p) = (g.h, g.w, g.p);
@@ -427,7 +436,7 @@ fn pad_planes(g: &Grid, c: usize, k: usize, src: &[f32], dst: &mut [f32]) {
             let sp = &src[(s * c + ch) * h * w..][..h * w];
             let d = &mut dst[ch * p..(ch + 1) * p];
             for y in 0..h {
-                d[g.row(s, y)..][..w].copy_from_slice(&sp[y * w..(y + 1) * w]);
+                copy_row(&sp[y * w..(y + 1) * w], &mut d[g.row(s, y)..][..w]);
             }
         }
     }
@@ -442,7 +451,10 @@ fn unpad_outputs(g: &Grid, c: usize, k: usize, src: &[f32], dst: &mut [f32]) {
             let d = &mut dst[(s * c + ch) * h * w..][..h * w];
             for y in 0..h {
                 // Output row y of sample s sits one row above its bordered input row.
-                d[y * w..(y + 1) * w].copy_from_slice(&sc[g.row(s, y) - g.r - 1..][..w]);
+                copy_row(
+                    &sc[g.row(s, y) - g.r - 1..][..w],
+                    &mut d[y * w..(y + 1) * w],
+                );
             }
         }
     }

@@ -374,6 +374,21 @@ impl Arch {
         macs + (h.features() * h.classes) as u64
     }
 
+    /// Floating-point operations of one image's forward pass: two per
+    /// multiply-accumulate of [`Arch::macs`].
+    pub fn infer_flops(&self) -> u64 {
+        2 * self.macs()
+    }
+
+    /// Floating-point operations of one image's training step: the forward
+    /// pass and the two backward products of every layer (input and weight
+    /// gradients), each as many multiply-accumulates as the forward, so three
+    /// times [`Arch::infer_flops`]. (The first conv's input gradient, which
+    /// is not computed, is counted too.)
+    pub fn train_flops(&self) -> u64 {
+        3 * self.infer_flops()
+    }
+
     /// Every parameter tensor, in storage order (see [`ParamSpec`]).
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         let mut specs = Vec::new();
@@ -554,6 +569,8 @@ mod tests {
         let convs =
             9 * 16 * (1024 + 16 * 1024 + 2 * 16 * 256 + 4 * 16 * 64 + 4 * 16 * 16 + 4 * 16 * 4);
         assert_eq!(a.macs(), convs as u64 + 160);
+        assert_eq!(a.infer_flops(), 2 * a.macs());
+        assert_eq!(a.train_flops(), 6 * a.macs());
     }
 
     #[test]

@@ -5,7 +5,9 @@ use crate::run_dir::set_threads;
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
+use sprout_core::arch::Family;
 use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
+use sprout_core::kernels::matmul;
 use sprout_core::learn::{MorphConfig, MorphState};
 use sprout_core::model::{Mode, Model};
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
@@ -37,9 +39,12 @@ pub struct BenchArgs {
     /// Target length of one timed window in seconds.
     #[arg(long, default_value_t = 0.5)]
     pub window_seconds: f64,
-    /// Only the rows of this network (vgg19 or mobilenet-v1).
+    /// Only the rows of this network family (vgg19 or mobilenet-v1).
     #[arg(long)]
     pub net: Option<String>,
+    /// Only the rows of these widths, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub width: Vec<usize>,
     /// Only these steps, comma-separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub steps: Vec<BenchStep>,
@@ -105,18 +110,60 @@ fn seconds_per_step(steps: usize, step: &mut impl FnMut() -> Result<()>) -> Resu
     Ok(t.elapsed().as_secs_f64() / steps as f64)
 }
 
-/// The benchmarked networks: the two seeds on 1x32x32 inputs, 10 classes.
-pub fn seed_networks() -> Vec<(String, Arch)> {
-    vec![
-        (
-            "vgg19-w16".into(),
-            Arch::vgg19(16, [1, 32, 32], 10).expect("valid seed"),
-        ),
-        (
-            "mobilenet-v1-w32".into(),
-            Arch::mobilenet_v1(32, [1, 32, 32], 10).expect("valid seed"),
-        ),
-    ]
+/// One benchmarked network.
+pub struct BenchNet {
+    /// `family-wWIDTH`, as printed.
+    pub name: String,
+    pub family: Family,
+    pub width: usize,
+    pub arch: Arch,
+    /// Whether the score-all rows run (the seeds only: brute force on the
+    /// wide networks would take minutes per window).
+    pub score_all: bool,
+}
+
+/// The benchmarked networks on 1x32x32 inputs, 10 classes: VGG-19 at widths
+/// 4, 8, 16 (the seed) and 64, MobileNetV1 at 8 and 32 (the seed).
+pub fn bench_networks() -> Vec<BenchNet> {
+    let mut nets = Vec::new();
+    for (family, widths, seed) in [
+        (Family::Vgg19, &[4, 8, 16, 64][..], 16),
+        (Family::MobilenetV1, &[8, 32][..], 32),
+    ] {
+        for &width in widths {
+            let arch = match family {
+                Family::Vgg19 => Arch::vgg19(width, [1, 32, 32], 10),
+                Family::MobilenetV1 => Arch::mobilenet_v1(width, [1, 32, 32], 10),
+            }
+            .expect("valid bench network");
+            nets.push(BenchNet {
+                name: format!("{}-w{width}", family.name()),
+                family,
+                width,
+                arch,
+                score_all: width == seed,
+            });
+        }
+    }
+    nets
+}
+
+/// Side of the square GEMM timed as the machine's peak.
+pub const PEAK_GEMM_N: usize = 1024;
+
+/// GFLOP/s of a `PEAK_GEMM_N`^3 sgemm through the core GEMM on the current
+/// thread count: median over `windows` windows after a warm-up.
+pub fn gemm_peak_gflops(windows: usize, window_seconds: f64) -> Result<f64> {
+    let n = PEAK_GEMM_N;
+    let mut rng = Rng::new(3);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.normal()).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.normal()).collect();
+    let mut c = vec![0.0f32; n * n];
+    let calls = median_images_per_s(1, windows, window_seconds, || {
+        matmul(n, n, n, &a, &b, &mut c);
+        Ok(())
+    })?;
+    Ok(calls * 2.0 * (n * n * n) as f64 / 1e9)
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -125,14 +172,38 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     let want = |step: BenchStep| args.steps.is_empty() || args.steps.contains(&step);
+    let family = args
+        .net
+        .as_deref()
+        .map(Family::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--net: {e}"))?;
+    let nets: Vec<BenchNet> = bench_networks()
+        .into_iter()
+        .filter(|b| family.is_none_or(|f| f == b.family))
+        .filter(|b| args.width.is_empty() || args.width.contains(&b.width))
+        .collect();
+    if nets.is_empty() {
+        bail!("--net/--width select no rows (widths: vgg19 4, 8, 16, 64; mobilenet-v1 8, 32)");
+    }
+    // The machine's own GEMM peak, once per run, on the CPU rows' thread count.
+    let peak = if args.device.backend == BackendKind::Cpu {
+        Some(gemm_peak_gflops(
+            args.windows,
+            args.window_seconds.min(0.3),
+        )?)
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     let mut engine = String::from("cpu");
-    for (name, arch) in seed_networks() {
-        if let Some(only) = &args.net {
-            if !name.starts_with(only.as_str()) {
-                continue;
-            }
-        }
+    for BenchNet {
+        name,
+        arch,
+        score_all: with_score_all,
+        ..
+    } in nets
+    {
         let mut rng = Rng::new(1);
         let len: usize = arch.input.iter().product();
         let images: Vec<f32> = (0..args.batch * len).map(|_| rng.normal()).collect();
@@ -143,18 +214,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         engine = described;
         backend.load(&Network::init(&arch, 0), None)?;
         let sgd = Sgd::paper(0.01);
-        let macs = arch.macs() as f64;
+        let (train_flops, infer_flops) = (arch.train_flops() as f64, arch.infer_flops() as f64);
         if want(BenchStep::Train) {
             let train = median_images_per_s(args.batch, args.windows, args.window_seconds, || {
                 backend.train_batch(&images, &labels, args.batch, &sgd)?;
                 Ok(())
             })?;
-            // Training does the forward pass and two backward GEMMs per layer: 3x the MACs.
             rows.push(Row {
                 net: name.clone(),
                 step: "train".into(),
                 images_per_s: train,
-                flops_per_image: 6.0 * macs,
+                flops_per_image: train_flops,
                 cost_vs_train: None,
             });
         }
@@ -167,7 +237,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 net: name.clone(),
                 step: "infer".into(),
                 images_per_s: infer,
-                flops_per_image: 2.0 * macs,
+                flops_per_image: infer_flops,
                 cost_vs_train: None,
             });
         }
@@ -211,7 +281,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 cost_vs_train: Some(median(ratios)),
             });
         }
-        if args.device.backend != BackendKind::Cpu || !want(BenchStep::ScoreAll) {
+        if args.device.backend != BackendKind::Cpu || !want(BenchStep::ScoreAll) || !with_score_all
+        {
             continue;
         }
         let (est, brute) = score_all(
@@ -237,7 +308,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             cost_vs_train: None,
         });
     }
-    print_rows(&rows, args.json, args.batch, &engine);
+    print_rows(&rows, args.json, args.batch, &engine, peak);
     Ok(())
 }
 
@@ -308,19 +379,26 @@ pub fn score_all(
     Ok((est, brute))
 }
 
-pub fn print_rows(rows: &[Row], as_json: bool, batch: usize, engine: &str) {
+/// Prints the rows as a table or JSON lines; `peak` is the measured GEMM
+/// peak in GFLOP/s that `peak_fraction` is relative to.
+pub fn print_rows(rows: &[Row], as_json: bool, batch: usize, engine: &str, peak: Option<f64>) {
     if !as_json {
+        let peak_note = peak
+            .map(|p| format!(", GEMM peak {p:.1} GFLOP/s ({PEAK_GEMM_N}^3 sgemm)"))
+            .unwrap_or_default();
         println!(
-            "{:<18} {:<22} {:>12} {:>10}   (batch {batch}, {engine}, {} threads)",
+            "{:<18} {:<22} {:>12} {:>10} {:>7}   (batch {batch}, {engine}, {} threads{peak_note})",
             "net",
             "step",
             "images/s",
             "GFLOP/s",
+            "% peak",
             rayon::current_num_threads()
         );
     }
     for r in rows {
-        let gflops = r.images_per_s * r.flops_per_image / 1e9;
+        let gflops = (r.flops_per_image > 0.0).then(|| r.images_per_s * r.flops_per_image / 1e9);
+        let fraction = gflops.zip(peak).map(|(g, p)| g / p);
         let base = |step: &str| {
             rows.iter()
                 .find(|x| x.net == r.net && x.step == step)
@@ -337,20 +415,29 @@ pub fn print_rows(rows: &[Row], as_json: bool, batch: usize, engine: &str) {
         if as_json {
             println!(
                 "{}",
-                json!({"net": r.net, "step": r.step, "images_per_s": r.images_per_s, "gflops": gflops, "batch": batch, "engine": engine, "cost_vs_train": r.cost_vs_train})
+                json!({
+                    "net": r.net,
+                    "step": r.step,
+                    "images_per_s": r.images_per_s,
+                    "flops_per_image": r.flops_per_image,
+                    "gflops": gflops,
+                    "gemm_peak_gflops": peak,
+                    "peak_fraction": fraction,
+                    "batch": batch,
+                    "engine": engine,
+                    "cost_vs_train": r.cost_vs_train,
+                })
             );
         } else {
-            let g = if r.flops_per_image > 0.0 {
-                format!("{gflops:>10.1}")
-            } else {
-                format!("{:>10}", "-")
-            };
+            let g = gflops.map_or(format!("{:>10}", "-"), |g| format!("{g:>10.1}"));
+            let f = fraction.map_or(format!("{:>7}", "-"), |f| format!("{:>6.1}%", 100.0 * f));
             println!(
-                "{:<18} {:<22} {:>12.0} {}   {}",
+                "{:<18} {:<22} {:>12.0} {} {}   {}",
                 r.net,
                 r.step,
                 r.images_per_s,
                 g,
+                f,
                 ratio.unwrap_or_default()
             );
         }

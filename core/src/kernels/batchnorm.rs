@@ -38,33 +38,29 @@ fn masked_sums(y: &[f32], a: &[f32], g: &[f32], mu: f32) -> (f32, f32) {
     let n = y.len();
     let (a, g) = (&a[..n], &g[..n]);
     let muv = f32x8::splat(mu);
-    let s1 = simd::sum(
+    simd::sum2(
         n,
         |i| simd::relu_mask(load(a, i), load(g, i)),
         |i| if a[i] > 0.0 { g[i] } else { 0.0 },
-    );
-    let s2 = simd::sum(
-        n,
         |i| simd::relu_mask(load(a, i), load(g, i)) * (load(y, i) - muv),
         |i| if a[i] > 0.0 { g[i] * (y[i] - mu) } else { 0.0 },
-    );
-    (s1, s2)
+    )
 }
 
 /// `(sum(y), sum((y - shift)^2))` over one plane.
 #[inline]
 fn plane_sums(y: &[f32], shift: f32) -> (f32, f32) {
     let sv = f32x8::splat(shift);
-    let s1 = simd::sum(y.len(), |i| load(y, i), |i| y[i]);
-    let s2 = simd::sum(
+    simd::sum2(
         y.len(),
+        |i| load(y, i),
+        |i| y[i],
         |i| {
             let d = load(y, i) - sv;
             d * d
         },
         |i| (y[i] - shift) * (y[i] - shift),
-    );
-    (s1, s2)
+    )
 }
 
 /// Per-channel batch mean and biased variance (planes summed in f32 lanes, planes combined in f64).

@@ -15,21 +15,51 @@
 //!   3 taps x 4 channels of lane-wise dot products over the plane, kept in
 //!   8-lane accumulators across samples and summed across lanes at the end.
 //!
-//! With the `std` feature on x86_64 the kernels run with AVX2 + FMA when the
-//! CPU has them (runtime detection: the crate is built for baseline x86_64,
-//! where the portable 8-lane code compiles to pairs of SSE operations);
-//! otherwise the portable `wide::f32x8` instantiation of the same code runs.
+//! With the `std` feature on x86_64 the kernels run with AVX-512F (16 lanes,
+//! tiles of 4 vectors) or AVX2 + FMA (8 lanes) when the CPU has them (runtime
+//! detection: the crate is built for baseline x86_64, where the portable
+//! 8-lane code compiles to pairs of SSE operations); otherwise the portable
+//! `wide::f32x8` instantiation of the same code runs. Grids are padded to a
+//! multiple of 16 positions for all of them. Every output pixel sums its taps
+//! in the same order on every path, so the forward and input-gradient results
+//! differ between paths only where fused multiply-adds round differently;
+//! the weight gradient's lane sums are folded in a different order at 16 lanes.
 
-use super::lanes::{isa, round_up, Isa, Vf, L};
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+use super::lanes::has_avx512;
+use super::lanes::{copy, isa, round_up, Isa, Vf, L, MAX_LANES};
 use super::Scratch;
 use crate::par::{self, SharedMut};
 use wide::f32x8;
 
-/// Lanes per vector.
 /// Output channels per register tile.
 const CB: usize = 4;
-/// Pixel vectors per register tile in the forward kernel.
+/// Pixel vectors per register tile in the forward kernel at 8 lanes (16
+/// registers of AVX2 hold 8 accumulators, the loads and a broadcast).
 const NV: usize = 2;
+/// Pixel vectors per register tile at 16 lanes (32 registers of AVX-512: 16
+/// accumulators).
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+const NV512: usize = 4;
+
+/// Which instantiation of the kernels runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// The portable 8-lane code, or AVX2 + FMA where [`isa`] finds it.
+    Lanes8(Isa),
+    /// AVX-512F, 16 lanes.
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    Avx512,
+}
+
+/// The fastest path this CPU runs.
+fn path() -> Path {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if has_avx512() {
+        return Path::Avx512;
+    }
+    Path::Lanes8(isa())
+}
 
 /// Layout of the zero-bordered planes of a chunk of samples: per channel,
 /// the samples are stacked vertically with one zero row between them, so a
@@ -40,7 +70,7 @@ struct Grid {
     w: usize,
     /// Row stride: `w + 2`.
     r: usize,
-    /// Output grid positions computed per channel, a multiple of [`L`].
+    /// Output grid positions computed per channel, a multiple of [`MAX_LANES`].
     qv: usize,
     /// Stride between channels of the output grid.
     os: usize,
@@ -52,9 +82,9 @@ impl Grid {
     /// Room for `m` samples.
     fn new(h: usize, w: usize, m: usize) -> Self {
         let r = w + 2;
-        let os = round_up((m * (h + 1) - 1) * r, L);
+        let os = round_up((m * (h + 1) - 1) * r, MAX_LANES);
         // Reads reach os - 1 + 2r + 2; the gradient view starts at r + 1.
-        let p = round_up(os + 2 * r + 2, L);
+        let p = round_up(os + 2 * r + 2, MAX_LANES);
         Grid {
             h,
             w,
@@ -67,7 +97,7 @@ impl Grid {
     /// The same layout, computing only the first `k` samples.
     fn with_count(&self, k: usize) -> Self {
         Grid {
-            qv: round_up((k * (self.h + 1) - 1) * self.r, L).min(self.os),
+            qv: round_up((k * (self.h + 1) - 1) * self.r, MAX_LANES).min(self.os),
             ..*self
         }
     }
@@ -101,7 +131,7 @@ mod avx {
         wk: &[f32],
         out: &mut [f32],
     ) {
-        unsafe { super::fwd_sample::<Avx>(cin, blocks, g, xp, wk, out) }
+        unsafe { super::fwd_sample::<Avx, { super::NV }>(cin, blocks, g, xp, wk, out) }
     }
 
     /// # Safety
@@ -119,11 +149,44 @@ mod avx {
     }
 }
 
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod avx512 {
+    use crate::kernels::lanes::Avx512;
+
+    /// # Safety
+    /// As [`super::fwd_sample`], and the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fwd_sample(
+        cin: usize,
+        blocks: usize,
+        g: &super::Grid,
+        xp: &[f32],
+        wk: &[f32],
+        out: &mut [f32],
+    ) {
+        unsafe { super::fwd_sample::<Avx512, { super::NV512 }>(cin, blocks, g, xp, wk, out) }
+    }
+
+    /// # Safety
+    /// As [`super::dw_sample`], and the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dw_sample(
+        cin: usize,
+        blocks: usize,
+        g: &super::Grid,
+        xp: &[f32],
+        dyp: &[f32],
+        acc: &mut [f32],
+    ) {
+        unsafe { super::dw_sample::<Avx512>(cin, blocks, g, xp, dyp, acc) }
+    }
+}
+
 /// One register tile: `CB` output channels x `N` vectors at grid position `q0`.
 ///
 /// # Safety
 /// `xp` holds `cin` bordered planes of `g.p`, `wk` holds `cin * 9 * CB`
-/// weights, `out` holds `CB` rows of `g.os`, and `q0 + N * L <= g.qv`.
+/// weights, `out` holds `CB` rows of `g.os`, and `q0 + N * V::LANES <= g.qv`.
 #[inline(always)]
 unsafe fn fwd_tile<V: Vf, const N: usize>(
     cin: usize,
@@ -142,7 +205,7 @@ unsafe fn fwd_tile<V: Vf, const N: usize>(
         for (t, &off) in taps.iter().enumerate() {
             let mut xv = [V::zero(); N];
             for (j, v) in xv.iter_mut().enumerate() {
-                *v = unsafe { V::load(xb.add(off + j * L)) };
+                *v = unsafe { V::load(xb.add(off + j * V::LANES)) };
             }
             for (c, row) in acc.iter_mut().enumerate() {
                 let wv = V::splat(unsafe { *wb.add(t * CB + c) });
@@ -154,18 +217,19 @@ unsafe fn fwd_tile<V: Vf, const N: usize>(
     }
     for (c, row) in acc.iter().enumerate() {
         for (j, a) in row.iter().enumerate() {
-            unsafe { a.store(out.add(c * qv + q0 + j * L)) };
+            unsafe { a.store(out.add(c * qv + q0 + j * V::LANES)) };
         }
     }
 }
 
 /// Correlates `cin` bordered planes `xp` with the blocked 3x3 weights `wk`
-/// (`[blocks][cin][9][CB]`), writing `blocks * CB` rows of `g.os` grid outputs.
+/// (`[blocks][cin][9][CB]`), writing `blocks * CB` rows of `g.os` grid outputs
+/// in tiles of `N` vectors (the last ones of one).
 ///
 /// # Safety
 /// Nothing beyond the slice lengths, which are checked.
 #[inline(always)]
-unsafe fn fwd_sample<V: Vf>(
+unsafe fn fwd_sample<V: Vf, const N: usize>(
     cin: usize,
     blocks: usize,
     g: &Grid,
@@ -177,71 +241,54 @@ unsafe fn fwd_sample<V: Vf>(
         xp.len() >= cin * g.p
             && wk.len() >= blocks * cin * 9 * CB
             && out.len() >= blocks * CB * g.os
+            && g.qv.is_multiple_of(V::LANES)
     );
     let taps = g.taps();
-    let nvec = g.qv / L;
+    let nvec = g.qv / V::LANES;
     let (xp, wk, out) = (xp.as_ptr(), wk.as_ptr(), out.as_mut_ptr());
     let wstride = cin * 9 * CB;
     let orow = CB * g.os;
     let mut j = 0;
     // Pixel blocks outside, channel blocks inside: the input window stays in L1.
-    while j + NV <= nvec {
+    while j + N <= nvec {
         for b in 0..blocks {
             unsafe {
-                fwd_tile::<V, NV>(
+                fwd_tile::<V, N>(
                     cin,
                     g.p,
                     &taps,
                     xp,
                     wk.add(b * wstride),
-                    j * L,
+                    j * V::LANES,
                     out.add(b * orow),
                     g.os,
                 )
             };
         }
-        j += NV;
+        j += N;
     }
-    match nvec - j {
-        2 => {
-            for b in 0..blocks {
-                unsafe {
-                    fwd_tile::<V, 2>(
-                        cin,
-                        g.p,
-                        &taps,
-                        xp,
-                        wk.add(b * wstride),
-                        j * L,
-                        out.add(b * orow),
-                        g.os,
-                    )
-                };
-            }
+    while j < nvec {
+        for b in 0..blocks {
+            unsafe {
+                fwd_tile::<V, 1>(
+                    cin,
+                    g.p,
+                    &taps,
+                    xp,
+                    wk.add(b * wstride),
+                    j * V::LANES,
+                    out.add(b * orow),
+                    g.os,
+                )
+            };
         }
-        1 => {
-            for b in 0..blocks {
-                unsafe {
-                    fwd_tile::<V, 1>(
-                        cin,
-                        g.p,
-                        &taps,
-                        xp,
-                        wk.add(b * wstride),
-                        j * L,
-                        out.add(b * orow),
-                        g.os,
-                    )
-                };
-            }
-        }
-        _ => {}
+        j += 1;
     }
 }
 
-/// Adds one sample's weight-gradient contributions, per lane, to `acc`
-/// (`[blocks * CB][cin][9][L]`). `dyp` holds `blocks * CB` bordered planes of
-/// the output gradient (rows past `cout` zero).
+/// Adds one sample's weight-gradient contributions, per lane (folded to
+/// [`L`] lanes), to `acc` (`[blocks * CB][cin][9][L]`). `dyp` holds
+/// `blocks * CB` bordered planes of the output gradient (rows past `cout` zero).
 ///
 /// # Safety
 /// Nothing beyond the slice lengths, which are checked.
@@ -258,6 +305,7 @@ unsafe fn dw_sample<V: Vf>(
         xp.len() >= cin * g.p
             && dyp.len() >= blocks * CB * g.p
             && acc.len() >= blocks * CB * cin * 9 * L
+            && g.qv.is_multiple_of(V::LANES)
     );
     let (p, r, qv) = (g.p, g.r, g.qv);
     let (xp, dyp, accp) = (xp.as_ptr(), dyp.as_ptr(), acc.as_mut_ptr());
@@ -278,14 +326,13 @@ unsafe fn dw_sample<V: Vf>(
                             a[c][kx] = V::fma(d, x[kx], a[c][kx]);
                         }
                     }
-                    q += L;
+                    q += V::LANES;
                 }
                 for c in 0..CB {
                     for kx in 0..3 {
                         let dst =
                             unsafe { accp.add((((b * CB + c) * cin + ci) * 9 + ky * 3 + kx) * L) };
-                        let v = unsafe { V::load(dst) };
-                        unsafe { V::fma(a[c][kx], V::splat(1.0), v).store(dst) };
+                        unsafe { a[c][kx].add_to8(dst) };
                     }
                 }
             }
@@ -293,21 +340,43 @@ unsafe fn dw_sample<V: Vf>(
     }
 }
 
-fn run_fwd(isa: Isa, cin: usize, blocks: usize, g: &Grid, xp: &[f32], wk: &[f32], out: &mut [f32]) {
-    match isa {
+fn run_fwd(
+    path: Path,
+    cin: usize,
+    blocks: usize,
+    g: &Grid,
+    xp: &[f32],
+    wk: &[f32],
+    out: &mut [f32],
+) {
+    match path {
         // SAFETY: slice lengths are checked inside; the ISA was detected.
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        Isa::Avx2 => unsafe { avx::fwd_sample(cin, blocks, g, xp, wk, out) },
-        Isa::Portable => unsafe { fwd_sample::<f32x8>(cin, blocks, g, xp, wk, out) },
+        Path::Avx512 => unsafe { avx512::fwd_sample(cin, blocks, g, xp, wk, out) },
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        Path::Lanes8(Isa::Avx2) => unsafe { avx::fwd_sample(cin, blocks, g, xp, wk, out) },
+        Path::Lanes8(Isa::Portable) => unsafe {
+            fwd_sample::<f32x8, NV>(cin, blocks, g, xp, wk, out)
+        },
     }
 }
 
-fn run_dw(isa: Isa, cin: usize, blocks: usize, g: &Grid, xp: &[f32], dyp: &[f32], acc: &mut [f32]) {
-    match isa {
+fn run_dw(
+    path: Path,
+    cin: usize,
+    blocks: usize,
+    g: &Grid,
+    xp: &[f32],
+    dyp: &[f32],
+    acc: &mut [f32],
+) {
+    match path {
         // SAFETY: slice lengths are checked inside; the ISA was detected.
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        Isa::Avx2 => unsafe { avx::dw_sample(cin, blocks, g, xp, dyp, acc) },
-        Isa::Portable => unsafe { dw_sample::<f32x8>(cin, blocks, g, xp, dyp, acc) },
+        Path::Avx512 => unsafe { avx512::dw_sample(cin, blocks, g, xp, dyp, acc) },
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        Path::Lanes8(Isa::Avx2) => unsafe { avx::dw_sample(cin, blocks, g, xp, dyp, acc) },
+        Path::Lanes8(Isa::Portable) => unsafe { dw_sample::<f32x8>(cin, blocks, g, xp, dyp, acc) },
     }
 }
 
@@ -350,6 +419,15 @@ fn block_weights_flipped(w: &[f32], cout: usize, cin: usize, wk: &mut [f32]) {
     }
 }
 
+/// Copies a row with inline vector moves: rows are short (2 to 32 floats
+/// here), and a library call per row costs more than the copy.
+#[inline(always)]
+fn copy_row(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    // SAFETY: both slices hold `src.len()` floats and do not overlap.
+    unsafe { copy::<f32x8>(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
+}
+
 /// Copies `k` samples of `c` planes of `h x w` into the interiors of the bordered planes.
 fn pad_planes(g: &Grid, c: usize, k: usize, src: &[f32], dst: &mut [f32]) {
     let (h, w, p) = (g.h, g.w, g.p);
@@ -358,7 +436,7 @@ fn pad_planes(g: &Grid, c: usize, k: usize, src: &[f32], dst: &mut [f32]) {
             let sp = &src[(s * c + ch) * h * w..][..h * w];
             let d = &mut dst[ch * p..(ch + 1) * p];
             for y in 0..h {
-                d[g.row(s, y)..][..w].copy_from_slice(&sp[y * w..(y + 1) * w]);
+                copy_row(&sp[y * w..(y + 1) * w], &mut d[g.row(s, y)..][..w]);
             }
         }
     }
@@ -373,7 +451,10 @@ fn unpad_outputs(g: &Grid, c: usize, k: usize, src: &[f32], dst: &mut [f32]) {
             let d = &mut dst[(s * c + ch) * h * w..][..h * w];
             for y in 0..h {
                 // Output row y of sample s sits one row above its bordered input row.
-                d[y * w..(y + 1) * w].copy_from_slice(&sc[g.row(s, y) - g.r - 1..][..w]);
+                copy_row(
+                    &sc[g.row(s, y) - g.r - 1..][..w],
+                    &mut d[y * w..(y + 1) * w],
+                );
             }
         }
     }
@@ -391,11 +472,11 @@ pub fn forward(
     y: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    forward_with(isa(), cin, cout, hw, n, x, w, y, scratch);
+    forward_with(path(), cin, cout, hw, n, x, w, y, scratch);
 }
 
 fn forward_with(
-    isa: Isa,
+    path: Path,
     cin: usize,
     cout: usize,
     hw: (usize, usize),
@@ -426,7 +507,7 @@ fn forward_with(
             let k = m.min(range.end - s0);
             let gk = g.with_count(k);
             pad_planes(&g, cin, k, &x[s0 * isz..(s0 + k) * isz], xp);
-            run_fwd(isa, cin, blocks, &gk, xp, wk, out);
+            run_fwd(path, cin, blocks, &gk, xp, wk, out);
             // SAFETY: each sample's output range is written by exactly one worker.
             let ys = unsafe { yp.slice(s0 * osz, k * osz) };
             unpad_outputs(&g, cout, k, out, ys);
@@ -449,11 +530,11 @@ pub fn backward(
     dw: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    backward_with(isa(), cin, cout, hw, n, x, w, dy, dx, dw, scratch);
+    backward_with(path(), cin, cout, hw, n, x, w, dy, dx, dw, scratch);
 }
 
 fn backward_with(
-    isa: Isa,
+    path: Path,
     cin: usize,
     cout: usize,
     hw: (usize, usize),
@@ -507,9 +588,9 @@ fn backward_with(
             let gk = g.with_count(k);
             pad_planes(&g, cin, k, &x[s0 * isz..(s0 + k) * isz], xp);
             pad_planes(&g, cout, k, &dy[s0 * osz..(s0 + k) * osz], dyp);
-            run_dw(isa, cin, oblocks, &gk, xp, dyp, &mut ws.acc);
+            run_dw(path, cin, oblocks, &gk, xp, dyp, &mut ws.acc);
             if let Some(dxp) = dxp {
-                run_fwd(isa, cout, iblocks, &gk, dyp, wk, out);
+                run_fwd(path, cout, iblocks, &gk, dyp, wk, out);
                 // SAFETY: each sample's input-gradient range belongs to one worker.
                 let dxs = unsafe { dxp.slice(s0 * isz, k * isz) };
                 unpad_outputs(&g, cin, k, out, dxs);
@@ -539,28 +620,46 @@ mod tests {
             .collect()
     }
 
-    /// The portable instantiation agrees with the detected one (on machines
-    /// with AVX2 the two differ only in rounding from fused multiply-adds).
+    /// Every path this CPU runs (portable, AVX2 + FMA, AVX-512F) agrees with
+    /// the portable one within 1e-4 relative (they differ in rounding from
+    /// fused multiply-adds and, for the weight gradient, in summation order).
     #[test]
-    fn portable_matches_detected() {
+    fn paths_agree() {
+        let mut paths = vec![Path::Lanes8(Isa::Portable)];
+        if isa() != Isa::Portable {
+            paths.push(Path::Lanes8(isa()));
+        }
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        if has_avx512() {
+            paths.push(Path::Avx512);
+        }
+        // Where the CPU has them the paths are really compared.
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        assert_eq!(
+            paths.len(),
+            1 + usize::from(isa() != Isa::Portable) + usize::from(has_avx512())
+        );
         let mut scratch = Scratch::new();
         for &(cin, cout, h, w, n) in &[
             (3, 5, 5, 7, 3),
             (16, 16, 4, 4, 9),
             (2, 7, 9, 9, 2),
             (1, 4, 1, 1, 40),
+            (16, 16, 32, 32, 3),
+            (5, 9, 2, 2, 17),
+            (64, 64, 8, 8, 5),
         ] {
             let x = pseudo(n * cin * h * w, 1);
             let wt = pseudo(cout * cin * 9, 2);
             let dy = pseudo(n * cout * h * w, 3);
             let mut res = Vec::new();
-            for isa in [Isa::Portable, isa()] {
+            for &path in &paths {
                 let mut y = vec![f32::NAN; n * cout * h * w];
-                forward_with(isa, cin, cout, (h, w), n, &x, &wt, &mut y, &mut scratch);
+                forward_with(path, cin, cout, (h, w), n, &x, &wt, &mut y, &mut scratch);
                 let mut dx = vec![f32::NAN; x.len()];
                 let mut dw = vec![f32::NAN; wt.len()];
                 backward_with(
-                    isa,
+                    path,
                     cin,
                     cout,
                     (h, w),
@@ -574,12 +673,56 @@ mod tests {
                 );
                 res.push((y, dx, dw));
             }
-            let (a, b) = (&res[0], &res[1]);
-            for (u, v) in [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2)] {
-                for (p, q) in u.iter().zip(v.iter()) {
-                    assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+            let a = &res[0];
+            for (b, path) in res[1..].iter().zip(&paths[1..]) {
+                for (u, v) in [(&a.0, &b.0), (&a.1, &b.1), (&a.2, &b.2)] {
+                    // Relative to the tensor's scale: sums of many terms of
+                    // both signs can cancel to near zero.
+                    let scale = v.iter().fold(0.0f32, |m, q| m.max(q.abs()));
+                    for (p, q) in u.iter().zip(v.iter()) {
+                        assert!(
+                            (p - q).abs() <= 1e-4 * (1.0 + scale),
+                            "{path:?} {cin}x{cout} {h}x{w} n {n}: {p} vs {q}"
+                        );
+                    }
                 }
             }
+        }
+    }
+
+    /// The forward matches a plain loop over pixels, channels and taps.
+    #[test]
+    fn matches_a_plain_convolution() {
+        let (cin, cout, h, w, n) = (3, 18, 6, 5, 2);
+        let x = pseudo(n * cin * h * w, 4);
+        let wt = pseudo(cout * cin * 9, 5);
+        let mut want = vec![0.0f32; n * cout * h * w];
+        for s in 0..n {
+            for co in 0..cout {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        let mut acc = 0.0;
+                        for ci in 0..cin {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = (oy + ky, ox + kx);
+                                    if iy < 1 || ix < 1 || iy > h || ix > w {
+                                        continue;
+                                    }
+                                    acc += x[((s * cin + ci) * h + iy - 1) * w + ix - 1]
+                                        * wt[((co * cin + ci) * 3 + ky) * 3 + kx];
+                                }
+                            }
+                        }
+                        want[((s * cout + co) * h + oy) * w + ox] = acc;
+                    }
+                }
+            }
+        }
+        let mut y = vec![f32::NAN; want.len()];
+        forward(cin, cout, (h, w), n, &x, &wt, &mut y, &mut Scratch::new());
+        for (p, q) in y.iter().zip(&want) {
+            assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
         }
     }
 }

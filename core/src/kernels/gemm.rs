@@ -174,6 +174,18 @@ mod tests {
     }
 
     #[test]
+    fn threaded_matmul_matches_naive() {
+        let (m, n, k) = (37, 19, 23);
+        let a: alloc::vec::Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: alloc::vec::Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.71).cos()).collect();
+        let mut c = vec![f32::NAN; m * n];
+        super::super::matmul(m, n, k, &a, &b, &mut c);
+        for (x, y) in c.iter().zip(&naive(m, n, k, &a, false, &b, false)) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+
+    #[test]
     fn gram_matches_the_full_product() {
         for (k, n) in [(1, 3), (5, 7), (130, 9), (300, 64), (256, 1), (4, 0)] {
             let a: alloc::vec::Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin()).collect();

@@ -14,6 +14,32 @@ pub(crate) mod simd;
 
 use alloc::vec::Vec;
 
+/// `c[m x n] = a[m x k] * b[k x n]`, row-major and contiguous, through the
+/// GEMM the convolution kernels call, with the rows of `c` split over the
+/// worker threads. `sprout bench` times it as the machine's GEMM peak.
+pub fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    let parts = crate::par::threads().min(m).max(1);
+    let cp = crate::par::SharedMut::new(c);
+    crate::par::for_each(parts, |i| {
+        let rows = crate::par::part(m, parts, i);
+        // SAFETY: the row ranges of the parts are disjoint and inside `c`.
+        let cs = unsafe { cp.slice(rows.start * n, rows.len() * n) };
+        gemm::gemm(
+            rows.len(),
+            n,
+            k,
+            1.0,
+            &a[rows.start * k..rows.end * k],
+            false,
+            b,
+            false,
+            0.0,
+            cs,
+        );
+    });
+}
+
 /// Per-worker scratch buffers, grown on demand and reused across calls so the
 /// hot loops never allocate after the first batch.
 #[derive(Default, Clone, Debug)]

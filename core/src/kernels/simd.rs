@@ -38,6 +38,35 @@ pub fn sum(n: usize, f: impl Fn(usize) -> f32x8, tail: impl Fn(usize) -> f32) ->
     t
 }
 
+/// Two sums of [`sum`] in one pass: `(sum(n, f, tf), sum(n, g, tg))`, each
+/// added in the same order as by itself (the results are identical), with
+/// the two dependency chains interleaved.
+#[inline(always)]
+pub fn sum2(
+    n: usize,
+    f: impl Fn(usize) -> f32x8,
+    tf: impl Fn(usize) -> f32,
+    g: impl Fn(usize) -> f32x8,
+    tg: impl Fn(usize) -> f32,
+) -> (f32, f32) {
+    let m = n / W * W;
+    let (mut a, mut b) = (f32x8::ZERO, f32x8::ZERO);
+    let mut i = 0;
+    while i < m {
+        a += f(i);
+        b += g(i);
+        i += W;
+    }
+    let (mut s, mut t) = (a.reduce_add(), b.reduce_add());
+    for j in m..n {
+        s += tf(j);
+    }
+    for j in m..n {
+        t += tg(j);
+    }
+    (s, t)
+}
+
 /// `out[i] = f(i)` in 8 lanes, `tail(i)` for the remainder.
 #[inline(always)]
 pub fn map(out: &mut [f32], f: impl Fn(usize) -> f32x8, tail: impl Fn(usize) -> f32) {

@@ -17,7 +17,8 @@
 # python3), BATCHES (default "64 256"), NETS (default "vgg19:16
 # mobilenet-v1:32 vgg19:64"), WINDOWS and WINDOW_SECONDS (per engine and row,
 # default 5 and 0.5), VULKAN_DEBS (a folder of .deb files), OUT (where the
-# JSON lines go, default a temporary file).
+# JSON lines go, default a temporary file), TORCH_DEVICE (default cuda; cpu
+# tries the script out on a machine without CUDA, e.g. on Mesa lavapipe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPROUT=${SPROUT:-target/release/sprout}
@@ -26,6 +27,7 @@ BATCHES=${BATCHES:-"64 256"}
 NETS=${NETS:-"vgg19:16 mobilenet-v1:32 vgg19:64"}
 WINDOWS=${WINDOWS:-5}
 WINDOW_SECONDS=${WINDOW_SECONDS:-0.5}
+TORCH_DEVICE=${TORCH_DEVICE:-cuda}
 OUT=${OUT:-$(mktemp /tmp/gpu-bench.XXXXXX.jsonl)}
 : >"$OUT"
 
@@ -43,7 +45,7 @@ if grep -q "no GPU adapter" <<<"$devices"; then
   echo "gpu-bench: sprout found no GPU adapter (install the Vulkan loader and driver, or set VULKAN_DEBS)" >&2
   exit 1
 fi
-"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
+[ "$TORCH_DEVICE" != cuda ] || "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
   echo "gpu-bench: PyTorch sees no CUDA device" >&2
   exit 1
 }
@@ -56,7 +58,7 @@ for b in $BATCHES; do
       --steps train,infer --batch "$b" --windows "$WINDOWS" \
       --window-seconds "$WINDOW_SECONDS" |
       sed "s/^/{\"engine_kind\": \"sprout\", \"batch\": $b, \"row\": /; s/\$/}/" >>"$OUT"
-    "$PYTHON" scripts/torch-reference.py bench --device cuda --json --net "$net" \
+    "$PYTHON" scripts/torch-reference.py bench --device "$TORCH_DEVICE" --json --net "$net" \
       --width "$width" --steps train,infer --batch "$b" --windows "$WINDOWS" \
       --window-seconds "$WINDOW_SECONDS" |
       sed "s/^/{\"engine_kind\": \"torch\", \"batch\": $b, \"row\": /; s/\$/}/" >>"$OUT"
@@ -74,7 +76,7 @@ for line in open(sys.argv[1]):
         rows[key] = {}
         order.append(key)
     rows[key][d["engine_kind"]] = r["images_per_s"]
-print("| network | step | batch | sprout GPU (images/s) | PyTorch CUDA eager (images/s) | sprout / PyTorch |")
+print("| network | step | batch | sprout GPU (images/s) | PyTorch eager (images/s) | sprout / PyTorch |")
 print("|---|---|---:|---:|---:|---:|")
 for key in order:
     e = rows[key]

@@ -169,10 +169,13 @@ def train(args):
 def bench_row(family, width, steps, args):
     """Median images/s of the training and inference steps of one network."""
     torch.manual_seed(0)
-    model = (Vgg19(width) if family == "vgg19" else MobilenetV1(width)).to(memory_format=FORMAT)
+    device = torch.device(args.device)
+    model = (Vgg19(width) if family == "vgg19" else MobilenetV1(width)).to(device, memory_format=FORMAT)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    x = torch.randn(args.batch, 1, 32, 32).contiguous(memory_format=FORMAT)
-    y = torch.randint(0, 10, (args.batch,))
+    x = torch.randn(args.batch, 1, 32, 32).to(device).contiguous(memory_format=FORMAT)
+    y = torch.randint(0, 10, (args.batch,)).to(device)
+    # CUDA steps are asynchronous: a window ends when the device has finished.
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def train_step():
         opt.zero_grad(set_to_none=True)
@@ -193,12 +196,14 @@ def bench_row(family, width, steps, args):
         while n < 3 or time.perf_counter() - start < 0.3:
             step()
             n += 1
+        sync()
         rates = []
         for _ in range(args.windows):
             n, start = 0, time.perf_counter()
             while time.perf_counter() - start < args.window_seconds:
                 step()
                 n += 1
+            sync()
             rates.append(n * args.batch / (time.perf_counter() - start))
         out[name] = statistics.median(rates)
     return out
@@ -218,7 +223,8 @@ def bench(args):
                 net = f"{family}-w{width}"
                 if args.json:
                     row = {"net": net, "step": step, "images_per_s": rate, "batch": args.batch,
-                           "engine": f"torch {torch.__version__}", "threads": args.threads}
+                           "engine": f"torch {torch.__version__}", "device": args.device,
+                           "threads": args.threads}
                     print(json.dumps(row), flush=True)
                 else:
                     print(f"{net} {step}: {rate:.0f} img/s (median of {args.windows})", flush=True)
@@ -243,6 +249,7 @@ def main():
     p.add_argument("--steps", default="train,infer", help="bench: train, infer or both, comma-separated")
     p.add_argument("--json", action="store_true", help="bench: one JSON object per line")
     p.add_argument("--format", choices=["channels-last", "nchw"], default="channels-last", help="memory format")
+    p.add_argument("--device", default="cpu", help="bench: torch device, e.g. cpu or cuda")
     args = p.parse_args()
     global FORMAT
     FORMAT = torch.channels_last if args.format == "channels-last" else torch.contiguous_format

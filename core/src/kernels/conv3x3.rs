@@ -116,71 +116,46 @@ fn chunk_samples(h: usize, w: usize, n: usize, parts: usize) -> usize {
     (1536 / ((h + 1) * (w + 2))).clamp(1, n.div_ceil(parts).max(1))
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-mod avx {
-    use crate::kernels::lanes::Avx;
+/// The sample kernels compiled for one x86-64 instruction set: module
+/// `$module` holds `fwd_sample` and `dw_sample` on lanes `$lanes`, with
+/// `$nv` vectors per forward tile, in functions enabling `$features`.
+macro_rules! isa_kernels {
+    ($module:ident, $lanes:ident, $nv:ident, $features:literal) => {
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        mod $module {
+            use crate::kernels::lanes::$lanes;
 
-    /// # Safety
-    /// As [`super::fwd_sample`], and the CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn fwd_sample(
-        cin: usize,
-        blocks: usize,
-        g: &super::Grid,
-        xp: &[f32],
-        wk: &[f32],
-        out: &mut [f32],
-    ) {
-        unsafe { super::fwd_sample::<Avx, { super::NV }>(cin, blocks, g, xp, wk, out) }
-    }
+            #[doc = concat!("# Safety\nAs [`super::fwd_sample`], and the CPU has ", $features, ".")]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn fwd_sample(
+                cin: usize,
+                blocks: usize,
+                g: &super::Grid,
+                xp: &[f32],
+                wk: &[f32],
+                out: &mut [f32],
+            ) {
+                unsafe { super::fwd_sample::<$lanes, { super::$nv }>(cin, blocks, g, xp, wk, out) }
+            }
 
-    /// # Safety
-    /// As [`super::dw_sample`], and the CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dw_sample(
-        cin: usize,
-        blocks: usize,
-        g: &super::Grid,
-        xp: &[f32],
-        dyp: &[f32],
-        acc: &mut [f32],
-    ) {
-        unsafe { super::dw_sample::<Avx>(cin, blocks, g, xp, dyp, acc) }
-    }
+            #[doc = concat!("# Safety\nAs [`super::dw_sample`], and the CPU has ", $features, ".")]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn dw_sample(
+                cin: usize,
+                blocks: usize,
+                g: &super::Grid,
+                xp: &[f32],
+                dyp: &[f32],
+                acc: &mut [f32],
+            ) {
+                unsafe { super::dw_sample::<$lanes>(cin, blocks, g, xp, dyp, acc) }
+            }
+        }
+    };
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-mod avx512 {
-    use crate::kernels::lanes::Avx512;
-
-    /// # Safety
-    /// As [`super::fwd_sample`], and the CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn fwd_sample(
-        cin: usize,
-        blocks: usize,
-        g: &super::Grid,
-        xp: &[f32],
-        wk: &[f32],
-        out: &mut [f32],
-    ) {
-        unsafe { super::fwd_sample::<Avx512, { super::NV512 }>(cin, blocks, g, xp, wk, out) }
-    }
-
-    /// # Safety
-    /// As [`super::dw_sample`], and the CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dw_sample(
-        cin: usize,
-        blocks: usize,
-        g: &super::Grid,
-        xp: &[f32],
-        dyp: &[f32],
-        acc: &mut [f32],
-    ) {
-        unsafe { super::dw_sample::<Avx512>(cin, blocks, g, xp, dyp, acc) }
-    }
-}
+isa_kernels!(avx, Avx, NV, "avx2,fma");
+isa_kernels!(avx512, Avx512, NV512, "avx512f");
 
 /// One register tile: `CB` output channels x `N` vectors at grid position `q0`.
 ///

@@ -152,6 +152,114 @@ impl UnitShape {
     pub fn fan_in(&self) -> usize {
         self.cin * self.kernel * self.kernel
     }
+
+    /// The unit's conv as a kernel geometry.
+    pub fn conv_geom(&self) -> ConvGeom {
+        ConvGeom {
+            cin: self.cin,
+            cout: self.cout,
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: self.pad,
+            in_hw: self.in_hw,
+            out_hw: self.conv_hw,
+        }
+    }
+    /// The BN over `n` samples of the conv output, or (`depthwise`) of the
+    /// depthwise conv's output.
+    pub fn bn_geom(&self, n: usize, depthwise: bool) -> BnGeom {
+        let hw = if depthwise { self.out_hw } else { self.conv_hw };
+        BnGeom {
+            n,
+            channels: self.cout,
+            plane: hw.0 * hw.1,
+        }
+    }
+    /// The depthwise conv a MobileNet unit carries, at `stride`.
+    pub fn dw_geom(&self, stride: usize) -> DwGeom {
+        DwGeom {
+            channels: self.cout,
+            stride,
+            in_hw: self.conv_hw,
+            out_hw: self.out_hw,
+        }
+    }
+}
+
+/// Geometry of a convolution (groups 1, no bias), NCHW.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel size `k` (square).
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    /// Input spatial size (height, width).
+    pub in_hw: (usize, usize),
+    /// Output spatial size (height, width).
+    pub out_hw: (usize, usize),
+}
+
+impl ConvGeom {
+    /// Rows of the im2col matrix: `cin * k * k`.
+    pub fn patch(&self) -> usize {
+        self.cin * self.kernel * self.kernel
+    }
+    /// Values per input plane.
+    pub fn in_plane(&self) -> usize {
+        self.in_hw.0 * self.in_hw.1
+    }
+    /// Values per output plane.
+    pub fn out_plane(&self) -> usize {
+        self.out_hw.0 * self.out_hw.1
+    }
+}
+
+/// Geometry of a depthwise 3x3 conv with padding 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DwGeom {
+    /// Channels (one 3x3 kernel each).
+    pub channels: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Input spatial size (height, width).
+    pub in_hw: (usize, usize),
+    /// Output spatial size (height, width).
+    pub out_hw: (usize, usize),
+}
+
+impl DwGeom {
+    /// Values per input plane.
+    pub fn in_plane(&self) -> usize {
+        self.in_hw.0 * self.in_hw.1
+    }
+    /// Values per output plane.
+    pub fn out_plane(&self) -> usize {
+        self.out_hw.0 * self.out_hw.1
+    }
+}
+
+/// Layout of a BN input: `n` samples of `channels` planes of `plane` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnGeom {
+    /// Samples.
+    pub n: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Values per channel plane (`H * W`).
+    pub plane: usize,
+}
+
+impl BnGeom {
+    /// Values each channel's statistics run over: `n * plane`.
+    pub fn count(&self) -> usize {
+        self.n * self.plane
+    }
 }
 
 /// Shape of the classifier head.

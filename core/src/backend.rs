@@ -1,12 +1,13 @@
 //! The engine the training and growth loops drive, and its CPU implementation.
 
+use crate::engine::Mode;
 use crate::error::{Error, Result};
 use crate::estimator::{
     prune_estimates_from, prune_samples, split_estimates, Curvature, FrozenSigma, HeadCurvature,
     LayerBatch, Workspace,
 };
 use crate::learn::{MorphConfig, MorphMethod, MorphState};
-use crate::model::{Mode, Model};
+use crate::model::Model;
 use crate::network::Network;
 use crate::optim::Sgd;
 use crate::splitting::{min_eigen_from, SplitWorkspace};
@@ -281,7 +282,7 @@ impl Backend for CpuBackend {
         if !(loss.is_finite() && loss > 0.0) {
             return Err(Error::NonFinite(format!("morphism-phase loss is {loss}")));
         }
-        s.model.backward_activations(&s.net, &mut s.grads);
+        s.model.backward_activations(&s.net);
         let joint = cfg.joint && cfg.method == MorphMethod::GaussNewton;
         let k_all = phase.state.joint_len();
         if joint {

@@ -58,7 +58,8 @@
 //! ```
 //! use sprout_core::arch::Arch;
 //! use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
-//! use sprout_core::model::{Mode, Model};
+//! use sprout_core::engine::Mode;
+//! use sprout_core::model::Model;
 //! use sprout_core::Network;
 //!
 //! let arch = Arch::vgg19(4, [1, 32, 32], 10).unwrap();
@@ -80,15 +81,16 @@
 //! assert!(delta_l.iter().all(|d| d.is_finite() && *d >= -loss));
 //! ```
 
+use crate::arch::DwGeom;
 use crate::arch::{Pool, Post, UnitShape};
 use crate::kernels::batchnorm::fold;
 use crate::kernels::conv::{conv2d_backward, conv2d_forward};
-use crate::kernels::depthwise::{DwGeom, DwPlanes};
+use crate::kernels::depthwise::DwPlanes;
 use crate::kernels::lanes;
 use crate::kernels::pool::{maxpool_backward_plane, maxpool_plane};
 use crate::kernels::simd::{self, load};
 use crate::kernels::Scratch;
-use crate::model::{conv_geom, Model};
+use crate::model::Model;
 use crate::network::Network;
 use crate::par::{self, SharedMut};
 use alloc::vec;
@@ -516,7 +518,7 @@ pub fn split_estimates(
     let u = b.unit;
     let (n, c) = (b.n, u.cout);
     let conv_len = n * u.conv_len();
-    let geom = conv_geom(&u);
+    let geom = u.conv_geom();
     let scratch = ws.scratch.get_or_insert_with(Scratch::new);
     let d = sized(&mut ws.d, conv_len);
     conv2d_forward(&geom, n, b.x, theta, d, scratch);

@@ -7,7 +7,9 @@
 //!
 //! This crate is `no_std` + `alloc` and does no I/O: architectures
 //! ([`arch`]), parameters ([`network`]), reference CPU kernels with backward
-//! passes ([`kernels`]), the whole-network engine ([`model`]), optimizers
+//! passes ([`kernels`]), the operations every engine provides ([`engine`]),
+//! the network walk written once over them ([`walk`]), the CPU engine
+//! ([`model`]), optimizers
 //! ([`optim`]), the [`backend::Backend`] trait with its CPU implementation,
 //! and dataset parsing from bytes ([`data`]). The default `std` feature adds
 //! runtime SIMD detection in the GEMM and data parallelism on all cores.
@@ -26,6 +28,7 @@ pub mod arch;
 pub mod backend;
 pub mod data;
 mod embed;
+pub mod engine;
 pub mod error;
 pub mod estimator;
 pub mod grow;
@@ -41,6 +44,7 @@ pub mod rng;
 pub mod select;
 pub mod splitting;
 pub mod train;
+pub mod walk;
 
 pub use arch::{Arch, Family};
 pub use backend::{Backend, BatchStats, CpuBackend};

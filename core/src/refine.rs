@@ -10,8 +10,9 @@
 //! statistics they were copied, as in the estimator (frozen sigma).
 
 use crate::data::{fill_batch, Dataset, Normalization};
+use crate::engine::Mode;
 use crate::error::{Error, Result};
-use crate::model::{Mode, Model};
+use crate::model::Model;
 use crate::morph::{apply, ChannelMap, ChannelMorphism, Morphism};
 use crate::network::Network;
 use crate::optim::Adam;

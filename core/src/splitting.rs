@@ -42,7 +42,8 @@
 //! ```
 //! use sprout_core::arch::Arch;
 //! use sprout_core::estimator::{FrozenSigma, LayerBatch};
-//! use sprout_core::model::{Mode, Model};
+//! use sprout_core::engine::Mode;
+//! use sprout_core::model::Model;
 //! use sprout_core::rng::Rng;
 //! use sprout_core::splitting::{min_eigen, SplitWorkspace};
 //! use sprout_core::Network;
@@ -65,12 +66,12 @@
 //! assert!(split.eigenvalues.iter().all(|l| l.is_finite()));
 //! ```
 
+use crate::arch::DwGeom;
 use crate::estimator::{LayerBatch, SigmaPost};
 use crate::kernels::conv::{conv2d_backward, conv2d_forward};
-use crate::kernels::depthwise::{depthwise_backward, DwGeom};
+use crate::kernels::depthwise::depthwise_backward;
 use crate::kernels::pool::maxpool_backward;
 use crate::kernels::Scratch;
-use crate::model::conv_geom;
 use crate::rng::Rng;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -223,7 +224,7 @@ fn curvature_weights(b: &LayerBatch, ws: &mut SplitWorkspace) {
 fn products(b: &LayerBatch, v: &[f32], ws: &mut SplitWorkspace, out: &mut [f32]) {
     let u = b.unit;
     let conv_len = b.n * u.conv_len();
-    let geom = conv_geom(&u);
+    let geom = u.conv_geom();
     let scratch = ws.scratch.get_or_insert_with(Scratch::new);
     let t = sized(&mut ws.t, conv_len);
     conv2d_forward(&geom, b.n, b.x, v, t, scratch);

@@ -10,11 +10,11 @@
 use crate::context::{AdapterSummary, Gpu};
 use crate::graph::Graph;
 use crate::kernel::{submit, Op};
-use crate::kernels::batchnorm::Stats;
 use crate::kernels::optimizer::{sgd_words, MorphHyper};
 use crate::kernels::Kernels;
 use crate::morph::MorphBuffers;
 use sprout_core::backend::{Backend, BatchStats};
+use sprout_core::engine::Mode;
 use sprout_core::error::{Error, Field, Result};
 use sprout_core::learn::{Curvature, MorphConfig, MorphMethod, MorphState};
 use sprout_core::network::Network;
@@ -133,9 +133,10 @@ impl GpuBackend {
                 if let Entry::Vacant(slot) = phase.plans.entry((n, joint)) {
                     let mut ops = Vec::new();
                     gpu.scoped("recording a morphism step", || {
-                        g.forward(gpu, k, n, Stats::Running, &mut ops)?;
-                        g.loss(gpu, k, n, &mut ops)?;
-                        g.backward(gpu, k, n, Stats::Running, false, &mut ops)?;
+                        let mut r = g.recorder(gpu, k, &g.one, &mut ops);
+                        g.walk.forward(&mut r, n, Mode::Eval)?;
+                        g.walk.loss(&mut r, n)?;
+                        g.walk.backward(&mut r, n, Mode::Eval, false)?;
                         phase
                             .buffers
                             .record(gpu, k, g, n, joint, morph_hyper, &mut ops)
@@ -151,12 +152,21 @@ impl GpuBackend {
                 if let Entry::Vacant(slot) = s.plans.entry((step, n)) {
                     let mut ops = Vec::new();
                     gpu.scoped("recording a step", || {
+                        let (w, guard) = (
+                            &g.walk,
+                            if step == Step::Train {
+                                &g.totals
+                            } else {
+                                &g.one
+                            },
+                        );
+                        let mut r = g.recorder(gpu, k, guard, &mut ops);
                         match step {
                             Step::Train => {
-                                g.forward(gpu, k, n, Stats::Batch, &mut ops)?;
-                                g.loss(gpu, k, n, &mut ops)?;
-                                g.backward(gpu, k, n, Stats::Batch, true, &mut ops)?;
-                                g.update_running(gpu, k, n, &g.totals, &mut ops)?;
+                                w.forward(&mut r, n, Mode::Train)?;
+                                w.loss(&mut r, n)?;
+                                w.backward(&mut r, n, Mode::Train, true)?;
+                                w.update_running(&mut r, n)?;
                                 ops.push(k.optim.sgd(
                                     gpu,
                                     sgd_hyper,
@@ -168,12 +178,12 @@ impl GpuBackend {
                                 )?);
                             }
                             Step::Eval => {
-                                g.forward(gpu, k, n, Stats::Running, &mut ops)?;
-                                g.loss(gpu, k, n, &mut ops)?;
+                                w.forward(&mut r, n, Mode::Eval)?;
+                                w.loss(&mut r, n)?;
                             }
                             Step::Calibrate => {
-                                g.forward(gpu, k, n, Stats::Batch, &mut ops)?;
-                                g.update_running(gpu, k, n, &g.one, &mut ops)?;
+                                w.forward(&mut r, n, Mode::Train)?;
+                                w.update_running(&mut r, n)?;
                             }
                             Step::Morph { .. } => {}
                         }

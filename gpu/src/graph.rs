@@ -1,7 +1,7 @@
-//! A network on the device: its parameter, gradient and momentum buffers,
-//! every activation buffer for the batch capacity, and the recording of the
-//! forward pass, the loss, the backward pass and the updates as dispatches.
-//! Mirrors sprout-core's `Model` unit by unit (docs/conventions.md, "The estimator").
+//! A network on the device: its parameter, gradient and momentum buffers and
+//! every activation buffer for the batch capacity, named by sprout-core's
+//! [`Buf`]; and [`Recorder`], the GPU engine, which records sprout-core's
+//! network walk (`sprout_core::walk`) as dispatches on them.
 
 use crate::context::Gpu;
 use crate::kernel::{Op, View};
@@ -9,12 +9,10 @@ use crate::kernels::batchnorm::{stride, Stats};
 use crate::kernels::linear::LinearGeom;
 use crate::kernels::Kernels;
 use crate::layout::Layout;
-use sprout_core::arch::{Arch, HeadShape, Pool, Post, UnitShape};
+use sprout_core::arch::{Arch, BnGeom, ConvGeom, DwGeom, Post};
+use sprout_core::engine::{Act, Buf, Engine, Mode};
 use sprout_core::error::{Error, Result};
-use sprout_core::kernels::batchnorm::BnGeom;
-use sprout_core::kernels::depthwise::DwGeom;
-use sprout_core::model::conv_geom;
-use sprout_core::network::{ParamIndex, UnitParams};
+use sprout_core::walk::Walk;
 
 /// Activation buffers of one unit, sized for the batch capacity.
 #[derive(Debug)]
@@ -47,9 +45,8 @@ impl UnitBuffers {
 #[derive(Debug)]
 pub struct Graph {
     pub arch: Arch,
-    pub units: Vec<UnitShape>,
-    pub head: HeadShape,
-    pub index: ParamIndex,
+    /// The shapes and parameter indices the walk follows.
+    pub walk: Walk,
     pub layout: Layout,
     pub capacity: usize,
     pub params: View,
@@ -79,8 +76,7 @@ pub struct Graph {
 impl Graph {
     /// Allocates every buffer of `arch` for batches of up to `capacity`.
     pub fn new(gpu: &Gpu, arch: &Arch, capacity: usize) -> Result<Graph> {
-        let units = arch.units();
-        let head = arch.head();
+        let walk = Walk::new(arch);
         let specs = arch.param_specs();
         let layout = Layout::new(specs.iter().map(|s| s.len()));
         let cap = capacity.max(1);
@@ -90,9 +86,8 @@ impl Graph {
                 mask[o..o + s.len()].fill(1.0);
             }
         }
-        let index = ParamIndex::new(arch);
         // The BN kernels bind a BN's four tensors as one view.
-        for p in &index.units {
+        for p in &walk.index.units {
             let mut blocks = vec![p.bn];
             if let Some((_, dbn)) = p.depthwise {
                 blocks.push(dbn);
@@ -106,9 +101,9 @@ impl Graph {
                 }
             }
         }
-        let mut bufs = Vec::with_capacity(units.len());
+        let mut bufs = Vec::with_capacity(walk.units.len());
         let (mut max_conv, mut max_out) = (1, 1);
-        for u in &units {
+        for u in &walk.units {
             let (conv, out) = (cap * u.conv_len(), cap * u.out_len());
             max_conv = max_conv.max(conv);
             max_out = max_out.max(out);
@@ -133,6 +128,7 @@ impl Graph {
             });
         }
         let in_len: usize = arch.input.iter().product();
+        let head = walk.head;
         Ok(Graph {
             params: gpu.buffer("parameters", layout.total)?,
             grads: gpu.buffer("gradients", layout.total)?,
@@ -150,9 +146,7 @@ impl Graph {
             tmp_dh: gpu.buffer("bn-relu output gradient", max_conv)?,
             tmp_dz: gpu.buffer("depthwise output gradient", max_out)?,
             arch: arch.clone(),
-            units,
-            head,
-            index,
+            walk,
             layout,
             capacity: cap,
             bufs,
@@ -182,368 +176,363 @@ impl Graph {
         self.grads.sub(self.layout.offsets[bn[0]], stride(c) + c)
     }
 
-    /// Input of unit `l` (the images for `l == 0`).
-    pub fn unit_input(&self, l: usize) -> &View {
-        if l == 0 {
-            &self.input
-        } else {
-            self.bufs[l - 1].output()
+    /// The GPU engine recording onto `ops`, the running-statistics update guarded by `guard`.
+    pub fn recorder<'a>(
+        &'a self,
+        gpu: &'a Gpu,
+        k: &'a Kernels,
+        guard: &'a View,
+        ops: &'a mut Vec<Op>,
+    ) -> Recorder<'a> {
+        Recorder {
+            gpu,
+            k,
+            graph: self,
+            ops,
+            guard,
         }
     }
 
-    fn unit_params(&self, l: usize) -> UnitParams {
-        self.index.units[l]
-    }
-
-    /// What the linear layer reads.
-    pub fn head_input(&self) -> &View {
-        match self.head.pool {
-            Pool::Flatten => self.bufs[self.units.len() - 1].output(),
-            Pool::GlobalAverage => &self.features,
-        }
-    }
-
-    /// The forward pass on `n` images into the logits.
-    pub fn forward(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        n: usize,
-        from: Stats,
-        ops: &mut Vec<Op>,
-    ) -> Result<()> {
-        for (l, u) in self.units.iter().enumerate() {
-            let p = self.unit_params(l);
-            let b = &self.bufs[l];
-            ops.push(k.conv.forward(
-                gpu,
-                &conv_geom(u),
-                n,
-                self.unit_input(l),
-                &self.tensor(p.conv)?,
-                &b.y,
-            )?);
-            let g = bn_geom(u, n, false);
-            if from == Stats::Batch {
-                ops.push(k.bn.stats(gpu, &g, &b.y, &b.stats)?);
-            }
-            ops.push(k.bn.forward(gpu, &g, &b.y, &self.bn_block(p.bn)?, &b.stats, from, &b.h)?);
-            match (u.post, &b.a) {
-                (Post::None, _) => {}
-                (Post::MaxPool, Some(a)) => {
-                    ops.push(k.pool.max_forward(gpu, n * u.cout, u.conv_hw, &b.h, a)?)
+    /// The buffer `b` names.
+    pub fn view(&self, b: Buf) -> Result<View> {
+        let missing = || Error::backend(format!("{b:?} has no buffer in this network"));
+        Ok(match b {
+            Buf::Images => self.input.clone(),
+            Buf::Param(i) => self.tensor(i)?,
+            Buf::Grad(i) => self.grad(i)?,
+            Buf::Unit(l, a) => {
+                let u = self.bufs.get(l).ok_or_else(missing)?;
+                match a {
+                    Act::Y => u.y.clone(),
+                    Act::H => u.h.clone(),
+                    Act::Z => u.z.clone().ok_or_else(missing)?,
+                    Act::A => u.a.clone().ok_or_else(missing)?,
+                    Act::DA => u.da.clone(),
+                    Act::DY => u.dy.clone(),
+                    Act::Stats => u.stats.clone(),
+                    Act::DwStats => u.dw_stats.clone(),
                 }
-                (Post::Depthwise { stride }, Some(a)) => {
-                    let (dk, dbn) = depthwise_params(&p)?;
-                    let z = b.z.as_ref().ok_or_else(missing)?;
-                    ops.push(k.depthwise.forward(
-                        gpu,
-                        &dw_geom(u, stride),
-                        n,
-                        &b.h,
-                        &self.tensor(dk)?,
-                        z,
-                    )?);
-                    let g2 = bn_geom(u, n, true);
-                    if from == Stats::Batch {
-                        ops.push(k.bn.stats(gpu, &g2, z, &b.dw_stats)?);
-                    }
-                    ops.push(k.bn.forward(
-                        gpu,
-                        &g2,
-                        z,
-                        &self.bn_block(dbn)?,
-                        &b.dw_stats,
-                        from,
-                        a,
-                    )?);
-                }
-                _ => return Err(missing()),
             }
-        }
-        let last = &self.units[self.units.len() - 1];
-        if self.head.pool == Pool::GlobalAverage {
-            let out = self.bufs[self.units.len() - 1].output();
-            ops.push(k.pool.avg_forward(
-                gpu,
-                n * last.cout,
-                last.out_hw.0 * last.out_hw.1,
-                out,
-                &self.features,
-            )?);
-        }
-        let lg = self.linear_geom(n);
-        let (hw, hb) = (
-            self.tensor(self.index.head_weight)?,
-            self.tensor(self.index.head_bias)?,
-        );
-        ops.push(
-            k.linear
-                .forward(gpu, &lg, self.head_input(), &hw, &hb, &self.logits)?,
-        );
+            Buf::Features => self.features.clone(),
+            Buf::FeaturesGrad => self.dfeatures.clone(),
+            Buf::Logits => self.logits.clone(),
+            Buf::LogitsGrad => self.dlogits.clone(),
+            Buf::ScratchH => self.tmp_dh.clone(),
+            Buf::ScratchZ => self.tmp_dz.clone(),
+        })
+    }
+}
+
+/// The GPU engine: records each operation of the walk as dispatches on a
+/// graph's buffers.
+pub struct Recorder<'a> {
+    pub gpu: &'a Gpu,
+    pub k: &'a Kernels,
+    pub graph: &'a Graph,
+    pub ops: &'a mut Vec<Op>,
+    /// The running-statistics update is skipped unless `guard[0]` is a finite
+    /// loss: the batch totals in a training step, [`Graph::one`] otherwise.
+    pub guard: &'a View,
+}
+
+impl std::fmt::Debug for Recorder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Recorder({} ops)", self.ops.len())
+    }
+}
+
+/// The BN kernels' name for a mode.
+pub fn stats_of(mode: Mode) -> Stats {
+    match mode {
+        Mode::Train => Stats::Batch,
+        Mode::Eval => Stats::Running,
+    }
+}
+
+fn linear_geom(n: usize, features: usize, classes: usize) -> LinearGeom {
+    LinearGeom {
+        n,
+        features,
+        classes,
+    }
+}
+
+impl Engine for Recorder<'_> {
+    type Error = Error;
+
+    fn conv(&mut self, g: &ConvGeom, n: usize, x: Buf, w: Buf, y: Buf) -> Result<()> {
+        let v = |b| self.graph.view(b);
+        let op = self
+            .k
+            .conv
+            .forward(self.gpu, g, n, &v(x)?, &v(w)?, &v(y)?)?;
+        self.ops.push(op);
         Ok(())
     }
 
-    fn linear_geom(&self, n: usize) -> LinearGeom {
-        LinearGeom {
-            n,
-            features: self.head.features(),
-            classes: self.head.classes,
+    fn conv_backward(
+        &mut self,
+        g: &ConvGeom,
+        n: usize,
+        x: Buf,
+        w: Buf,
+        dy: Buf,
+        dx: Option<Buf>,
+        dw: Option<Buf>,
+    ) -> Result<()> {
+        let (gpu, k, graph) = (self.gpu, self.k, self.graph);
+        let dyv = graph.view(dy)?;
+        if let Some(dw) = dw {
+            let op = k
+                .conv
+                .backward_weight(gpu, g, n, &graph.view(x)?, &dyv, &graph.view(dw)?)?;
+            self.ops.push(op);
         }
+        if let Some(dx) = dx {
+            let op = k
+                .conv
+                .backward_input(gpu, g, n, &dyv, &graph.view(w)?, &graph.view(dx)?)?;
+            self.ops.push(op);
+        }
+        Ok(())
     }
 
-    /// Softmax cross-entropy against the uploaded labels into `totals`.
-    pub fn loss(&self, gpu: &Gpu, k: &Kernels, n: usize, ops: &mut Vec<Op>) -> Result<()> {
-        let c = self.head.classes;
-        ops.push(k.loss.softmax_xent(
+    fn batch_stats(&mut self, g: &BnGeom, y: Buf, stats: Buf) -> Result<()> {
+        let v = |b| self.graph.view(b);
+        let op = self.k.bn.stats(self.gpu, g, &v(y)?, &v(stats)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn bn_relu(
+        &mut self,
+        g: &BnGeom,
+        mode: Mode,
+        bn: [usize; 4],
+        y: Buf,
+        stats: Buf,
+        out: Buf,
+    ) -> Result<()> {
+        let gr = self.graph;
+        let op = self.k.bn.forward(
+            self.gpu,
+            g,
+            &gr.view(y)?,
+            &gr.bn_block(bn)?,
+            &gr.view(stats)?,
+            stats_of(mode),
+            &gr.view(out)?,
+        )?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn bn_relu_backward(
+        &mut self,
+        g: &BnGeom,
+        mode: Mode,
+        bn: [usize; 4],
+        y: Buf,
+        out: Buf,
+        dout: Buf,
+        stats: Buf,
+        dy: Buf,
+        param_grads: bool,
+    ) -> Result<()> {
+        let (gpu, k, gr) = (self.gpu, self.k, self.graph);
+        let (y, a, da, st) = (gr.view(y)?, gr.view(out)?, gr.view(dout)?, gr.view(stats)?);
+        let blk = gr.bn_block(bn)?;
+        let from = stats_of(mode);
+        // Batch statistics couple the samples: the input gradient needs the
+        // parameter-gradient sums even when the parameters' are not wanted.
+        let sums = if param_grads || mode == Mode::Train {
+            let sums = gr.bn_grads(bn)?;
+            self.ops
+                .push(k.bn.backward_params(gpu, g, &y, &a, &da, &st, &blk, from, &sums)?);
+            sums
+        } else {
+            st.clone()
+        };
+        let op =
+            k.bn.backward(gpu, g, &y, &a, &da, &st, &blk, &sums, from, &gr.view(dy)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn update_running(&mut self, g: &BnGeom, bn: [usize; 4], stats: Buf) -> Result<()> {
+        let gr = self.graph;
+        let op = self.k.bn.update_running(
+            self.gpu,
+            g,
+            &gr.view(stats)?,
+            &gr.bn_block(bn)?,
+            self.guard,
+        )?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn max_pool(&mut self, planes: usize, hw: (usize, usize), x: Buf, y: Buf) -> Result<()> {
+        let v = |b| self.graph.view(b);
+        let op = self
+            .k
+            .pool
+            .max_forward(self.gpu, planes, hw, &v(x)?, &v(y)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn max_pool_backward(
+        &mut self,
+        planes: usize,
+        hw: (usize, usize),
+        x: Buf,
+        dy: Buf,
+        dx: Buf,
+    ) -> Result<()> {
+        let v = |b| self.graph.view(b);
+        let op = self
+            .k
+            .pool
+            .max_backward(self.gpu, planes, hw, &v(x)?, &v(dy)?, &v(dx)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn depthwise(&mut self, g: &DwGeom, n: usize, x: Buf, k: Buf, y: Buf) -> Result<()> {
+        let v = |b| self.graph.view(b);
+        let op = self
+            .k
+            .depthwise
+            .forward(self.gpu, g, n, &v(x)?, &v(k)?, &v(y)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn depthwise_backward(
+        &mut self,
+        g: &DwGeom,
+        n: usize,
+        x: Buf,
+        k: Buf,
+        dy: Buf,
+        dx: Buf,
+        dk: Option<Buf>,
+    ) -> Result<()> {
+        let (gpu, kern, gr) = (self.gpu, self.k, self.graph);
+        let dyv = gr.view(dy)?;
+        if let Some(dk) = dk {
+            let op =
+                kern.depthwise
+                    .backward_weight(gpu, g, n, &gr.view(x)?, &dyv, &gr.view(dk)?)?;
+            self.ops.push(op);
+        }
+        let op = kern
+            .depthwise
+            .backward_input(gpu, g, n, &dyv, &gr.view(k)?, &gr.view(dx)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn average_pool(&mut self, planes: usize, plane: usize, x: Buf, y: Buf) -> Result<()> {
+        let v = |b| self.graph.view(b);
+        let op = self
+            .k
+            .pool
+            .avg_forward(self.gpu, planes, plane, &v(x)?, &v(y)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn average_pool_backward(
+        &mut self,
+        planes: usize,
+        plane: usize,
+        dy: Buf,
+        dx: Buf,
+    ) -> Result<()> {
+        let v = |b| self.graph.view(b);
+        let op = self
+            .k
+            .pool
+            .avg_backward(self.gpu, planes, plane, &v(dy)?, &v(dx)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn linear(
+        &mut self,
+        n: usize,
+        features: usize,
+        classes: usize,
+        x: Buf,
+        w: Buf,
+        b: Buf,
+        y: Buf,
+    ) -> Result<()> {
+        let v = |b| self.graph.view(b);
+        let lg = linear_geom(n, features, classes);
+        let op = self
+            .k
+            .linear
+            .forward(self.gpu, &lg, &v(x)?, &v(w)?, &v(b)?, &v(y)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn linear_backward(
+        &mut self,
+        n: usize,
+        features: usize,
+        classes: usize,
+        x: Buf,
+        w: Buf,
+        dy: Buf,
+        dx: Option<Buf>,
+        grads: Option<(Buf, Buf)>,
+    ) -> Result<()> {
+        let (gpu, k, gr) = (self.gpu, self.k, self.graph);
+        let lg = linear_geom(n, features, classes);
+        let dyv = gr.view(dy)?;
+        if let Some((gw, gb)) = grads {
+            let op = k.linear.backward_weight(
+                gpu,
+                &lg,
+                &gr.view(x)?,
+                &dyv,
+                &gr.view(gw)?,
+                &gr.view(gb)?,
+            )?;
+            self.ops.push(op);
+        }
+        if let Some(dx) = dx {
+            let op = k
+                .linear
+                .backward_input(gpu, &lg, &dyv, &gr.view(w)?, &gr.view(dx)?)?;
+            self.ops.push(op);
+        }
+        Ok(())
+    }
+
+    fn softmax_cross_entropy(
+        &mut self,
+        n: usize,
+        classes: usize,
+        logits: Buf,
+        dlogits: Buf,
+    ) -> Result<()> {
+        let (gpu, k, gr) = (self.gpu, self.k, self.graph);
+        let op = k.loss.softmax_xent(
             gpu,
             n,
-            c,
-            &self.logits,
-            &self.labels,
-            &self.dlogits,
-            &self.rows,
-        )?);
-        ops.push(k.loss.reduce(gpu, n, &self.rows, &self.totals)?);
+            classes,
+            &gr.view(logits)?,
+            &gr.labels,
+            &gr.view(dlogits)?,
+            &gr.rows,
+        )?;
+        self.ops.push(op);
+        self.ops.push(k.loss.reduce(gpu, n, &gr.rows, &gr.totals)?);
         Ok(())
     }
-
-    /// The backward pass after [`Graph::loss`]: every unit's `dL/da` and
-    /// `dL/dy`, and with `weights` every parameter gradient.
-    pub fn backward(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        n: usize,
-        from: Stats,
-        weights: bool,
-        ops: &mut Vec<Op>,
-    ) -> Result<()> {
-        let last = self.units.len() - 1;
-        let lu = &self.units[last];
-        let lg = self.linear_geom(n);
-        let hw = self.tensor(self.index.head_weight)?;
-        if weights {
-            let (gw, gb) = (
-                self.grad(self.index.head_weight)?,
-                self.grad(self.index.head_bias)?,
-            );
-            ops.push(k.linear.backward_weight(
-                gpu,
-                &lg,
-                self.head_input(),
-                &self.dlogits,
-                &gw,
-                &gb,
-            )?);
-        }
-        match self.head.pool {
-            Pool::Flatten => ops.push(k.linear.backward_input(
-                gpu,
-                &lg,
-                &self.dlogits,
-                &hw,
-                &self.bufs[last].da,
-            )?),
-            Pool::GlobalAverage => {
-                ops.push(
-                    k.linear
-                        .backward_input(gpu, &lg, &self.dlogits, &hw, &self.dfeatures)?,
-                );
-                let plane = lu.out_hw.0 * lu.out_hw.1;
-                ops.push(k.pool.avg_backward(
-                    gpu,
-                    n * lu.cout,
-                    plane,
-                    &self.dfeatures,
-                    &self.bufs[last].da,
-                )?);
-            }
-        }
-        for l in (0..self.units.len()).rev() {
-            self.backward_unit(gpu, k, n, l, from, weights, ops)?;
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn backward_unit(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        n: usize,
-        l: usize,
-        from: Stats,
-        weights: bool,
-        ops: &mut Vec<Op>,
-    ) -> Result<()> {
-        let u = &self.units[l];
-        let p = self.unit_params(l);
-        let b = &self.bufs[l];
-        // Batch statistics couple the samples: the input gradient needs the
-        // parameter-gradient sums even when the weights are not wanted.
-        let param_sums = weights || from == Stats::Batch;
-        let dh: &View = match (u.post, &b.a) {
-            (Post::None, _) => &b.da,
-            (Post::MaxPool, _) => {
-                ops.push(k.pool.max_backward(
-                    gpu,
-                    n * u.cout,
-                    u.conv_hw,
-                    &b.h,
-                    &b.da,
-                    &self.tmp_dh,
-                )?);
-                &self.tmp_dh
-            }
-            (Post::Depthwise { stride }, Some(a)) => {
-                let (dk, dbn) = depthwise_params(&p)?;
-                let z = b.z.as_ref().ok_or_else(missing)?;
-                let g2 = bn_geom(u, n, true);
-                let blk = self.bn_block(dbn)?;
-                let sums = if param_sums {
-                    self.bn_grads(dbn)?
-                } else {
-                    b.dw_stats.clone()
-                };
-                if param_sums {
-                    ops.push(k.bn.backward_params(
-                        gpu,
-                        &g2,
-                        z,
-                        a,
-                        &b.da,
-                        &b.dw_stats,
-                        &blk,
-                        from,
-                        &sums,
-                    )?);
-                }
-                ops.push(k.bn.backward(
-                    gpu,
-                    &g2,
-                    z,
-                    a,
-                    &b.da,
-                    &b.dw_stats,
-                    &blk,
-                    &sums,
-                    from,
-                    &self.tmp_dz,
-                )?);
-                let dg = dw_geom(u, stride);
-                if weights {
-                    ops.push(k.depthwise.backward_weight(
-                        gpu,
-                        &dg,
-                        n,
-                        &b.h,
-                        &self.tmp_dz,
-                        &self.grad(dk)?,
-                    )?);
-                }
-                ops.push(k.depthwise.backward_input(
-                    gpu,
-                    &dg,
-                    n,
-                    &self.tmp_dz,
-                    &self.tensor(dk)?,
-                    &self.tmp_dh,
-                )?);
-                &self.tmp_dh
-            }
-            _ => return Err(missing()),
-        };
-        let g = bn_geom(u, n, false);
-        let blk = self.bn_block(p.bn)?;
-        let sums = if param_sums {
-            self.bn_grads(p.bn)?
-        } else {
-            b.stats.clone()
-        };
-        if param_sums {
-            ops.push(k.bn.backward_params(gpu, &g, &b.y, &b.h, dh, &b.stats, &blk, from, &sums)?);
-        }
-        ops.push(k.bn.backward(gpu, &g, &b.y, &b.h, dh, &b.stats, &blk, &sums, from, &b.dy)?);
-        let geom = conv_geom(u);
-        if weights {
-            ops.push(k.conv.backward_weight(
-                gpu,
-                &geom,
-                n,
-                self.unit_input(l),
-                &b.dy,
-                &self.grad(p.conv)?,
-            )?);
-        }
-        if l > 0 {
-            let w = self.tensor(p.conv)?;
-            ops.push(
-                k.conv
-                    .backward_input(gpu, &geom, n, &b.dy, &w, &self.bufs[l - 1].da)?,
-            );
-        }
-        Ok(())
-    }
-
-    /// Folds the last train-mode forward's batch statistics into the running
-    /// statistics, unless `guard[0]` is not a finite loss.
-    pub fn update_running(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        n: usize,
-        guard: &View,
-        ops: &mut Vec<Op>,
-    ) -> Result<()> {
-        for (l, u) in self.units.iter().enumerate() {
-            let p = self.unit_params(l);
-            let b = &self.bufs[l];
-            ops.push(k.bn.update_running(
-                gpu,
-                &bn_geom(u, n, false),
-                &b.stats,
-                &self.bn_block(p.bn)?,
-                guard,
-            )?);
-            if let Some((_, dbn)) = p.depthwise {
-                ops.push(k.bn.update_running(
-                    gpu,
-                    &bn_geom(u, n, true),
-                    &b.dw_stats,
-                    &self.bn_block(dbn)?,
-                    guard,
-                )?);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// BN geometry of a unit's conv output, or (`depthwise`) of its depthwise output.
-pub fn bn_geom(u: &UnitShape, n: usize, depthwise: bool) -> BnGeom {
-    let hw = if depthwise { u.out_hw } else { u.conv_hw };
-    BnGeom {
-        n,
-        channels: u.cout,
-        plane: hw.0 * hw.1,
-    }
-}
-
-/// The next-block depthwise conv a unit carries.
-pub fn dw_geom(u: &UnitShape, stride: usize) -> DwGeom {
-    DwGeom {
-        channels: u.cout,
-        stride,
-        in_hw: u.conv_hw,
-        out_hw: u.out_hw,
-    }
-}
-
-pub fn depthwise_params(p: &UnitParams) -> Result<(usize, [usize; 4])> {
-    p.depthwise.ok_or_else(missing)
-}
-
-fn missing() -> Error {
-    Error::backend("a depthwise or pooled unit is missing its buffers or parameters")
 }

@@ -17,7 +17,7 @@
 //! terms, as sprout-core's `MorphState::update_cross` does.
 
 use crate::context::Gpu;
-use crate::graph::{bn_geom, depthwise_params, dw_geom, Graph};
+use crate::graph::Graph;
 use crate::kernel::{Op, View};
 use crate::kernels::batchnorm::Stats;
 use crate::kernels::estimator::Slots;
@@ -26,7 +26,6 @@ use crate::layout::Layout;
 use sprout_core::arch::Post;
 use sprout_core::error::{Error, Result};
 use sprout_core::learn::MorphState;
-use sprout_core::model::conv_geom;
 
 /// Device buffers of one morphism phase.
 #[derive(Debug)]
@@ -72,22 +71,24 @@ struct Joint {
 impl MorphBuffers {
     /// Uploads `state` and allocates the workspace for `graph`'s batch capacity.
     pub fn new(gpu: &Gpu, graph: &Graph, state: &MorphState) -> Result<MorphBuffers> {
-        let weights = Layout::new(graph.units.iter().map(|u| u.weight_len()));
-        let channels = Layout::new(graph.units.iter().map(|u| u.cout));
+        let weights = Layout::new(graph.walk.units.iter().map(|u| u.weight_len()));
+        let channels = Layout::new(graph.walk.units.iter().map(|u| u.cout));
         let cap = graph.capacity;
         let conv = graph
+            .walk
             .units
             .iter()
             .map(|u| cap * u.conv_len())
             .max()
             .unwrap_or(1);
         let out = graph
+            .walk
             .units
             .iter()
             .map(|u| cap * u.out_len())
             .max()
             .unwrap_or(1);
-        let u_blocks = Layout::new(graph.units.iter().flat_map(|u| [cap * u.cout; 2]));
+        let u_blocks = Layout::new(graph.walk.units.iter().flat_map(|u| [cap * u.cout; 2]));
         let buf = |label: &str, len: usize| gpu.buffer(label, len);
         let pair = |label: &str, len: usize| -> Result<[View; 2]> {
             Ok([buf(label, len)?, buf(label, len)?])
@@ -133,7 +134,7 @@ impl MorphBuffers {
             return Ok(());
         }
         let mut entries = Vec::new();
-        for (l, u) in graph.units.iter().enumerate() {
+        for (l, u) in graph.walk.units.iter().enumerate() {
             for block in [2 * l, 2 * l + 1] {
                 let at = self.u_blocks.offsets[block];
                 entries.extend((0..u.cout).map(|c| (at + c, u.cout)));
@@ -194,15 +195,15 @@ impl MorphBuffers {
         ops: &mut Vec<Op>,
     ) -> Result<()> {
         let loss = &graph.totals;
-        for (l, u) in graph.units.iter().enumerate() {
-            let p = graph.index.units[l];
+        for (l, u) in graph.walk.units.iter().enumerate() {
+            let p = graph.walk.index.units[l];
             let b = &graph.bufs[l];
             let (c, po) = (u.cout, u.out_hw.0 * u.out_hw.1);
             let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
-            let x = graph.unit_input(l);
+            let x = &graph.view(graph.walk.input(l))?;
             let a0 = b.output();
-            let geom = conv_geom(u);
-            let g = bn_geom(u, n, false);
+            let geom = u.conv_geom();
+            let g = u.bn_geom(n, false);
             let blk = graph.bn_block(p.bn)?;
             let theta = self.layer(&self.theta, l)?;
             ops.push(k.conv.forward(gpu, &geom, n, x, &theta, &self.d)?);
@@ -222,16 +223,18 @@ impl MorphBuffers {
                         &self.a[i],
                     )?),
                     Post::Depthwise { stride } => {
-                        let (dk, dbn) = depthwise_params(&p)?;
+                        let (dk, dbn) = p.depthwise.ok_or_else(|| {
+                            Error::backend("a depthwise unit without depthwise parameters")
+                        })?;
                         ops.push(k.depthwise.forward(
                             gpu,
-                            &dw_geom(u, stride),
+                            &u.dw_geom(stride),
                             n,
                             &self.h[i],
                             &graph.tensor(dk)?,
                             &self.z[i],
                         )?);
-                        let g2 = bn_geom(u, n, true);
+                        let g2 = u.bn_geom(n, true);
                         ops.push(k.bn.forward(
                             gpu,
                             &g2,
@@ -290,8 +293,10 @@ impl MorphBuffers {
                         &self.gh
                     }
                     Post::Depthwise { stride } => {
-                        let (dk, dbn) = depthwise_params(&p)?;
-                        let g2 = bn_geom(u, n, true);
+                        let (dk, dbn) = p.depthwise.ok_or_else(|| {
+                            Error::backend("a depthwise unit without depthwise parameters")
+                        })?;
+                        let g2 = u.bn_geom(n, true);
                         let dblk = graph.bn_block(dbn)?;
                         ops.push(k.bn.backward(
                             gpu,
@@ -307,7 +312,7 @@ impl MorphBuffers {
                         )?);
                         ops.push(k.depthwise.backward_input(
                             gpu,
-                            &dw_geom(u, stride),
+                            &u.dw_geom(stride),
                             n,
                             &self.gz,
                             &graph.tensor(dk)?,
@@ -355,7 +360,7 @@ impl MorphBuffers {
             k.optim
                 .adam(gpu, hyper, &self.grad, loss, &self.theta, &self.m, &self.v)?,
         );
-        for (l, u) in graph.units.iter().enumerate() {
+        for (l, u) in graph.walk.units.iter().enumerate() {
             let theta = self.layer(&self.theta, l)?;
             let norms = self.per_channel(&self.w_norms, l)?;
             ops.push(

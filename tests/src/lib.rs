@@ -1,7 +1,8 @@
 //! Shared fixtures of sprout's cross-crate tests (the tests live in tests/).
 
 use sprout_core::arch::{BnPart, Role};
-use sprout_core::model::{Mode, Model};
+use sprout_core::engine::Mode;
+use sprout_core::model::Model;
 use sprout_core::rng::Rng;
 use sprout_core::{Arch, Network};
 

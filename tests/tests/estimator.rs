@@ -15,12 +15,13 @@
 //! statistics that the split halves share.
 
 use sprout_core::arch::Pool;
+use sprout_core::engine::Mode;
 use sprout_core::estimator::{
     gauss_newton, prune_estimates, prune_samples, split_estimates, Curvature, FrozenSigma,
     HeadCurvature, LayerBatch, Workspace,
 };
 use sprout_core::learn::MorphState;
-use sprout_core::model::{Mode, Model};
+use sprout_core::model::Model;
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::rng::Rng;
 use sprout_core::select::{joint_delta_loss, Candidate, Kind};

@@ -12,7 +12,8 @@
 //! printed case.
 
 use proptest::prelude::*;
-use sprout_core::model::{Mode, Model};
+use sprout_core::engine::Mode;
+use sprout_core::model::Model;
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::rng::Rng;
 use sprout_core::{Arch, Family, Network};

@@ -14,13 +14,14 @@
 
 use proptest::prelude::*;
 use sprout_core::arch::conv_out;
+use sprout_core::arch::{BnGeom, ConvGeom, DwGeom};
 use sprout_core::kernels::batchnorm::{
-    backward_eval, backward_train, batch_stats, fold, scale_shift_relu, update_running, BnGeom,
-    BN_EPS, BN_MOMENTUM,
+    backward_eval, backward_train, batch_stats, fold, scale_shift_relu, update_running, BN_EPS,
+    BN_MOMENTUM,
 };
-use sprout_core::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeom};
+use sprout_core::kernels::conv::{conv2d_backward, conv2d_forward};
 use sprout_core::kernels::depthwise::{
-    depthwise_backward, depthwise_backward_input, depthwise_forward, DwGeom,
+    depthwise_backward, depthwise_backward_input, depthwise_forward,
 };
 use sprout_core::kernels::linear::{linear_backward, linear_forward};
 use sprout_core::kernels::loss::softmax_cross_entropy;

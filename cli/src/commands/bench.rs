@@ -6,10 +6,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use sprout_core::arch::Family;
+use sprout_core::engine::Mode;
 use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
 use sprout_core::kernels::matmul;
 use sprout_core::learn::{MorphConfig, MorphState};
-use sprout_core::model::{Mode, Model};
+use sprout_core::model::Model;
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::optim::Sgd;
 use sprout_core::rng::Rng;
@@ -330,13 +331,12 @@ pub fn score_all(
     let state = MorphState::new(net, 0.05, &mut rng);
     let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(net, l)).collect();
     let mut model = Model::new(arch, batch);
-    let mut grads = net.zeros_like();
     let mut ws = Workspace::default();
     let mut delta = vec![0.0f32; units.iter().map(|u| u.cout).max().unwrap_or(0)];
     let est = median_images_per_s(batch, windows, window_seconds, || {
         model.forward(net, images, batch, Mode::Eval);
         let (loss, _) = model.loss(labels);
-        model.backward_activations(net, &mut grads);
+        model.backward_activations(net);
         for (l, u) in units.iter().enumerate() {
             let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss);
             split_estimates(&b, &state.theta[l], &mut ws, &mut delta[..u.cout], None);

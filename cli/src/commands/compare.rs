@@ -12,8 +12,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use sprout_core::data::{fill_batch, Dataset, Normalization};
+use sprout_core::engine::Mode;
 use sprout_core::estimator::{FrozenSigma, LayerBatch};
-use sprout_core::model::{Mode, Model};
+use sprout_core::model::Model;
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::optim::Adam;
 use sprout_core::refine::refine_splits;
@@ -127,7 +128,6 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let fan = u0.fan_in();
     let sigma = FrozenSigma::of(net, 0);
     let mut model = Model::new(arch, a.batch);
-    let mut grads = net.zeros_like();
     let mut ws = SplitWorkspace::default();
     let mut avg = SplitAverage::new();
     let mut rng = Rng::new(a.seed ^ 0x51);
@@ -144,7 +144,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         );
         model.forward(net, &buffers.images, a.batch, Mode::Eval);
         let (loss, _) = model.loss(&buffers.labels);
-        model.backward_activations(net, &mut grads);
+        model.backward_activations(net);
         let b = LayerBatch::from_model(&model, 0, sigma.view(), loss);
         let dirs = min_eigen(&b, 30, &mut rng, &mut ws);
         avg.add(&dirs);

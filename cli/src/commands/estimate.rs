@@ -10,10 +10,11 @@ use crate::weights::save_tensors;
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
+use sprout_core::engine::Mode;
 use sprout_core::estimator::{
     split_estimates, Curvature, FrozenSigma, HeadCurvature, LayerBatch, Workspace,
 };
-use sprout_core::model::{Mode, Model};
+use sprout_core::model::Model;
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::train::Batches;
 use std::fmt::Write as _;
@@ -120,7 +121,6 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
     let mut heldout_est: Vec<Vec<f64>> = units.iter().map(|u| vec![0.0; u.cout]).collect();
     {
         let mut ws = Workspace::default();
-        let mut grads = net.zeros_like();
         let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(net, l)).collect();
         let mut rng = sprout_core::rng::Rng::new(0);
         let mut probs = Vec::new();
@@ -137,7 +137,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
             );
             model.forward(net, &hbuf.images, idx.len(), Mode::Eval);
             let (loss, _) = model.loss(&hbuf.labels);
-            model.backward_activations(net, &mut grads);
+            model.backward_activations(net);
             let head = (Curvature::from(args.curvature) == Curvature::ExactLogits)
                 .then(|| HeadCurvature::from_model(&model, net, &mut probs));
             for (l, u) in units.iter().enumerate() {

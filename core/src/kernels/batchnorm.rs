@@ -7,6 +7,7 @@
 //! `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale`.
 
 use super::simd::{self, load};
+use crate::arch::BnGeom;
 use crate::par::{self, SharedMut};
 use wide::f32x8;
 
@@ -14,23 +15,6 @@ use wide::f32x8;
 pub const BN_EPS: f32 = 1e-5;
 /// Running-statistics momentum (PyTorch's default).
 pub const BN_MOMENTUM: f32 = 0.1;
-
-/// Layout of a BN input: `n` samples of `channels` planes of `plane` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BnGeom {
-    /// Samples.
-    pub n: usize,
-    /// Channels.
-    pub channels: usize,
-    /// Values per channel plane (`H * W`).
-    pub plane: usize,
-}
-
-impl BnGeom {
-    fn count(&self) -> usize {
-        self.n * self.plane
-    }
-}
 
 /// `(sum(g * m), sum(g * m * (y - mu)))` over one plane, where `m = [a > 0]`.
 #[inline]

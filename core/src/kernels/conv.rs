@@ -4,55 +4,24 @@
 use super::conv3x3;
 use super::gemm::gemm;
 use super::Scratch;
+use crate::arch::ConvGeom;
 use crate::par::{self, SharedMut};
 
-/// Geometry of a convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeom {
-    /// Input channels.
-    pub cin: usize,
-    /// Output channels.
-    pub cout: usize,
-    /// Kernel size `k` (square).
-    pub kernel: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding on every side.
-    pub pad: usize,
-    /// Input spatial size (height, width).
-    pub in_hw: (usize, usize),
-    /// Output spatial size (height, width).
-    pub out_hw: (usize, usize),
+/// A 1x1, stride-1, unpadded conv reads its input as the im2col matrix directly.
+fn is_pointwise(g: &ConvGeom) -> bool {
+    g.kernel == 1 && g.stride == 1 && g.pad == 0
 }
 
-impl ConvGeom {
-    /// Rows of the im2col matrix: `cin * k * k`.
-    pub fn patch(&self) -> usize {
-        self.cin * self.kernel * self.kernel
-    }
-    /// Values per input plane.
-    pub fn in_plane(&self) -> usize {
-        self.in_hw.0 * self.in_hw.1
-    }
-    /// Values per output plane.
-    pub fn out_plane(&self) -> usize {
-        self.out_hw.0 * self.out_hw.1
-    }
-    /// A 1x1, stride-1, unpadded conv reads its input as the im2col matrix directly.
-    fn is_pointwise(&self) -> bool {
-        self.kernel == 1 && self.stride == 1 && self.pad == 0
-    }
-    /// A 3x3, stride-1, pad-1 conv runs the direct kernels of [`super::conv3x3`],
-    /// except on tiny planes with many channels, where the direct kernels'
-    /// border columns cost more than im2col and GEMM (measured: direct is
-    /// ahead at 64 channels on 16x16, even at 128 on 8x8, behind at 256 on 4x4).
-    fn is_direct3x3(&self) -> bool {
-        self.kernel == 3
-            && self.stride == 1
-            && self.pad == 1
-            && self.out_hw == self.in_hw
-            && !(self.in_plane() <= 16 && self.cin * self.cout >= 128 * 128)
-    }
+/// A 3x3, stride-1, pad-1 conv runs the direct kernels of [`super::conv3x3`],
+/// except on tiny planes with many channels, where the direct kernels'
+/// border columns cost more than im2col and GEMM (measured: direct is
+/// ahead at 64 channels on 16x16, even at 128 on 8x8, behind at 256 on 4x4).
+fn is_direct3x3(g: &ConvGeom) -> bool {
+    g.kernel == 3
+        && g.stride == 1
+        && g.pad == 1
+        && g.out_hw == g.in_hw
+        && !(g.in_plane() <= 16 && g.cin * g.cout >= 128 * 128)
 }
 
 /// Writes the `patch x out_plane` im2col matrix of one sample.
@@ -153,7 +122,7 @@ pub fn conv2d_forward(
     y: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    if g.is_direct3x3() {
+    if is_direct3x3(g) {
         conv3x3::forward(g.cin, g.cout, g.in_hw, n, x, w, y, scratch);
     } else {
         forward_im2col(g, n, x, w, y, scratch);
@@ -174,14 +143,14 @@ fn forward_im2col(
     let (patch, plane) = (g.patch(), g.out_plane());
     let yp = SharedMut::new(y);
     par::for_each_part(n, &mut scratch.workers, |range, ws| {
-        if !g.is_pointwise() {
+        if !is_pointwise(g) {
             ws.ensure_col(patch * plane);
         }
         for s in range {
             let xs = &x[s * isz..(s + 1) * isz];
             // SAFETY: each sample's output range is written by exactly one worker.
             let ys = unsafe { yp.slice(s * osz, osz) };
-            if g.is_pointwise() {
+            if is_pointwise(g) {
                 gemm(g.cout, plane, patch, 1.0, w, false, xs, false, 0.0, ys);
             } else {
                 im2col(g, xs, &mut ws.col);
@@ -203,7 +172,7 @@ pub fn conv2d_backward(
     dw: &mut [f32],
     scratch: &mut Scratch,
 ) {
-    if g.is_direct3x3() {
+    if is_direct3x3(g) {
         conv3x3::backward(g.cin, g.cout, g.in_hw, n, x, w, dy, dx, dw, scratch);
     } else {
         backward_im2col(g, n, x, w, dy, dx, dw, scratch);
@@ -231,13 +200,13 @@ fn backward_im2col(
     par::for_each_part(n, &mut scratch.workers, |range, ws| {
         ws.ensure_acc(wlen);
         ws.acc[..wlen].fill(0.0);
-        if !g.is_pointwise() {
+        if !is_pointwise(g) {
             ws.ensure_col(patch * plane);
         }
         for s in range {
             let xs = &x[s * isz..(s + 1) * isz];
             let dys = &dy[s * osz..(s + 1) * osz];
-            if g.is_pointwise() {
+            if is_pointwise(g) {
                 gemm(
                     g.cout,
                     patch,
@@ -268,7 +237,7 @@ fn backward_im2col(
             if let Some(dxp) = dxp {
                 // SAFETY: each sample's input-gradient range belongs to one worker.
                 let dxs = unsafe { dxp.slice(s * isz, isz) };
-                if g.is_pointwise() {
+                if is_pointwise(g) {
                     gemm(patch, plane, g.cout, 1.0, w, true, dys, false, 0.0, dxs);
                 } else {
                     // The column buffer is free again once dW has used it.
@@ -508,7 +477,7 @@ mod tests {
                         in_hw: (h, wd),
                         out_hw: (h, wd),
                     };
-                    assert!(g.is_direct3x3());
+                    assert!(is_direct3x3(&g));
                     let x = pseudo(n * cin * h * wd, 1);
                     let w = pseudo(cout * g.patch(), 2);
                     let dy = pseudo(n * cout * h * wd, 3);
@@ -597,7 +566,7 @@ pub fn conv2d_backward_input(
     let (isz, osz) = (g.cin * g.in_plane(), g.cout * g.out_plane());
     let (patch, plane) = (g.patch(), g.out_plane());
     assert!(dy.len() >= n * osz && dx.len() >= n * isz && w.len() >= g.cout * patch);
-    if g.is_direct3x3() {
+    if is_direct3x3(g) {
         // A stride-1 pad-1 3x3 conv's input gradient is the same conv of dy
         // with channels swapped and kernels flipped.
         let mut wt = alloc::vec![0.0f32; g.cin * g.cout * 9];
@@ -613,14 +582,14 @@ pub fn conv2d_backward_input(
     }
     let dxp = SharedMut::new(dx);
     par::for_each_part(n, &mut scratch.workers, |range, ws| {
-        if !g.is_pointwise() {
+        if !is_pointwise(g) {
             ws.ensure_col(patch * plane);
         }
         for s in range {
             let dys = &dy[s * osz..(s + 1) * osz];
             // SAFETY: each sample's input-gradient range belongs to one worker.
             let dxs = unsafe { dxp.slice(s * isz, isz) };
-            if g.is_pointwise() {
+            if is_pointwise(g) {
                 gemm(patch, plane, g.cout, 1.0, w, true, dys, false, 0.0, dxs);
             } else {
                 gemm(

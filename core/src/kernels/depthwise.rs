@@ -23,32 +23,11 @@
 //!   chunks of a channel and summed across lanes at the end.
 
 use super::lanes::{self, round_up, Isa, Vf, L};
+use crate::arch::DwGeom;
 use crate::par::{self, SharedMut};
 use alloc::vec::Vec;
 use core::ops::Range;
 use wide::f32x8;
-
-/// Geometry of a depthwise 3x3 conv with padding 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DwGeom {
-    /// Channels (one 3x3 kernel each).
-    pub channels: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Input spatial size (height, width).
-    pub in_hw: (usize, usize),
-    /// Output spatial size (height, width).
-    pub out_hw: (usize, usize),
-}
-
-impl DwGeom {
-    fn in_plane(&self) -> usize {
-        self.in_hw.0 * self.in_hw.1
-    }
-    fn out_plane(&self) -> usize {
-        self.out_hw.0 * self.out_hw.1
-    }
-}
 
 /// Layout of the bordered grids of one channel's chunk of samples.
 #[derive(Clone, Copy, Debug)]

@@ -39,6 +39,18 @@ pub fn linear_backward(
         }
     }
     if let Some(df) = df {
-        gemm(n, features, classes, 1.0, dout, false, w, false, 0.0, df);
+        linear_backward_input(n, features, classes, w, dout, df);
     }
+}
+
+/// The input gradient alone: `df = dout W`, overwritten.
+pub fn linear_backward_input(
+    n: usize,
+    features: usize,
+    classes: usize,
+    w: &[f32],
+    dout: &[f32],
+    df: &mut [f32],
+) {
+    gemm(n, features, classes, 1.0, dout, false, w, false, 0.0, df);
 }

@@ -9,8 +9,8 @@
 
 use crate::context::Gpu;
 use crate::kernel::{aligned, need, Access, Kernel, Op, Res, View};
+use sprout_core::arch::BnGeom;
 use sprout_core::error::Result;
-use sprout_core::kernels::batchnorm::BnGeom;
 
 use Access::{Read, Uniform, Write};
 

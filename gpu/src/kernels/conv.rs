@@ -2,8 +2,8 @@
 
 use crate::context::Gpu;
 use crate::kernel::{need, Access, Kernel, Op, Res, View};
+use sprout_core::arch::ConvGeom;
 use sprout_core::error::Result;
-use sprout_core::kernels::conv::ConvGeom;
 
 use Access::{Read, Uniform, Write};
 

@@ -2,8 +2,8 @@
 
 use crate::context::Gpu;
 use crate::kernel::{need, Access, Kernel, Op, Res, View};
+use sprout_core::arch::DwGeom;
 use sprout_core::error::Result;
-use sprout_core::kernels::depthwise::DwGeom;
 
 use Access::{Read, Uniform, Write};
 

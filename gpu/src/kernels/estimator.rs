@@ -8,8 +8,8 @@
 use crate::context::Gpu;
 use crate::kernel::{need, Access, Kernel, Op, Res, View};
 use crate::kernels::batchnorm::stride;
+use sprout_core::arch::BnGeom;
 use sprout_core::error::{Error, Result};
-use sprout_core::kernels::batchnorm::BnGeom;
 
 use Access::{Read, Uniform, Write};
 

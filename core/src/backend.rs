@@ -6,13 +6,16 @@ use crate::estimator::{
     prune_estimates_from, prune_samples, split_estimates, Curvature, FrozenSigma, HeadCurvature,
     LayerBatch, Workspace,
 };
-use crate::learn::{MorphConfig, MorphMethod, MorphState};
+use crate::learn::{morph_step, MorphConfig, MorphEngine, MorphMethod, MorphState};
 use crate::model::Model;
 use crate::network::Network;
-use crate::optim::Sgd;
+use crate::optim::{Adam, Sgd};
 use crate::splitting::{min_eigen_from, SplitWorkspace};
+use crate::walk::Walk;
 use alloc::format;
+use alloc::vec;
 use alloc::vec::Vec;
+use core::mem;
 
 /// Loss and accuracy counts of one batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -91,7 +94,8 @@ struct MorphPhase {
     split_workspace: SplitWorkspace,
     split: Vec<f32>,
     prune: Vec<f32>,
-    grad: Vec<f32>,
+    /// Per layer, the gradient of its split estimates with respect to theta.
+    grads: Vec<Vec<f32>>,
     /// Per-sample first-order terms: one layer's prunes, and (`n x K`) every
     /// candidate's for the joint estimate.
     prune_u: Vec<f32>,
@@ -152,6 +156,106 @@ fn check_batch(
         )));
     }
     Ok(())
+}
+
+/// The CPU's morphism-step operations: the estimator's fused per-layer
+/// kernels on the model's last batch, the moving averages and Adam on the
+/// host-side [`MorphState`].
+struct CpuMorph<'a> {
+    model: &'a Model,
+    sigmas: &'a [FrozenSigma],
+    phase: &'a mut MorphPhase,
+    loss: f32,
+    /// The exact curvature at the logits, for the unit that feeds them.
+    head: Option<HeadCurvature<'a>>,
+}
+
+impl<'a> CpuMorph<'a> {
+    fn batch(&self, l: usize) -> LayerBatch<'a> {
+        let last = self.model.units().len() - 1;
+        LayerBatch::from_model(self.model, l, self.sigmas[l].view(), self.loss)
+            .with_head(self.head.filter(|_| l == last))
+    }
+}
+
+impl MorphEngine for CpuMorph<'_> {
+    type Error = Error;
+
+    fn estimate_layer(&mut self, walk: &Walk, l: usize, n: usize) -> Result<()> {
+        let u = walk.units[l];
+        let batch = self.batch(l);
+        let p = &mut *self.phase;
+        p.split.resize(u.cout, 0.0);
+        p.prune.resize(u.cout, 0.0);
+        p.grads[l].resize(u.weight_len(), 0.0);
+        split_estimates(
+            &batch,
+            &p.state.theta[l],
+            &mut p.workspace,
+            &mut p.split,
+            Some(&mut p.grads[l]),
+        );
+        p.prune_u.resize(n * u.cout, 0.0);
+        prune_samples(&batch, &mut p.prune_u);
+        prune_estimates_from(&batch, &p.prune_u, &mut p.prune);
+        if !p.joint_u.is_empty() {
+            let k_all = p.state.joint_len();
+            let splits = p.workspace.last_u(n, u.cout);
+            let first = p.state.joint_slot(l, 0, false);
+            for smp in 0..n {
+                let row = &mut p.joint_u[smp * k_all + first..][..2 * u.cout];
+                row[..u.cout].copy_from_slice(&splits[smp * u.cout..][..u.cout]);
+                row[u.cout..].copy_from_slice(&p.prune_u[smp * u.cout..][..u.cout]);
+            }
+        }
+        Ok(())
+    }
+
+    fn average_estimates(&mut self, l: usize, _n: usize, alpha: f32) -> Result<()> {
+        let p = &mut *self.phase;
+        p.state.update_ema(l, &p.split, &p.prune, alpha);
+        Ok(())
+    }
+
+    fn split_directions(
+        &mut self,
+        _walk: &Walk,
+        l: usize,
+        _n: usize,
+        iterations: usize,
+        alpha: f32,
+    ) -> Result<()> {
+        let batch = self.batch(l);
+        let p = &mut *self.phase;
+        // Warm start from the last batch's eigenvectors; theta holds the
+        // unit directions, the EMA the eigenvalues.
+        let dirs = min_eigen_from(
+            &batch,
+            &p.state.theta[l],
+            iterations,
+            &mut p.split_workspace,
+        );
+        p.state.theta[l].copy_from_slice(&dirs.directions);
+        p.prune.clear();
+        p.prune.resize(dirs.eigenvalues.len(), 0.0);
+        p.state.update_ema(l, &dirs.eigenvalues, &p.prune, alpha);
+        Ok(())
+    }
+
+    fn average_cross(&mut self, n: usize, alpha: f32) -> Result<()> {
+        let p = &mut *self.phase;
+        p.state
+            .update_cross(&p.joint_u, n, self.loss, alpha, &mut p.cross_batch);
+        Ok(())
+    }
+
+    fn step_theta(&mut self, adam: &Adam, theta_max: Option<f32>) -> Result<()> {
+        let p = &mut *self.phase;
+        for (l, g) in p.grads.iter().enumerate() {
+            p.state.adam_step(l, g, adam, theta_max);
+        }
+        Ok(())
+    }
 }
 
 impl Backend for CpuBackend {
@@ -254,7 +358,7 @@ impl Backend for CpuBackend {
             split_workspace: SplitWorkspace::default(),
             split: Vec::new(),
             prune: Vec::new(),
-            grad: Vec::new(),
+            grads: vec![Vec::new(); s.net.arch.layers()],
             prune_u: Vec::new(),
             joint_u: Vec::new(),
             cross_batch: Vec::new(),
@@ -283,74 +387,25 @@ impl Backend for CpuBackend {
             return Err(Error::NonFinite(format!("morphism-phase loss is {loss}")));
         }
         s.model.backward_activations(&s.net);
-        let joint = cfg.joint && cfg.method == MorphMethod::GaussNewton;
-        let k_all = phase.state.joint_len();
-        if joint {
-            phase.joint_u.resize(n * k_all, 0.0);
+        if cfg.joint && cfg.method == MorphMethod::GaussNewton {
+            phase.joint_u.resize(n * phase.state.joint_len(), 0.0);
+        } else {
+            phase.joint_u.clear();
         }
+        // Moved out for the step, so that the estimator's inputs can borrow them.
+        let (mut probs, sigmas) = (mem::take(&mut phase.probs), mem::take(&mut phase.sigmas));
         let head = (cfg.curvature == Curvature::ExactLogits)
-            .then(|| HeadCurvature::from_model(&s.model, &s.net, &mut phase.probs));
-        let last = s.model.units().len() - 1;
-        for (l, u) in s.model.units().iter().enumerate() {
-            phase.split.resize(u.cout, 0.0);
-            phase.prune.resize(u.cout, 0.0);
-            phase.grad.resize(u.weight_len(), 0.0);
-            let batch = LayerBatch::from_model(&s.model, l, phase.sigmas[l].view(), loss)
-                .with_head(head.filter(|_| l == last));
-            match cfg.method {
-                MorphMethod::GaussNewton => {
-                    split_estimates(
-                        &batch,
-                        &phase.state.theta[l],
-                        &mut phase.workspace,
-                        &mut phase.split,
-                        Some(&mut phase.grad),
-                    );
-                    phase.prune_u.resize(n * u.cout, 0.0);
-                    prune_samples(&batch, &mut phase.prune_u);
-                    prune_estimates_from(&batch, &phase.prune_u, &mut phase.prune);
-                    if joint {
-                        let splits = phase.workspace.last_u(n, u.cout);
-                        let first = phase.state.joint_slot(l, 0, false);
-                        for smp in 0..n {
-                            let row = &mut phase.joint_u[smp * k_all + first..][..2 * u.cout];
-                            row[..u.cout].copy_from_slice(&splits[smp * u.cout..][..u.cout]);
-                            row[u.cout..].copy_from_slice(&phase.prune_u[smp * u.cout..][..u.cout]);
-                        }
-                    }
-                    phase
-                        .state
-                        .update_ema(l, &phase.split, &phase.prune, cfg.ema_alpha);
-                    phase
-                        .state
-                        .adam_step(l, &phase.grad, &cfg.adam, cfg.theta_max);
-                }
-                MorphMethod::Splitting { iterations } => {
-                    // Warm start from the last batch's eigenvectors; theta
-                    // holds the unit directions, the EMA the eigenvalues.
-                    let dirs = min_eigen_from(
-                        &batch,
-                        &phase.state.theta[l],
-                        iterations,
-                        &mut phase.split_workspace,
-                    );
-                    phase.state.theta[l].copy_from_slice(&dirs.directions);
-                    phase.prune.iter_mut().for_each(|v| *v = 0.0);
-                    phase
-                        .state
-                        .update_ema(l, &dirs.eigenvalues, &phase.prune, cfg.ema_alpha);
-                }
-            }
-        }
-        if joint {
-            phase.state.update_cross(
-                &phase.joint_u,
-                n,
-                loss,
-                cfg.ema_alpha,
-                &mut phase.cross_batch,
-            );
-        }
+            .then(|| HeadCurvature::from_model(&s.model, &s.net, &mut probs));
+        let mut engine = CpuMorph {
+            model: &s.model,
+            sigmas: &sigmas,
+            phase: &mut *phase,
+            loss,
+            head,
+        };
+        let stepped = morph_step(s.model.walk(), &mut engine, n, cfg);
+        (phase.probs, phase.sigmas) = (probs, sigmas);
+        stepped?;
         phase.state.steps += 1;
         Ok(BatchStats {
             loss,

@@ -6,6 +6,7 @@ pub use crate::estimator::Curvature;
 use crate::network::Network;
 use crate::optim::Adam;
 use crate::rng::Rng;
+use crate::walk::Walk;
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -245,4 +246,79 @@ impl MorphState {
                 .sum(),
         )
     }
+}
+
+/// The morphism step's operations on one engine, at layer granularity, after
+/// the walk's eval-mode forward, loss and activation backward of the batch.
+/// The engine holds theta, the Adam moments, the moving averages and the
+/// per-sample first-order terms `u` of every candidate.
+pub trait MorphEngine {
+    /// What an operation can fail with.
+    type Error;
+    /// Layer `l`'s per-sample `u` of every split (along its theta) and every
+    /// prune, and the gradient of eq. (1)'s split estimates with respect to theta.
+    fn estimate_layer(
+        &mut self,
+        walk: &Walk,
+        l: usize,
+        n: usize,
+    ) -> core::result::Result<(), Self::Error>;
+    /// Folds layer `l`'s eq. (1) estimates of this batch into the moving
+    /// averages with weight `alpha` (the first batch of a phase initialises them).
+    fn average_estimates(
+        &mut self,
+        l: usize,
+        n: usize,
+        alpha: f32,
+    ) -> core::result::Result<(), Self::Error>;
+    /// Splitting steepest descent on layer `l`: `iterations` warm-started
+    /// steps toward each channel's minimum splitting eigenpair; theta takes
+    /// the directions and the split average the eigenvalues.
+    fn split_directions(
+        &mut self,
+        walk: &Walk,
+        l: usize,
+        n: usize,
+        iterations: usize,
+        alpha: f32,
+    ) -> core::result::Result<(), Self::Error>;
+    /// Folds `U^T U / (4 L_hat S)` of every layer's `u` (slots as
+    /// [`MorphState::joint_slot`]) into the moving average of the cross terms.
+    fn average_cross(&mut self, n: usize, alpha: f32) -> core::result::Result<(), Self::Error>;
+    /// One Adam step on every layer's theta, then the trust region.
+    fn step_theta(
+        &mut self,
+        adam: &Adam,
+        theta_max: Option<f32>,
+    ) -> core::result::Result<(), Self::Error>;
+}
+
+/// One morphism-learning step on `n` samples, written once for every engine
+/// (paper 3.3): every layer's estimates into the moving averages, the cross
+/// terms with the joint estimate, then Adam on theta. The caller has run the
+/// walk's eval-mode forward, loss and activation backward on the batch.
+pub fn morph_step<E: MorphEngine + ?Sized>(
+    walk: &Walk,
+    e: &mut E,
+    n: usize,
+    cfg: &MorphConfig,
+) -> core::result::Result<(), E::Error> {
+    for l in 0..walk.units.len() {
+        match cfg.method {
+            MorphMethod::GaussNewton => {
+                e.estimate_layer(walk, l, n)?;
+                e.average_estimates(l, n, cfg.ema_alpha)?;
+            }
+            MorphMethod::Splitting { iterations } => {
+                e.split_directions(walk, l, n, iterations, cfg.ema_alpha)?
+            }
+        }
+    }
+    if cfg.method == MorphMethod::GaussNewton {
+        if cfg.joint {
+            e.average_cross(n, cfg.ema_alpha)?;
+        }
+        e.step_theta(&cfg.adam, cfg.theta_max)?;
+    }
+    Ok(())
 }

@@ -606,6 +606,10 @@ impl Model {
     pub fn units(&self) -> &[UnitShape] {
         &self.walk.units
     }
+    /// The walk the model runs.
+    pub fn walk(&self) -> &Walk {
+        &self.walk
+    }
     /// The kernels' scratch buffers, for reuse by callers.
     pub fn scratch(&mut self) -> &mut Scratch {
         &mut self.scratch

@@ -16,7 +16,7 @@ use crate::morph::MorphBuffers;
 use sprout_core::backend::{Backend, BatchStats};
 use sprout_core::engine::Mode;
 use sprout_core::error::{Error, Field, Result};
-use sprout_core::learn::{Curvature, MorphConfig, MorphMethod, MorphState};
+use sprout_core::learn::{morph_step, Curvature, MorphConfig, MorphMethod, MorphState};
 use sprout_core::network::Network;
 use sprout_core::optim::Sgd;
 use std::collections::hash_map::Entry;
@@ -115,7 +115,8 @@ impl GpuBackend {
     }
 
     /// Records (once) and submits step `step` on `n` images; returns the batch totals.
-    fn run(&mut self, step: Step, n: usize) -> Result<BatchStats> {
+    /// `cfg`: the morphism step's settings (a morphism step only).
+    fn run(&mut self, step: Step, n: usize, cfg: Option<&MorphConfig>) -> Result<BatchStats> {
         let GpuBackend {
             gpu,
             kernels: k,
@@ -131,15 +132,18 @@ impl GpuBackend {
         let ops = match (step, &mut s.morph) {
             (Step::Morph { joint }, Some(phase)) => {
                 if let Entry::Vacant(slot) = phase.plans.entry((n, joint)) {
+                    let cfg = MorphConfig {
+                        joint,
+                        ..*cfg.ok_or_else(|| Error::backend("a morphism step without settings"))?
+                    };
                     let mut ops = Vec::new();
                     gpu.scoped("recording a morphism step", || {
                         let mut r = g.recorder(gpu, k, &g.one, &mut ops);
                         g.walk.forward(&mut r, n, Mode::Eval)?;
                         g.walk.loss(&mut r, n)?;
                         g.walk.backward(&mut r, n, Mode::Eval, false)?;
-                        phase
-                            .buffers
-                            .record(gpu, k, g, n, joint, morph_hyper, &mut ops)
+                        let mut m = phase.buffers.recorder(gpu, k, g, morph_hyper, &mut ops);
+                        morph_step(&g.walk, &mut m, n, &cfg)
                     })?;
                     slot.insert(ops);
                 }
@@ -248,7 +252,7 @@ impl Backend for GpuBackend {
     ) -> Result<BatchStats> {
         self.upload_batch(images, labels, n)?;
         self.gpu.write_uniform(&self.sgd_hyper, &sgd_words(sgd));
-        let stats = self.run(Step::Train, n)?;
+        let stats = self.run(Step::Train, n, None)?;
         if !stats.loss.is_finite() {
             return Err(Error::NonFinite(format!("training loss is {}", stats.loss)));
         }
@@ -257,7 +261,7 @@ impl Backend for GpuBackend {
 
     fn eval_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<BatchStats> {
         self.upload_batch(images, labels, n)?;
-        self.run(Step::Eval, n)
+        self.run(Step::Eval, n, None)
     }
 
     fn network(&mut self) -> Result<Network> {
@@ -283,7 +287,7 @@ impl Backend for GpuBackend {
 
     fn calibrate_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()> {
         self.upload_batch(images, labels, n)?;
-        self.run(Step::Calibrate, n).map(|_| ())
+        self.run(Step::Calibrate, n, None).map(|_| ())
     }
 
     fn begin_morph(&mut self, state: MorphState) -> Result<()> {
@@ -352,7 +356,7 @@ impl Backend for GpuBackend {
             cross_first: steps == 0 || !cross_started,
         };
         self.gpu.write_uniform(&self.morph_hyper, &hyper.words());
-        let stats = self.run(Step::Morph { joint }, n)?;
+        let stats = self.run(Step::Morph { joint }, n, Some(cfg))?;
         if !(stats.loss.is_finite() && stats.loss > 0.0) {
             return Err(Error::NonFinite(format!(
                 "morphism-phase loss is {}",

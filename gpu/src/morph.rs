@@ -24,8 +24,10 @@ use crate::kernels::estimator::Slots;
 use crate::kernels::Kernels;
 use crate::layout::Layout;
 use sprout_core::arch::Post;
-use sprout_core::error::{Error, Result};
-use sprout_core::learn::MorphState;
+use sprout_core::error::{Error, Field, Result};
+use sprout_core::learn::{MorphEngine, MorphState};
+use sprout_core::optim::Adam;
+use sprout_core::walk::Walk;
 
 /// Device buffers of one morphism phase.
 #[derive(Debug)]
@@ -178,197 +180,23 @@ impl MorphBuffers {
         v.sub(self.channels.offsets[l], self.channels.lens[l])
     }
 
-    /// One morphism step after the graph's eval-mode forward, loss and
-    /// activation backward: every layer's estimates into the moving
-    /// averages, with `joint` the cross terms of every pair of candidates
-    /// (after [`MorphBuffers::enable_joint`]), then one Adam step on all of
-    /// theta and the trust region.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        graph: &Graph,
-        n: usize,
-        joint: bool,
-        hyper: &wgpu::Buffer,
-        ops: &mut Vec<Op>,
-    ) -> Result<()> {
-        let loss = &graph.totals;
-        for (l, u) in graph.walk.units.iter().enumerate() {
-            let p = graph.walk.index.units[l];
-            let b = &graph.bufs[l];
-            let (c, po) = (u.cout, u.out_hw.0 * u.out_hw.1);
-            let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
-            let x = &graph.view(graph.walk.input(l))?;
-            let a0 = b.output();
-            let geom = u.conv_geom();
-            let g = u.bn_geom(n, false);
-            let blk = graph.bn_block(p.bn)?;
-            let theta = self.layer(&self.theta, l)?;
-            ops.push(k.conv.forward(gpu, &geom, n, x, &theta, &self.d)?);
-            // sigma(y + d) and sigma(y - d).
-            for (i, sign) in [1.0f32, -1.0].into_iter().enumerate() {
-                ops.push(
-                    k.estimator
-                        .shifted_bn_relu(gpu, &g, &b.y, &self.d, sign, &blk, &self.h[i])?,
-                );
-                match u.post {
-                    Post::None => {}
-                    Post::MaxPool => ops.push(k.pool.max_forward(
-                        gpu,
-                        n * c,
-                        u.conv_hw,
-                        &self.h[i],
-                        &self.a[i],
-                    )?),
-                    Post::Depthwise { stride } => {
-                        let (dk, dbn) = p.depthwise.ok_or_else(|| {
-                            Error::backend("a depthwise unit without depthwise parameters")
-                        })?;
-                        ops.push(k.depthwise.forward(
-                            gpu,
-                            &u.dw_geom(stride),
-                            n,
-                            &self.h[i],
-                            &graph.tensor(dk)?,
-                            &self.z[i],
-                        )?);
-                        let g2 = u.bn_geom(n, true);
-                        ops.push(k.bn.forward(
-                            gpu,
-                            &g2,
-                            &self.z[i],
-                            &graph.bn_block(dbn)?,
-                            &b.dw_stats,
-                            Stats::Running,
-                            &self.a[i],
-                        )?);
-                    }
-                }
-            }
-            let branch = |i: usize| {
-                if u.post == Post::None {
-                    &self.h[i]
-                } else {
-                    &self.a[i]
-                }
-            };
-            let est = &k.estimator;
-            let (u_split, u_prune) = (self.u_block(l, false)?, self.u_block(l, true)?);
-            ops.push(est.split_u(gpu, n, n * c, po, branch(0), branch(1), a0, &b.da, &u_split)?);
-            ops.push(est.ema(
-                gpu,
-                hyper,
-                n,
-                c,
-                &u_split,
-                loss,
-                &self.per_channel(&self.split_ema, l)?,
-            )?);
-            ops.push(est.prune_u(gpu, n, n * c, po, a0, &b.da, &u_prune)?);
-            ops.push(est.ema(
-                gpu,
-                hyper,
-                n,
-                c,
-                &u_prune,
-                loss,
-                &self.per_channel(&self.prune_ema, l)?,
-            )?);
-            // dDeltaL/dy through each branch of the frozen sigma.
-            ops.push(est.grad_coef(gpu, out_len, po, &u_split, &b.da, loss, &self.g)?);
-            for i in 0..2 {
-                let gh: &View = match u.post {
-                    Post::None => &self.g,
-                    Post::MaxPool => {
-                        ops.push(k.pool.max_backward(
-                            gpu,
-                            n * c,
-                            u.conv_hw,
-                            &self.h[i],
-                            &self.g,
-                            &self.gh,
-                        )?);
-                        &self.gh
-                    }
-                    Post::Depthwise { stride } => {
-                        let (dk, dbn) = p.depthwise.ok_or_else(|| {
-                            Error::backend("a depthwise unit without depthwise parameters")
-                        })?;
-                        let g2 = u.bn_geom(n, true);
-                        let dblk = graph.bn_block(dbn)?;
-                        ops.push(k.bn.backward(
-                            gpu,
-                            &g2,
-                            &self.z[i],
-                            &self.a[i],
-                            &self.g,
-                            &b.dw_stats,
-                            &dblk,
-                            &b.dw_stats,
-                            Stats::Running,
-                            &self.gz,
-                        )?);
-                        ops.push(k.depthwise.backward_input(
-                            gpu,
-                            &u.dw_geom(stride),
-                            n,
-                            &self.gz,
-                            &graph.tensor(dk)?,
-                            &self.gh,
-                        )?);
-                        &self.gh
-                    }
-                };
-                ops.push(k.bn.backward(
-                    gpu,
-                    &g,
-                    &b.y,
-                    &self.h[i],
-                    gh,
-                    &b.stats,
-                    &blk,
-                    &b.stats,
-                    Stats::Running,
-                    &self.dd[i],
-                )?);
-            }
-            ops.push(
-                k.elementwise
-                    .sub(gpu, conv_len, &self.dd[0], &self.dd[1], &self.d)?,
-            );
-            ops.push(k.conv.backward_weight(
-                gpu,
-                &geom,
-                n,
-                x,
-                &self.d,
-                &self.layer(&self.grad, l)?,
-            )?);
+    /// The GPU's morphism-step operations recording onto `ops`.
+    pub fn recorder<'a>(
+        &'a self,
+        gpu: &'a Gpu,
+        k: &'a Kernels,
+        graph: &'a Graph,
+        hyper: &'a wgpu::Buffer,
+        ops: &'a mut Vec<Op>,
+    ) -> MorphRecorder<'a> {
+        MorphRecorder {
+            gpu,
+            k,
+            graph,
+            m: self,
+            hyper,
+            ops,
         }
-        if joint {
-            let j = self.joint.as_ref().ok_or_else(|| {
-                Error::backend("joint estimate recorded before its buffers were allocated")
-            })?;
-            ops.push(
-                k.estimator
-                    .cross(gpu, hyper, n, &j.slots, &self.u, loss, &j.cross)?,
-            );
-        }
-        ops.push(
-            k.optim
-                .adam(gpu, hyper, &self.grad, loss, &self.theta, &self.m, &self.v)?,
-        );
-        for (l, u) in graph.walk.units.iter().enumerate() {
-            let theta = self.layer(&self.theta, l)?;
-            let norms = self.per_channel(&self.w_norms, l)?;
-            ops.push(
-                k.optim
-                    .trust_region(gpu, hyper, u.cout, u.fan_in(), &norms, loss, &theta)?,
-            );
-        }
-        Ok(())
     }
 
     /// Copies theta, the moments and the moving averages (with the joint
@@ -393,6 +221,230 @@ impl MorphBuffers {
                     "joint cross terms became NaN or infinite on the GPU".into(),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// The GPU's morphism-step operations: each records its dispatches on a
+/// graph's buffers and a phase's, with the step's settings in `hyper`
+/// (`MorphHyper`) and the batch loss in the graph's totals.
+pub struct MorphRecorder<'a> {
+    gpu: &'a Gpu,
+    k: &'a Kernels,
+    graph: &'a Graph,
+    m: &'a MorphBuffers,
+    hyper: &'a wgpu::Buffer,
+    ops: &'a mut Vec<Op>,
+}
+
+impl std::fmt::Debug for MorphRecorder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MorphRecorder({} ops)", self.ops.len())
+    }
+}
+
+impl MorphEngine for MorphRecorder<'_> {
+    type Error = Error;
+
+    /// With `d = conv(x, theta)`: both shifted branches of the frozen sigma,
+    /// the split and prune u, and eq. (1)'s gradient pushed back through
+    /// both branches and the theta conv.
+    fn estimate_layer(&mut self, walk: &Walk, l: usize, n: usize) -> Result<()> {
+        let (gpu, k, graph, m) = (self.gpu, self.k, self.graph, self.m);
+        let ops = &mut *self.ops;
+        let loss = &graph.totals;
+        let u = &walk.units[l];
+        let p = walk.index.units[l];
+        let b = &graph.bufs[l];
+        let (c, po) = (u.cout, u.out_hw.0 * u.out_hw.1);
+        let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
+        let x = &graph.view(walk.input(l))?;
+        let a0 = b.output();
+        let geom = u.conv_geom();
+        let g = u.bn_geom(n, false);
+        let blk = graph.bn_block(p.bn)?;
+        let theta = m.layer(&m.theta, l)?;
+        let depthwise = || {
+            p.depthwise
+                .ok_or_else(|| Error::backend("a depthwise unit without depthwise parameters"))
+        };
+        ops.push(k.conv.forward(gpu, &geom, n, x, &theta, &m.d)?);
+        // sigma(y + d) and sigma(y - d).
+        for (i, sign) in [1.0f32, -1.0].into_iter().enumerate() {
+            ops.push(
+                k.estimator
+                    .shifted_bn_relu(gpu, &g, &b.y, &m.d, sign, &blk, &m.h[i])?,
+            );
+            match u.post {
+                Post::None => {}
+                Post::MaxPool => {
+                    ops.push(
+                        k.pool
+                            .max_forward(gpu, n * c, u.conv_hw, &m.h[i], &m.a[i])?,
+                    )
+                }
+                Post::Depthwise { stride } => {
+                    let (dk, dbn) = depthwise()?;
+                    ops.push(k.depthwise.forward(
+                        gpu,
+                        &u.dw_geom(stride),
+                        n,
+                        &m.h[i],
+                        &graph.tensor(dk)?,
+                        &m.z[i],
+                    )?);
+                    ops.push(k.bn.forward(
+                        gpu,
+                        &u.bn_geom(n, true),
+                        &m.z[i],
+                        &graph.bn_block(dbn)?,
+                        &b.dw_stats,
+                        Stats::Running,
+                        &m.a[i],
+                    )?);
+                }
+            }
+        }
+        let branch = |i: usize| {
+            if u.post == Post::None {
+                &m.h[i]
+            } else {
+                &m.a[i]
+            }
+        };
+        let est = &k.estimator;
+        let (u_split, u_prune) = (m.u_block(l, false)?, m.u_block(l, true)?);
+        ops.push(est.split_u(gpu, n, n * c, po, branch(0), branch(1), a0, &b.da, &u_split)?);
+        ops.push(est.prune_u(gpu, n, n * c, po, a0, &b.da, &u_prune)?);
+        // dDeltaL/dy through each branch of the frozen sigma.
+        ops.push(est.grad_coef(gpu, out_len, po, &u_split, &b.da, loss, &m.g)?);
+        for i in 0..2 {
+            let gh: &View = match u.post {
+                Post::None => &m.g,
+                Post::MaxPool => {
+                    ops.push(
+                        k.pool
+                            .max_backward(gpu, n * c, u.conv_hw, &m.h[i], &m.g, &m.gh)?,
+                    );
+                    &m.gh
+                }
+                Post::Depthwise { stride } => {
+                    let (dk, dbn) = depthwise()?;
+                    ops.push(k.bn.backward(
+                        gpu,
+                        &u.bn_geom(n, true),
+                        &m.z[i],
+                        &m.a[i],
+                        &m.g,
+                        &b.dw_stats,
+                        &graph.bn_block(dbn)?,
+                        &b.dw_stats,
+                        Stats::Running,
+                        &m.gz,
+                    )?);
+                    ops.push(k.depthwise.backward_input(
+                        gpu,
+                        &u.dw_geom(stride),
+                        n,
+                        &m.gz,
+                        &graph.tensor(dk)?,
+                        &m.gh,
+                    )?);
+                    &m.gh
+                }
+            };
+            ops.push(k.bn.backward(
+                gpu,
+                &g,
+                &b.y,
+                &m.h[i],
+                gh,
+                &b.stats,
+                &blk,
+                &b.stats,
+                Stats::Running,
+                &m.dd[i],
+            )?);
+        }
+        ops.push(k.elementwise.sub(gpu, conv_len, &m.dd[0], &m.dd[1], &m.d)?);
+        ops.push(
+            k.conv
+                .backward_weight(gpu, &geom, n, x, &m.d, &m.layer(&m.grad, l)?)?,
+        );
+        Ok(())
+    }
+
+    fn average_estimates(&mut self, l: usize, n: usize, _alpha: f32) -> Result<()> {
+        let (gpu, m) = (self.gpu, self.m);
+        let c = self.graph.walk.units[l].cout;
+        let loss = &self.graph.totals;
+        for (prune, ema) in [(false, &m.split_ema), (true, &m.prune_ema)] {
+            let op = self.k.estimator.ema(
+                gpu,
+                self.hyper,
+                n,
+                c,
+                &m.u_block(l, prune)?,
+                loss,
+                &m.per_channel(ema, l)?,
+            )?;
+            self.ops.push(op);
+        }
+        Ok(())
+    }
+
+    fn split_directions(
+        &mut self,
+        _walk: &Walk,
+        _l: usize,
+        _n: usize,
+        _iterations: usize,
+        _alpha: f32,
+    ) -> Result<()> {
+        Err(Error::Unsupported {
+            field: Field::MorphMethod,
+            value: "splitting",
+            backend: "gpu",
+        })
+    }
+
+    fn average_cross(&mut self, n: usize, _alpha: f32) -> Result<()> {
+        let j = self.m.joint.as_ref().ok_or_else(|| {
+            Error::backend("joint estimate recorded before its buffers were allocated")
+        })?;
+        let op = self.k.estimator.cross(
+            self.gpu,
+            self.hyper,
+            n,
+            &j.slots,
+            &self.m.u,
+            &self.graph.totals,
+            &j.cross,
+        )?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// Adam's settings come from `hyper`, written for each step.
+    fn step_theta(&mut self, _adam: &Adam, _theta_max: Option<f32>) -> Result<()> {
+        let (gpu, k, m, loss) = (self.gpu, self.k, self.m, &self.graph.totals);
+        self.ops.push(
+            k.optim
+                .adam(gpu, self.hyper, &m.grad, loss, &m.theta, &m.m, &m.v)?,
+        );
+        for (l, u) in self.graph.walk.units.iter().enumerate() {
+            let theta = m.layer(&m.theta, l)?;
+            let norms = m.per_channel(&m.w_norms, l)?;
+            self.ops.push(k.optim.trust_region(
+                gpu,
+                self.hyper,
+                u.cout,
+                u.fan_in(),
+                &norms,
+                loss,
+                &theta,
+            )?);
         }
         Ok(())
     }

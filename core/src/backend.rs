@@ -6,7 +6,7 @@ use crate::estimator::{
     prune_estimates_from, prune_samples, split_estimates, Curvature, FrozenSigma, HeadCurvature,
     LayerBatch, Workspace,
 };
-use crate::learn::{morph_step, MorphConfig, MorphEngine, MorphMethod, MorphState};
+use crate::learn::{morph_step, score_step, MorphConfig, MorphEngine, MorphMethod, MorphState};
 use crate::model::Model;
 use crate::network::Network;
 use crate::optim::{Adam, Sgd};
@@ -63,6 +63,16 @@ pub trait Backend {
         n: usize,
         cfg: &MorphConfig,
     ) -> Result<BatchStats>;
+    /// Scores every split candidate on `n` images with the phase's theta
+    /// held fixed: eq. (1) per layer and channel (`[layer][channel]`), with no
+    /// moving average or Adam step; `curvature` as in [`MorphConfig`].
+    fn score_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        curvature: Curvature,
+    ) -> Result<Vec<Vec<f32>>>;
     /// Ends the phase and hands back theta and the estimates.
     fn end_morph(&mut self) -> Result<MorphState>;
 }
@@ -96,6 +106,8 @@ struct MorphPhase {
     prune: Vec<f32>,
     /// Per layer, the gradient of its split estimates with respect to theta.
     grads: Vec<Vec<f32>>,
+    /// Per layer, the split estimates of the last scored batch.
+    scores: Vec<Vec<f32>>,
     /// Per-sample first-order terms: one layer's prunes, and (`n x K`) every
     /// candidate's for the joint estimate.
     prune_u: Vec<f32>,
@@ -123,6 +135,58 @@ impl CpuBackend {
     /// The loaded network without copying it (CPU only).
     pub fn network_ref(&self) -> Option<&Network> {
         self.state.as_ref().map(|s| &s.net)
+    }
+
+    /// Runs `step` on the CPU's morphism engine after the eval-mode forward,
+    /// loss and activation backward of the batch; `joint`: collect every
+    /// candidate's per-sample u for the cross terms.
+    #[allow(clippy::too_many_arguments)]
+    fn on_morph_engine(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        curvature: Curvature,
+        joint: bool,
+        step: impl FnOnce(&Walk, &mut CpuMorph<'_>) -> Result<()>,
+    ) -> Result<BatchStats> {
+        let capacity = self.capacity;
+        let s = self.state()?;
+        check_batch(images, labels, n, &s.net, capacity)?;
+        let phase = s
+            .morph
+            .as_mut()
+            .ok_or_else(|| Error::backend("a morphism step outside a morphism phase"))?;
+        s.model.forward(&s.net, images, n, Mode::Eval);
+        let (loss, correct) = s.model.loss(labels);
+        if !(loss.is_finite() && loss > 0.0) {
+            return Err(Error::NonFinite(format!("morphism-phase loss is {loss}")));
+        }
+        s.model.backward_activations(&s.net);
+        if joint {
+            phase.joint_u.resize(n * phase.state.joint_len(), 0.0);
+        } else {
+            phase.joint_u.clear();
+        }
+        // Moved out for the step, so that the estimator's inputs can borrow them.
+        let (mut probs, sigmas) = (mem::take(&mut phase.probs), mem::take(&mut phase.sigmas));
+        let head = (curvature == Curvature::ExactLogits)
+            .then(|| HeadCurvature::from_model(&s.model, &s.net, &mut probs));
+        let mut engine = CpuMorph {
+            model: &s.model,
+            sigmas: &sigmas,
+            phase: &mut *phase,
+            loss,
+            head,
+        };
+        let stepped = step(s.model.walk(), &mut engine);
+        (phase.probs, phase.sigmas) = (probs, sigmas);
+        stepped?;
+        Ok(BatchStats {
+            loss,
+            correct,
+            samples: n,
+        })
     }
 
     /// The forward/backward engine of the loaded network (CPU only), for the estimator.
@@ -181,7 +245,7 @@ impl<'a> CpuMorph<'a> {
 impl MorphEngine for CpuMorph<'_> {
     type Error = Error;
 
-    fn estimate_layer(&mut self, walk: &Walk, l: usize, n: usize) -> Result<()> {
+    fn estimate_layer(&mut self, walk: &Walk, l: usize, n: usize, grad: bool) -> Result<()> {
         let u = walk.units[l];
         let batch = self.batch(l);
         let p = &mut *self.phase;
@@ -193,7 +257,7 @@ impl MorphEngine for CpuMorph<'_> {
             &p.state.theta[l],
             &mut p.workspace,
             &mut p.split,
-            Some(&mut p.grads[l]),
+            grad.then_some(&mut p.grads[l][..]),
         );
         p.prune_u.resize(n * u.cout, 0.0);
         prune_samples(&batch, &mut p.prune_u);
@@ -208,6 +272,13 @@ impl MorphEngine for CpuMorph<'_> {
                 row[u.cout..].copy_from_slice(&p.prune_u[smp * u.cout..][..u.cout]);
             }
         }
+        Ok(())
+    }
+
+    fn keep_scores(&mut self, l: usize, _n: usize) -> Result<()> {
+        let p = &mut *self.phase;
+        p.scores[l].clear();
+        p.scores[l].extend_from_slice(&p.split);
         Ok(())
     }
 
@@ -359,6 +430,7 @@ impl Backend for CpuBackend {
             split: Vec::new(),
             prune: Vec::new(),
             grads: vec![Vec::new(); s.net.arch.layers()],
+            scores: vec![Vec::new(); s.net.arch.layers()],
             prune_u: Vec::new(),
             joint_u: Vec::new(),
             cross_batch: Vec::new(),
@@ -374,44 +446,32 @@ impl Backend for CpuBackend {
         n: usize,
         cfg: &MorphConfig,
     ) -> Result<BatchStats> {
-        let capacity = self.capacity;
-        let s = self.state()?;
-        check_batch(images, labels, n, &s.net, capacity)?;
-        let phase = s
+        let joint = cfg.joint && cfg.method == MorphMethod::GaussNewton;
+        let stats = self.on_morph_engine(images, labels, n, cfg.curvature, joint, |w, e| {
+            morph_step(w, e, n, cfg)
+        })?;
+        if let Some(phase) = self.state()?.morph.as_mut() {
+            phase.state.steps += 1;
+        }
+        Ok(stats)
+    }
+
+    fn score_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        curvature: Curvature,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.on_morph_engine(images, labels, n, curvature, false, |w, e| {
+            score_step(w, e, n)
+        })?;
+        let phase = self
+            .state()?
             .morph
-            .as_mut()
-            .ok_or_else(|| Error::backend("morph_batch outside a morphism phase"))?;
-        s.model.forward(&s.net, images, n, Mode::Eval);
-        let (loss, correct) = s.model.loss(labels);
-        if !(loss.is_finite() && loss > 0.0) {
-            return Err(Error::NonFinite(format!("morphism-phase loss is {loss}")));
-        }
-        s.model.backward_activations(&s.net);
-        if cfg.joint && cfg.method == MorphMethod::GaussNewton {
-            phase.joint_u.resize(n * phase.state.joint_len(), 0.0);
-        } else {
-            phase.joint_u.clear();
-        }
-        // Moved out for the step, so that the estimator's inputs can borrow them.
-        let (mut probs, sigmas) = (mem::take(&mut phase.probs), mem::take(&mut phase.sigmas));
-        let head = (cfg.curvature == Curvature::ExactLogits)
-            .then(|| HeadCurvature::from_model(&s.model, &s.net, &mut probs));
-        let mut engine = CpuMorph {
-            model: &s.model,
-            sigmas: &sigmas,
-            phase: &mut *phase,
-            loss,
-            head,
-        };
-        let stepped = morph_step(s.model.walk(), &mut engine, n, cfg);
-        (phase.probs, phase.sigmas) = (probs, sigmas);
-        stepped?;
-        phase.state.steps += 1;
-        Ok(BatchStats {
-            loss,
-            correct,
-            samples: n,
-        })
+            .as_ref()
+            .ok_or_else(|| Error::backend("score_batch outside a morphism phase"))?;
+        Ok(phase.scores.clone())
     }
 
     fn end_morph(&mut self) -> Result<MorphState> {

@@ -256,13 +256,18 @@ pub trait MorphEngine {
     /// What an operation can fail with.
     type Error;
     /// Layer `l`'s per-sample `u` of every split (along its theta) and every
-    /// prune, and the gradient of eq. (1)'s split estimates with respect to theta.
+    /// prune, and with `grad` the gradient of eq. (1)'s split estimates with
+    /// respect to theta.
     fn estimate_layer(
         &mut self,
         walk: &Walk,
         l: usize,
         n: usize,
+        grad: bool,
     ) -> core::result::Result<(), Self::Error>;
+    /// Keeps layer `l`'s eq. (1) split estimates of this batch (after
+    /// [`MorphEngine::estimate_layer`]) as the engine's scores.
+    fn keep_scores(&mut self, l: usize, n: usize) -> core::result::Result<(), Self::Error>;
     /// Folds layer `l`'s eq. (1) estimates of this batch into the moving
     /// averages with weight `alpha` (the first batch of a phase initialises them).
     fn average_estimates(
@@ -306,7 +311,7 @@ pub fn morph_step<E: MorphEngine + ?Sized>(
     for l in 0..walk.units.len() {
         match cfg.method {
             MorphMethod::GaussNewton => {
-                e.estimate_layer(walk, l, n)?;
+                e.estimate_layer(walk, l, n, true)?;
                 e.average_estimates(l, n, cfg.ema_alpha)?;
             }
             MorphMethod::Splitting { iterations } => {
@@ -319,6 +324,21 @@ pub fn morph_step<E: MorphEngine + ?Sized>(
             e.average_cross(n, cfg.ema_alpha)?;
         }
         e.step_theta(&cfg.adam, cfg.theta_max)?;
+    }
+    Ok(())
+}
+
+/// Eq. (1) for every split candidate of every layer on one batch with theta
+/// held fixed: no moving average, no Adam step. The caller has run the walk's
+/// eval-mode forward, loss and activation backward on the batch.
+pub fn score_step<E: MorphEngine + ?Sized>(
+    walk: &Walk,
+    e: &mut E,
+    n: usize,
+) -> core::result::Result<(), E::Error> {
+    for l in 0..walk.units.len() {
+        e.estimate_layer(walk, l, n, false)?;
+        e.keep_scores(l, n)?;
     }
     Ok(())
 }

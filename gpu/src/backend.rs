@@ -16,9 +16,9 @@ use crate::morph::MorphBuffers;
 use sprout_core::backend::{Backend, BatchStats};
 use sprout_core::engine::Mode;
 use sprout_core::error::{Error, Field, Result};
-use sprout_core::learn::{morph_step, Curvature, MorphConfig, MorphMethod, MorphState};
+use sprout_core::learn::{morph_step, score_step, Curvature, MorphConfig, MorphMethod, MorphState};
 use sprout_core::network::Network;
-use sprout_core::optim::Sgd;
+use sprout_core::optim::{Adam, Sgd};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
@@ -32,6 +32,8 @@ enum Step {
     Morph {
         joint: bool,
     },
+    /// Scores every split with theta fixed.
+    Score,
 }
 
 /// The wgpu backend.
@@ -42,6 +44,9 @@ pub struct GpuBackend {
     capacity: usize,
     sgd_hyper: wgpu::Buffer,
     morph_hyper: wgpu::Buffer,
+    /// The morphism settings of a scoring step: the estimates' kernel writes
+    /// rather than averages.
+    score_hyper: wgpu::Buffer,
     state: Option<State>,
 }
 
@@ -56,8 +61,8 @@ struct State {
 struct Phase {
     state: MorphState,
     buffers: MorphBuffers,
-    /// Recorded steps by batch size and whether they average the cross terms.
-    plans: HashMap<(usize, bool), Vec<Op>>,
+    /// Recorded morphism and scoring steps by kind and batch size.
+    plans: HashMap<(Step, usize), Vec<Op>>,
 }
 
 impl GpuBackend {
@@ -70,6 +75,19 @@ impl GpuBackend {
             capacity: batch_capacity.max(1),
             sgd_hyper: gpu.uniform("sgd settings", 4)?,
             morph_hyper: gpu.uniform("morphism settings", MorphHyper::WORDS)?,
+            score_hyper: {
+                let b = gpu.uniform("scoring settings", MorphHyper::WORDS)?;
+                let hyper = MorphHyper {
+                    adam: Adam::paper(),
+                    t: 1,
+                    ema_alpha: 1.0,
+                    ema_first: true,
+                    theta_max: None,
+                    cross_first: true,
+                };
+                gpu.write_uniform(&b, &hyper.words());
+                b
+            },
             kernels,
             gpu,
             state: None,
@@ -122,6 +140,7 @@ impl GpuBackend {
             kernels: k,
             sgd_hyper,
             morph_hyper,
+            score_hyper,
             state,
             ..
         } = self;
@@ -130,26 +149,38 @@ impl GpuBackend {
             .ok_or_else(|| Error::backend("no network loaded"))?;
         let g = &s.graph;
         let ops = match (step, &mut s.morph) {
-            (Step::Morph { joint }, Some(phase)) => {
-                if let Entry::Vacant(slot) = phase.plans.entry((n, joint)) {
-                    let cfg = MorphConfig {
-                        joint,
-                        ..*cfg.ok_or_else(|| Error::backend("a morphism step without settings"))?
-                    };
+            (Step::Morph { .. } | Step::Score, Some(phase)) => {
+                if let Entry::Vacant(slot) = phase.plans.entry((step, n)) {
                     let mut ops = Vec::new();
                     gpu.scoped("recording a morphism step", || {
                         let mut r = g.recorder(gpu, k, &g.one, &mut ops);
                         g.walk.forward(&mut r, n, Mode::Eval)?;
                         g.walk.loss(&mut r, n)?;
                         g.walk.backward(&mut r, n, Mode::Eval, false)?;
-                        let mut m = phase.buffers.recorder(gpu, k, g, morph_hyper, &mut ops);
-                        morph_step(&g.walk, &mut m, n, &cfg)
+                        match step {
+                            Step::Morph { joint } => {
+                                let cfg = MorphConfig {
+                                    joint,
+                                    ..*cfg.ok_or_else(|| {
+                                        Error::backend("a morphism step without settings")
+                                    })?
+                                };
+                                let mut m =
+                                    phase.buffers.recorder(gpu, k, g, morph_hyper, &mut ops);
+                                morph_step(&g.walk, &mut m, n, &cfg)
+                            }
+                            _ => {
+                                let mut m =
+                                    phase.buffers.recorder(gpu, k, g, score_hyper, &mut ops);
+                                score_step(&g.walk, &mut m, n)
+                            }
+                        }
                     })?;
                     slot.insert(ops);
                 }
-                &phase.plans[&(n, joint)]
+                &phase.plans[&(step, n)]
             }
-            (Step::Morph { .. }, None) => {
+            (Step::Morph { .. } | Step::Score, None) => {
                 return Err(Error::backend("morph_batch outside a morphism phase"))
             }
             _ => {
@@ -189,7 +220,7 @@ impl GpuBackend {
                                 w.forward(&mut r, n, Mode::Train)?;
                                 w.update_running(&mut r, n)?;
                             }
-                            Step::Morph { .. } => {}
+                            Step::Morph { .. } | Step::Score => {}
                         }
                         Ok(())
                     })?;
@@ -370,6 +401,40 @@ impl Backend for GpuBackend {
             }
         }
         Ok(stats)
+    }
+
+    fn score_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        n: usize,
+        curvature: Curvature,
+    ) -> Result<Vec<Vec<f32>>> {
+        if curvature != Curvature::RankOne {
+            return Err(Error::Unsupported {
+                field: Field::Curvature,
+                value: "exact-logits",
+                backend: "gpu",
+            });
+        }
+        if self.state()?.morph.is_none() {
+            return Err(Error::backend("score_batch outside a morphism phase"));
+        }
+        self.upload_batch(images, labels, n)?;
+        let stats = self.run(Step::Score, n, None)?;
+        if !(stats.loss.is_finite() && stats.loss > 0.0) {
+            return Err(Error::NonFinite(format!(
+                "morphism-phase loss is {}",
+                stats.loss
+            )));
+        }
+        let gpu = &self.gpu;
+        let phase = self
+            .state
+            .as_ref()
+            .and_then(|s| s.morph.as_ref())
+            .ok_or_else(|| Error::backend("score_batch outside a morphism phase"))?;
+        phase.buffers.read_scores(gpu)
     }
 
     fn end_morph(&mut self) -> Result<MorphState> {

@@ -42,6 +42,8 @@ pub struct MorphBuffers {
     v: View,
     split_ema: View,
     prune_ema: View,
+    /// Eq. (1) of every split on the last scored batch.
+    scores: View,
     w_norms: View,
     d: View,
     h: [View; 2],
@@ -102,6 +104,7 @@ impl MorphBuffers {
             v: gpu.upload("adam v", &weights.pack(&state.adam_v)?)?,
             split_ema: gpu.upload("split estimates", &channels.pack(&state.split_ema)?)?,
             prune_ema: gpu.upload("prune estimates", &channels.pack(&state.prune_ema)?)?,
+            scores: buf("split scores", channels.total)?,
             w_norms: gpu.upload("kernel norms", &channels.pack(&state.w_norms)?)?,
             d: buf("theta conv", conv)?,
             h: pair("shifted bn-relu", conv)?,
@@ -199,6 +202,12 @@ impl MorphBuffers {
         }
     }
 
+    /// Eq. (1) of every split on the last scored batch, `[layer][channel]`.
+    pub fn read_scores(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        let c = &self.channels;
+        c.unpack(&gpu.read(&self.scores, c.total)?)
+    }
+
     /// Copies theta, the moments and the moving averages (with the joint
     /// estimate, the cross terms too) back into `state`.
     pub fn read_into(&self, gpu: &Gpu, state: &mut MorphState) -> Result<()> {
@@ -250,7 +259,7 @@ impl MorphEngine for MorphRecorder<'_> {
     /// With `d = conv(x, theta)`: both shifted branches of the frozen sigma,
     /// the split and prune u, and eq. (1)'s gradient pushed back through
     /// both branches and the theta conv.
-    fn estimate_layer(&mut self, walk: &Walk, l: usize, n: usize) -> Result<()> {
+    fn estimate_layer(&mut self, walk: &Walk, l: usize, n: usize, grad: bool) -> Result<()> {
         let (gpu, k, graph, m) = (self.gpu, self.k, self.graph, self.m);
         let ops = &mut *self.ops;
         let loss = &graph.totals;
@@ -317,6 +326,9 @@ impl MorphEngine for MorphRecorder<'_> {
         let (u_split, u_prune) = (m.u_block(l, false)?, m.u_block(l, true)?);
         ops.push(est.split_u(gpu, n, n * c, po, branch(0), branch(1), a0, &b.da, &u_split)?);
         ops.push(est.prune_u(gpu, n, n * c, po, a0, &b.da, &u_prune)?);
+        if !grad {
+            return Ok(());
+        }
         // dDeltaL/dy through each branch of the frozen sigma.
         ops.push(est.grad_coef(gpu, out_len, po, &u_split, &b.da, loss, &m.g)?);
         for i in 0..2 {
@@ -372,6 +384,24 @@ impl MorphEngine for MorphRecorder<'_> {
             k.conv
                 .backward_weight(gpu, &geom, n, x, &m.d, &m.layer(&m.grad, l)?)?,
         );
+        Ok(())
+    }
+
+    /// With `hyper` set to initialise (`MorphHyper::ema_first`), the
+    /// moving-average kernel writes this batch's estimates.
+    fn keep_scores(&mut self, l: usize, n: usize) -> Result<()> {
+        let m = self.m;
+        let c = self.graph.walk.units[l].cout;
+        let op = self.k.estimator.ema(
+            self.gpu,
+            self.hyper,
+            n,
+            c,
+            &m.u_block(l, false)?,
+            &self.graph.totals,
+            &m.per_channel(&m.scores, l)?,
+        )?;
+        self.ops.push(op);
         Ok(())
     }
 

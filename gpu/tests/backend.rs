@@ -8,7 +8,7 @@ mod common;
 use common::{close, close_to_max, gpu_available};
 use sprout_core::arch::{Arch, Family, Role};
 use sprout_core::backend::{Backend, CpuBackend};
-use sprout_core::learn::{MorphConfig, MorphState};
+use sprout_core::learn::{Curvature, MorphConfig, MorphState};
 use sprout_core::network::Network;
 use sprout_core::optim::Sgd;
 use sprout_core::rng::Rng;
@@ -240,6 +240,46 @@ fn vgg_joint_morph_step_matches_cpu() {
 #[test]
 fn mobilenet_joint_morph_step_matches_cpu() {
     morph_parity(mobilenet(), Some(0.35), true);
+}
+
+/// Scoring every split with theta fixed: the same eq. (1) per candidate as
+/// the CPU, ranked the same, with theta and the averages untouched.
+fn scoring_parity(arch: Arch) {
+    let net = network(&arch, 6);
+    let mut cpu = CpuBackend::new(BATCH);
+    let Some(mut gpu) = gpu_backend() else {
+        return;
+    };
+    cpu.load(&net, None).unwrap();
+    gpu.load(&net, None).unwrap();
+    let state = MorphState::new(&net, 0.3, &mut Rng::new(9));
+    cpu.begin_morph(state.clone()).unwrap();
+    gpu.begin_morph(state.clone()).unwrap();
+    for seed in [30, 31] {
+        let (x, y) = batch(&arch, seed);
+        let c = cpu.score_batch(&x, &y, BATCH, Curvature::RankOne).unwrap();
+        let g = gpu.score_batch(&x, &y, BATCH, Curvature::RankOne).unwrap();
+        assert_eq!(g.len(), arch.layers());
+        for l in 0..arch.layers() {
+            close(&format!("scores {l}"), &g[l], &c[l], 2e-3).unwrap();
+        }
+        assert!(c.iter().flatten().any(|v| v.abs() > 0.0));
+    }
+    let g = gpu.end_morph().unwrap();
+    assert_eq!(
+        (g.theta, g.split_ema, g.steps),
+        (state.theta, state.split_ema, 0)
+    );
+}
+
+#[test]
+fn vgg_scores_match_cpu() {
+    scoring_parity(vgg());
+}
+
+#[test]
+fn mobilenet_scores_match_cpu() {
+    scoring_parity(mobilenet());
 }
 
 /// The joint estimate switched on mid-phase starts its cross terms on its

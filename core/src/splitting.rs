@@ -108,14 +108,19 @@ pub struct SplitWorkspace {
     t: Vec<f32>,
     /// The depthwise kernel gradient (computed alongside, unused).
     dk: Vec<f32>,
-    /// Eigen-solver state: iterate, residual, previous step and their products.
+    solver: SolverWorkspace,
+    scratch: Option<Scratch>,
+}
+
+/// The eigen-solver's state: iterate, residual, previous step and their products.
+#[derive(Clone, Debug, Default)]
+pub struct SolverWorkspace {
     x: Vec<f32>,
     sx: Vec<f32>,
     r: Vec<f32>,
     sr: Vec<f32>,
     p: Vec<f32>,
     sp: Vec<f32>,
-    scratch: Option<Scratch>,
 }
 
 fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -297,10 +302,43 @@ pub fn min_eigen_from(
     ws: &mut SplitWorkspace,
 ) -> SplitDirections {
     let u = b.unit;
-    let (c, d) = (u.cout, u.fan_in());
+    curvature_weights(b, ws);
+    let mut solver = core::mem::take(&mut ws.solver);
+    let solved = solve_min_eigen(
+        u.cout,
+        u.fan_in(),
+        start,
+        iterations,
+        &mut solver,
+        &mut |v: &[f32], out: &mut [f32]| {
+            products(b, v, ws, out);
+            Ok::<(), core::convert::Infallible>(())
+        },
+    );
+    ws.solver = solver;
+    match solved {
+        Ok(dirs) => dirs,
+        Err(never) => match never {},
+    }
+}
+
+/// `out = S V` for every channel at once: an engine's splitting-matrix products.
+pub type Products<'a, E> = dyn FnMut(&[f32], &mut [f32]) -> Result<(), E> + 'a;
+
+/// The eigen-solver of [`min_eigen_from`] for `c` channels of `d`-long
+/// vectors, with the products `out = S V` of all channels at once from
+/// `products` (`V` and `out` stacked like a layer's kernel): any engine's
+/// splitting-matrix products drive the same solver.
+pub fn solve_min_eigen<E>(
+    c: usize,
+    d: usize,
+    start: &[f32],
+    iterations: usize,
+    ws: &mut SolverWorkspace,
+    products: &mut Products<'_, E>,
+) -> Result<SplitDirections, E> {
     let len = c * d;
     assert!(start.len() >= len);
-    curvature_weights(b, ws);
     let mut x = core::mem::take(&mut ws.x);
     let mut sx = core::mem::take(&mut ws.sx);
     let mut r = core::mem::take(&mut ws.r);
@@ -322,7 +360,7 @@ pub fn min_eigen_from(
             xc[0] = 1.0;
         }
     }
-    products(b, &x[..len], ws, &mut sx[..len]);
+    products(&x[..len], &mut sx[..len])?;
     let mut lambda = vec![0.0f64; c];
     // Largest |S q| seen for a unit q: a lower bound on the spectral norm.
     let mut norm_s = vec![0.0f64; c];
@@ -351,7 +389,7 @@ pub fn min_eigen_from(
         if !active.iter().any(|a| *a) {
             break;
         }
-        products(b, &r[..len], ws, &mut sr[..len]);
+        products(&r[..len], &mut sr[..len])?;
         for ch in (0..c).filter(|ch| active[*ch]) {
             let rg = ch * d..(ch + 1) * d;
             let nsr = libm::sqrt(dot(&sr[rg.clone()], &sr[rg.clone()]));
@@ -401,7 +439,7 @@ pub fn min_eigen_from(
         }
     }
     // The tracked S x drifts with round-off: one exact product for the result.
-    products(b, &x[..len], ws, &mut sx[..len]);
+    products(&x[..len], &mut sx[..len])?;
     let eigenvalues = (0..c)
         .map(|ch| {
             let rg = ch * d..(ch + 1) * d;
@@ -415,10 +453,10 @@ pub fn min_eigen_from(
     ws.sr = sr;
     ws.p = p;
     ws.sp = sp;
-    SplitDirections {
+    Ok(SplitDirections {
         eigenvalues,
         directions,
-    }
+    })
 }
 
 /// Modified Gram-Schmidt (twice) on the first `k` vectors of `basis`, each

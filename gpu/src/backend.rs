@@ -9,16 +9,20 @@
 
 use crate::context::{AdapterSummary, Gpu};
 use crate::graph::Graph;
-use crate::kernel::{submit, Op};
+use crate::kernel::{submit, Op, View};
 use crate::kernels::optimizer::{sgd_words, MorphHyper};
 use crate::kernels::Kernels;
 use crate::morph::MorphBuffers;
 use sprout_core::backend::{Backend, BatchStats};
 use sprout_core::engine::Mode;
 use sprout_core::error::{Error, Field, Result};
-use sprout_core::learn::{morph_step, score_step, Curvature, MorphConfig, MorphMethod, MorphState};
+use sprout_core::learn::{
+    morph_step, score_step, Curvature, MorphConfig, MorphEngine, MorphMethod, MorphState,
+};
 use sprout_core::network::Network;
 use sprout_core::optim::{Adam, Sgd};
+use sprout_core::splitting::{solve_min_eigen, SolverWorkspace};
+use sprout_core::walk::Walk;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
@@ -34,6 +38,15 @@ enum Step {
     },
     /// Scores every split with theta fixed.
     Score,
+    /// The eval-mode forward, loss and activation backward alone.
+    Gradients,
+    /// One layer's splitting curvature weights, and its splitting products.
+    Curvature {
+        layer: usize,
+    },
+    Products {
+        layer: usize,
+    },
 }
 
 /// The wgpu backend.
@@ -63,6 +76,104 @@ struct Phase {
     buffers: MorphBuffers,
     /// Recorded morphism and scoring steps by kind and batch size.
     plans: HashMap<(Step, usize), Vec<Op>>,
+    solver: SolverWorkspace,
+}
+
+/// Splitting steepest descent on the device: each layer's products `S V`
+/// are recorded once and submitted for every step of sprout-core's
+/// eigen-solver, which runs on the host on the `cout x fan_in` vectors.
+/// Theta and the moving averages are the host-side `state` during the step.
+struct GpuSplitting<'a> {
+    gpu: &'a Gpu,
+    k: &'a Kernels,
+    graph: &'a Graph,
+    phase: &'a mut Phase,
+}
+
+impl GpuSplitting<'_> {
+    /// Records (once) step `step` on `n` images with `record`, then submits it.
+    fn submit(
+        &mut self,
+        step: Step,
+        n: usize,
+        readback: Option<(&View, usize)>,
+    ) -> Result<Vec<f32>> {
+        let (gpu, k, g) = (self.gpu, self.k, self.graph);
+        let phase = &mut *self.phase;
+        if let Entry::Vacant(slot) = phase.plans.entry((step, n)) {
+            let mut ops = Vec::new();
+            match step {
+                Step::Curvature { layer } => phase
+                    .buffers
+                    .record_curvature(gpu, k, g, layer, n, &mut ops)?,
+                Step::Products { layer } => phase
+                    .buffers
+                    .record_products(gpu, k, g, layer, n, &mut ops)?,
+                _ => return Err(Error::backend("not a splitting step")),
+            }
+            slot.insert(ops);
+        }
+        submit(gpu, &phase.plans[&(step, n)], readback)
+    }
+}
+
+impl MorphEngine for GpuSplitting<'_> {
+    type Error = Error;
+
+    fn split_directions(
+        &mut self,
+        walk: &Walk,
+        l: usize,
+        n: usize,
+        iterations: usize,
+        alpha: f32,
+    ) -> Result<()> {
+        let u = &walk.units[l];
+        let (c, d) = (u.cout, u.fan_in());
+        self.submit(Step::Curvature { layer: l }, n, None)?;
+        let (v, sv) = self.phase.buffers.product_views(l)?;
+        // Warm start from the last batch's eigenvectors.
+        let start = self.phase.state.theta[l].clone();
+        let mut solver = std::mem::take(&mut self.phase.solver);
+        let dirs = solve_min_eigen(c, d, &start, iterations, &mut solver, &mut |x, out| {
+            self.gpu.write(&v, x)?;
+            let got = self.submit(Step::Products { layer: l }, n, Some((&sv, c * d)))?;
+            out[..c * d].copy_from_slice(&got[..c * d]);
+            Ok(())
+        });
+        self.phase.solver = solver;
+        let dirs = dirs?;
+        let state = &mut self.phase.state;
+        state.theta[l].copy_from_slice(&dirs.directions);
+        state.update_ema(l, &dirs.eigenvalues, &vec![0.0; c], alpha);
+        Ok(())
+    }
+
+    fn estimate_layer(&mut self, _: &Walk, _: usize, _: usize, _: bool) -> Result<()> {
+        Err(Error::backend(
+            "splitting steps make no Gauss-Newton estimates",
+        ))
+    }
+    fn keep_scores(&mut self, _: usize, _: usize) -> Result<()> {
+        Err(Error::backend(
+            "splitting steps make no Gauss-Newton estimates",
+        ))
+    }
+    fn average_estimates(&mut self, _: usize, _: usize, _: f32) -> Result<()> {
+        Err(Error::backend(
+            "splitting steps make no Gauss-Newton estimates",
+        ))
+    }
+    fn average_cross(&mut self, _: usize, _: f32) -> Result<()> {
+        Err(Error::backend(
+            "splitting steps make no Gauss-Newton estimates",
+        ))
+    }
+    fn step_theta(&mut self, _: &Adam, _: Option<f32>) -> Result<()> {
+        Err(Error::backend(
+            "splitting steps make no Gauss-Newton estimates",
+        ))
+    }
 }
 
 impl GpuBackend {
@@ -130,6 +241,38 @@ impl GpuBackend {
         }
         gpu.write(&s.graph.input, &images[..n * len])?;
         gpu.write_u32(&s.graph.labels, &labels[..n])
+    }
+
+    /// A splitting step on the uploaded batch of `n` (see [`GpuSplitting`]).
+    fn splitting_batch(&mut self, n: usize, cfg: &MorphConfig) -> Result<BatchStats> {
+        let stats = self.run(Step::Gradients, n, None)?;
+        if !(stats.loss.is_finite() && stats.loss > 0.0) {
+            return Err(Error::NonFinite(format!(
+                "morphism-phase loss is {}",
+                stats.loss
+            )));
+        }
+        let (gpu, k) = (&self.gpu, &self.kernels);
+        let s = self
+            .state
+            .as_mut()
+            .ok_or_else(|| Error::backend("no network loaded"))?;
+        let phase = s
+            .morph
+            .as_mut()
+            .ok_or_else(|| Error::backend("morph_batch outside a morphism phase"))?;
+        // Theta and the averages as the device holds them (earlier steps may have run there).
+        phase.buffers.read_into(gpu, &mut phase.state)?;
+        let mut e = GpuSplitting {
+            gpu,
+            k,
+            graph: &s.graph,
+            phase: &mut *phase,
+        };
+        morph_step(&s.graph.walk, &mut e, n, cfg)?;
+        phase.buffers.write_state(gpu, &phase.state)?;
+        phase.state.steps += 1;
+        Ok(stats)
     }
 
     /// Records (once) and submits step `step` on `n` images; returns the batch totals.
@@ -220,7 +363,15 @@ impl GpuBackend {
                                 w.forward(&mut r, n, Mode::Train)?;
                                 w.update_running(&mut r, n)?;
                             }
-                            Step::Morph { .. } | Step::Score => {}
+                            Step::Gradients => {
+                                w.forward(&mut r, n, Mode::Eval)?;
+                                w.loss(&mut r, n)?;
+                                w.backward(&mut r, n, Mode::Eval, false)?;
+                            }
+                            Step::Morph { .. }
+                            | Step::Score
+                            | Step::Curvature { .. }
+                            | Step::Products { .. } => {}
                         }
                         Ok(())
                     })?;
@@ -334,6 +485,7 @@ impl Backend for GpuBackend {
             state,
             buffers,
             plans: HashMap::new(),
+            solver: SolverWorkspace::default(),
         });
         Ok(())
     }
@@ -345,13 +497,6 @@ impl Backend for GpuBackend {
         n: usize,
         cfg: &MorphConfig,
     ) -> Result<BatchStats> {
-        if let MorphMethod::Splitting { .. } = cfg.method {
-            return Err(Error::Unsupported {
-                field: Field::MorphMethod,
-                value: "splitting",
-                backend: "gpu",
-            });
-        }
         if cfg.curvature != Curvature::RankOne {
             return Err(Error::Unsupported {
                 field: Field::Curvature,
@@ -360,6 +505,9 @@ impl Backend for GpuBackend {
             });
         }
         self.upload_batch(images, labels, n)?;
+        if let MorphMethod::Splitting { .. } = cfg.method {
+            return self.splitting_batch(n, cfg);
+        }
         // The joint estimate (sprout-core's `MorphConfig::joint`): the cross
         // terms start on the phase's first batch or the first that asks for them.
         let joint = cfg.joint && cfg.method == MorphMethod::GaussNewton;

@@ -24,7 +24,7 @@ use crate::kernels::estimator::Slots;
 use crate::kernels::Kernels;
 use crate::layout::Layout;
 use sprout_core::arch::Post;
-use sprout_core::error::{Error, Field, Result};
+use sprout_core::error::{Error, Result};
 use sprout_core::learn::{MorphEngine, MorphState};
 use sprout_core::optim::Adam;
 use sprout_core::walk::Walk;
@@ -200,6 +200,117 @@ impl MorphBuffers {
             hyper,
             ops,
         }
+    }
+
+    /// Uploads `state`'s theta and moving averages (after host-side updates).
+    pub fn write_state(&self, gpu: &Gpu, state: &MorphState) -> Result<()> {
+        gpu.write(&self.theta, &self.weights.pack(&state.theta)?)?;
+        gpu.write(&self.split_ema, &self.channels.pack(&state.split_ema)?)?;
+        gpu.write(&self.prune_ema, &self.channels.pack(&state.prune_ema)?)
+    }
+
+    /// Records the splitting matrix's curvature weights of layer `l` into
+    /// `dd[0]`: `g = dL/dh` at the unit's own BN + ReLU output (through what
+    /// follows it: the max-pool, or the next block's frozen depthwise conv,
+    /// BN and ReLU), times `sigma''(y)` (sprout-core's `splitting`).
+    pub fn record_curvature(
+        &self,
+        gpu: &Gpu,
+        k: &Kernels,
+        graph: &Graph,
+        l: usize,
+        n: usize,
+        ops: &mut Vec<Op>,
+    ) -> Result<()> {
+        let w = &graph.walk;
+        let (u, p, b) = (&w.units[l], w.index.units[l], &graph.bufs[l]);
+        let missing = || Error::backend("a depthwise unit without its buffers or parameters");
+        let g: &View = match u.post {
+            Post::None => &b.da,
+            Post::MaxPool => {
+                ops.push(
+                    k.pool
+                        .max_backward(gpu, n * u.cout, u.conv_hw, &b.h, &b.da, &self.gh)?,
+                );
+                &self.gh
+            }
+            Post::Depthwise { stride } => {
+                let (dk, dbn) = p.depthwise.ok_or_else(missing)?;
+                let (z, a) = (
+                    b.z.as_ref().ok_or_else(missing)?,
+                    b.a.as_ref().ok_or_else(missing)?,
+                );
+                ops.push(k.bn.backward(
+                    gpu,
+                    &u.bn_geom(n, true),
+                    z,
+                    a,
+                    &b.da,
+                    &b.dw_stats,
+                    &graph.bn_block(dbn)?,
+                    &b.dw_stats,
+                    Stats::Running,
+                    &self.gz,
+                )?);
+                ops.push(k.depthwise.backward_input(
+                    gpu,
+                    &u.dw_geom(stride),
+                    n,
+                    &self.gz,
+                    &graph.tensor(dk)?,
+                    &self.gh,
+                )?);
+                &self.gh
+            }
+        };
+        ops.push(k.splitting.curvature(
+            gpu,
+            &u.bn_geom(n, false),
+            g,
+            &b.y,
+            &graph.bn_block(p.bn)?,
+            &self.dd[0],
+        )?);
+        Ok(())
+    }
+
+    /// Records `S V` of layer `l` for every channel: `V` in the layer's theta,
+    /// the product into its theta gradient (`conv(x, V)` scaled by the
+    /// curvature weights, then the conv's weight gradient).
+    pub fn record_products(
+        &self,
+        gpu: &Gpu,
+        k: &Kernels,
+        graph: &Graph,
+        l: usize,
+        n: usize,
+        ops: &mut Vec<Op>,
+    ) -> Result<()> {
+        let u = &graph.walk.units[l];
+        let geom = u.conv_geom();
+        let x = graph.view(graph.walk.input(l))?;
+        ops.push(
+            k.conv
+                .forward(gpu, &geom, n, &x, &self.layer(&self.theta, l)?, &self.d)?,
+        );
+        ops.push(
+            k.splitting
+                .scale_by(gpu, n * u.conv_len(), &self.dd[0], &self.d)?,
+        );
+        ops.push(k.conv.backward_weight(
+            gpu,
+            &geom,
+            n,
+            &x,
+            &self.d,
+            &self.layer(&self.grad, l)?,
+        )?);
+        Ok(())
+    }
+
+    /// Layer `l`'s theta and its gradient (the products' `V` and `S V`).
+    pub fn product_views(&self, l: usize) -> Result<(View, View)> {
+        Ok((self.layer(&self.theta, l)?, self.layer(&self.grad, l)?))
     }
 
     /// Eq. (1) of every split on the last scored batch, `[layer][channel]`.
@@ -432,11 +543,11 @@ impl MorphEngine for MorphRecorder<'_> {
         _iterations: usize,
         _alpha: f32,
     ) -> Result<()> {
-        Err(Error::Unsupported {
-            field: Field::MorphMethod,
-            value: "splitting",
-            backend: "gpu",
-        })
+        // The host-side eigen-solver steps between products: the backend runs
+        // splitting steps as they go, not as a recorded plan.
+        Err(Error::backend(
+            "a splitting step cannot be recorded as one plan",
+        ))
     }
 
     fn average_cross(&mut self, n: usize, _alpha: f32) -> Result<()> {

@@ -8,7 +8,7 @@ mod common;
 use common::{close, close_to_max, gpu_available};
 use sprout_core::arch::{Arch, Family, Role};
 use sprout_core::backend::{Backend, CpuBackend};
-use sprout_core::learn::{Curvature, MorphConfig, MorphState};
+use sprout_core::learn::{Curvature, MorphConfig, MorphMethod, MorphState};
 use sprout_core::network::Network;
 use sprout_core::optim::Sgd;
 use sprout_core::rng::Rng;
@@ -240,6 +240,68 @@ fn vgg_joint_morph_step_matches_cpu() {
 #[test]
 fn mobilenet_joint_morph_step_matches_cpu() {
     morph_parity(mobilenet(), Some(0.35), true);
+}
+
+/// Splitting steepest descent: the GPU's products drive the same eigen-solver
+/// to the same eigenvalues and (up to sign) directions as the CPU's.
+fn splitting_parity(arch: Arch) {
+    let net = network(&arch, 7);
+    let mut cpu = CpuBackend::new(BATCH);
+    let Some(mut gpu) = gpu_backend() else {
+        return;
+    };
+    cpu.load(&net, None).unwrap();
+    gpu.load(&net, None).unwrap();
+    let state = MorphState::new(&net, 0.3, &mut Rng::new(10));
+    cpu.begin_morph(state.clone()).unwrap();
+    gpu.begin_morph(state.clone()).unwrap();
+    let cfg = MorphConfig {
+        method: MorphMethod::Splitting { iterations: 4 },
+        ..MorphConfig::paper(BATCH, 40)
+    };
+    for step in 0..2 {
+        let (x, y) = batch(&arch, 40 + step);
+        let c = cpu.morph_batch(&x, &y, BATCH, &cfg).unwrap();
+        let g = gpu.morph_batch(&x, &y, BATCH, &cfg).unwrap();
+        close("splitting loss", &[g.loss], &[c.loss], 1e-4).unwrap();
+    }
+    let (c, g) = (cpu.end_morph().unwrap(), gpu.end_morph().unwrap());
+    assert_eq!(g.steps, c.steps);
+    for l in 0..arch.layers() {
+        close_to_max(
+            &format!("eigenvalues {l}"),
+            &g.split_ema[l],
+            &c.split_ema[l],
+            2e-3,
+            1e-7,
+        )
+        .unwrap();
+        // With 4 samples the matrices have low rank: eigenvalues near zero
+        // are degenerate and their eigenvectors arbitrary, so directions are
+        // compared where the eigenvalue stands out.
+        let d = g.theta[l].len() / g.split_ema[l].len();
+        let top = c.split_ema[l].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (ch, (gv, cv)) in g.theta[l].chunks(d).zip(c.theta[l].chunks(d)).enumerate() {
+            let cos: f32 = gv.iter().zip(cv).map(|(a, b)| a * b).sum();
+            let lambda = c.split_ema[l][ch];
+            assert!(
+                lambda.abs() <= 0.05 * top || cos.abs() > 0.98,
+                "layer {l} channel {ch}: |cos| {cos}, eigenvalue {lambda} of at most {top}"
+            );
+        }
+        assert!(g.prune_ema[l].iter().all(|v| *v == 0.0));
+    }
+    assert!(c.split_ema.iter().flatten().any(|v| v.abs() > 0.0));
+}
+
+#[test]
+fn vgg_splitting_step_matches_cpu() {
+    splitting_parity(vgg());
+}
+
+#[test]
+fn mobilenet_splitting_step_matches_cpu() {
+    splitting_parity(mobilenet());
 }
 
 /// Scoring every split with theta fixed: the same eq. (1) per candidate as

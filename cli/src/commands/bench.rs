@@ -6,11 +6,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use sprout_core::arch::Family;
-use sprout_core::engine::Mode;
-use sprout_core::estimator::{split_estimates, FrozenSigma, LayerBatch, Workspace};
+use sprout_core::backend::Backend;
+use sprout_core::estimator::Curvature;
 use sprout_core::kernels::matmul;
 use sprout_core::learn::{MorphConfig, MorphState};
-use sprout_core::model::Model;
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::optim::Sgd;
 use sprout_core::rng::Rng;
@@ -282,11 +281,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 cost_vs_train: Some(median(ratios)),
             });
         }
-        if args.device.backend != BackendKind::Cpu || !want(BenchStep::ScoreAll) || !with_score_all
-        {
+        if !want(BenchStep::ScoreAll) || !with_score_all {
             continue;
         }
         let (est, brute) = score_all(
+            backend.as_mut(),
             &net,
             &images,
             &labels,
@@ -313,11 +312,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Images per second at which every split candidate of `net` gets a score:
-/// with the estimator (one eval forward and backward, then eq. 1 for all
-/// channels of every layer) and by brute force (build each expanded network
-/// and run the batch through it).
+/// Images per second at which every split candidate of `net` gets a score
+/// on `backend`: with the estimator (one eval forward and backward, then
+/// eq. 1 for all channels of every layer) and by brute force (load each
+/// expanded network and run the batch through it).
 pub fn score_all(
+    backend: &mut dyn Backend,
     net: &Network,
     images: &[f32],
     labels: &[u32],
@@ -325,24 +325,16 @@ pub fn score_all(
     windows: usize,
     window_seconds: f64,
 ) -> Result<(f64, f64)> {
-    let arch = &net.arch;
-    let units = arch.units();
+    let units = net.arch.units();
     let mut rng = Rng::new(2);
     let state = MorphState::new(net, 0.05, &mut rng);
-    let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(net, l)).collect();
-    let mut model = Model::new(arch, batch);
-    let mut ws = Workspace::default();
-    let mut delta = vec![0.0f32; units.iter().map(|u| u.cout).max().unwrap_or(0)];
+    backend.load(net, None)?;
+    backend.begin_morph(state.clone())?;
     let est = median_images_per_s(batch, windows, window_seconds, || {
-        model.forward(net, images, batch, Mode::Eval);
-        let (loss, _) = model.loss(labels);
-        model.backward_activations(net);
-        for (l, u) in units.iter().enumerate() {
-            let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss);
-            split_estimates(&b, &state.theta[l], &mut ws, &mut delta[..u.cout], None);
-        }
+        backend.score_batch(images, labels, batch, Curvature::RankOne)?;
         Ok(())
     })?;
+    backend.end_morph()?;
     let expanded: Vec<Network> = units
         .iter()
         .enumerate()
@@ -360,19 +352,10 @@ pub fn score_all(
             )
         })
         .collect::<sprout_core::Result<_>>()?;
-    // Expanded networks of one layer share an architecture: one model per layer.
-    let mut models: Vec<Model> = Vec::new();
     let brute = median_images_per_s(batch, windows.min(3), window_seconds, || {
         for n in &expanded {
-            let m = match models.iter_mut().position(|m| m.arch() == &n.arch) {
-                Some(i) => &mut models[i],
-                None => {
-                    models.push(Model::new(&n.arch, batch));
-                    models.last_mut().expect("just pushed")
-                }
-            };
-            m.forward(n, images, batch, Mode::Eval);
-            m.loss(labels);
+            backend.load(n, None)?;
+            backend.eval_batch(images, labels, batch)?;
         }
         Ok(())
     })?;

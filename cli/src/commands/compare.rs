@@ -4,13 +4,19 @@
 //! estimator, (b) theta optimised directly on the expanded network's true
 //! training loss, and (c) the splitting direction scaled by a line search on
 //! the true training loss.
+//!
+//! Training, theta learning and every true Delta L run on the engine
+//! `--backend` selects; (b)'s optimisation through the expanded network and
+//! (c)'s splitting eigenvectors run on the CPU engine.
 
 use crate::commands::experiment::{mean_loss, save_run, train_and_learn_theta, ExperimentArgs};
+use crate::device::BackendKind;
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
+use sprout_core::backend::Backend;
 use sprout_core::data::{fill_batch, Dataset, Normalization};
 use sprout_core::engine::Mode;
 use sprout_core::estimator::{FrozenSigma, LayerBatch};
@@ -42,8 +48,10 @@ pub struct CompareArgs {
     pub out: PathBuf,
 }
 
-/// True Delta L on `ds` of splitting channel `c` of layer 0 with `theta`.
+/// True Delta L on `ds` of splitting channel `c` of layer 0 with `theta`, on `backend`.
+#[allow(clippy::too_many_arguments)]
 fn true_delta(
+    backend: &mut dyn Backend,
     net: &Network,
     c: usize,
     theta: &[f32],
@@ -60,8 +68,7 @@ fn true_delta(
         },
     }];
     let expanded = apply(net, &m, &mut [])?;
-    let mut model = Model::new(&expanded.arch, buf.batch);
-    Ok(mean_loss(&mut model, &expanded, ds, norm, buf) - base)
+    Ok(mean_loss(backend, &expanded, ds, norm, buf)? - base)
 }
 
 /// Optimises channel `c`'s theta on the expanded network's true loss
@@ -154,21 +161,15 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--splitting-batches must be at least 1"))?;
 
     let mut hbuf = Batches::new(heldout, a.batch);
-    let base_held = mean_loss(
-        &mut Model::new(arch, a.batch),
-        net,
-        heldout,
-        norm,
-        &mut hbuf,
-    );
+    let mut backend = a.device.open(a.batch)?;
+    if a.device.backend == BackendKind::Gpu {
+        println!(
+            "direct optimisation (b) and the splitting eigenvectors (c) run on the CPU engine"
+        );
+    }
+    let base_held = mean_loss(backend.as_mut(), net, heldout, norm, &mut hbuf)?;
     let mut sbuf = Batches::new(&search, a.batch);
-    let base_search = mean_loss(
-        &mut Model::new(arch, a.batch),
-        net,
-        &search,
-        norm,
-        &mut sbuf,
-    );
+    let base_search = mean_loss(backend.as_mut(), net, &search, norm, &mut sbuf)?;
     let w0 = &net.tensors[net.index().units[0].conv];
     let pb = bar(u0.cout as u64, "channels");
     let mut rows = Vec::new();
@@ -208,15 +209,51 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         for k in 0..24 {
             let scale = norm_w * 1e-2 * 10f32.powf(k as f32 / 8.0);
             let th: Vec<f32> = dir.iter().map(|d| d * scale).collect();
-            let dl = true_delta(net, c, &th, &search, norm, base_search, &mut sbuf)?;
+            let dl = true_delta(
+                backend.as_mut(),
+                net,
+                c,
+                &th,
+                &search,
+                norm,
+                base_search,
+                &mut sbuf,
+            )?;
             if dl < best.0 {
                 best = (dl, scale);
             }
         }
         let theta_split: Vec<f32> = dir.iter().map(|d| d * best.1).collect();
-        let dl_gn = true_delta(net, c, &theta_gn, heldout, norm, base_held, &mut hbuf)?;
-        let dl_direct = true_delta(net, c, &theta_direct, heldout, norm, base_held, &mut hbuf)?;
-        let dl_split = true_delta(net, c, &theta_split, heldout, norm, base_held, &mut hbuf)?;
+        let dl_gn = true_delta(
+            backend.as_mut(),
+            net,
+            c,
+            &theta_gn,
+            heldout,
+            norm,
+            base_held,
+            &mut hbuf,
+        )?;
+        let dl_direct = true_delta(
+            backend.as_mut(),
+            net,
+            c,
+            &theta_direct,
+            heldout,
+            norm,
+            base_held,
+            &mut hbuf,
+        )?;
+        let dl_split = true_delta(
+            backend.as_mut(),
+            net,
+            c,
+            &theta_split,
+            heldout,
+            norm,
+            base_held,
+            &mut hbuf,
+        )?;
         rows.push((c, dl_gn, dl_direct, dl_split, split_dirs.eigenvalues[c]));
         pb.inc(1);
     }

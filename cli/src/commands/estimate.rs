@@ -3,18 +3,16 @@
 //! estimated Delta L with the true Delta L of the actually expanded network
 //! on held-out data, under the same frozen-sigma convention (eval mode).
 
-use crate::commands::experiment::{mean_loss, save_run, train_and_learn_theta, ExperimentArgs};
+use crate::commands::experiment::{
+    mean_loss, mean_scores, save_run, train_and_learn_theta, ExperimentArgs,
+};
 use crate::progress::bar;
 use crate::run_dir::{set_threads, RunDir};
 use crate::weights::save_tensors;
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
-use sprout_core::engine::Mode;
-use sprout_core::estimator::{
-    split_estimates, Curvature, FrozenSigma, HeadCurvature, LayerBatch, Workspace,
-};
-use sprout_core::model::Model;
+use sprout_core::estimator::Curvature;
 use sprout_core::morph::{apply, ChannelMorphism, Morphism};
 use sprout_core::train::Batches;
 use std::fmt::Write as _;
@@ -114,43 +112,19 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
     let args = a;
 
     // Eq. (1) with the final theta on the held-out data, and the brute-force truth there.
-    let mut model = Model::new(arch, args.batch);
+    let mut backend = args.device.open(args.batch)?;
     let mut hbuf = Batches::new(heldout, args.batch);
-    let base = mean_loss(&mut model, net, heldout, norm, &mut hbuf);
+    let base = mean_loss(backend.as_mut(), net, heldout, norm, &mut hbuf)?;
     let units = arch.units();
-    let mut heldout_est: Vec<Vec<f64>> = units.iter().map(|u| vec![0.0; u.cout]).collect();
-    {
-        let mut ws = Workspace::default();
-        let sigmas: Vec<FrozenSigma> = (0..units.len()).map(|l| FrozenSigma::of(net, l)).collect();
-        let mut rng = sprout_core::rng::Rng::new(0);
-        let mut probs = Vec::new();
-        for start in (0..heldout.len()).step_by(args.batch) {
-            let idx: Vec<usize> = (start..(start + args.batch).min(heldout.len())).collect();
-            sprout_core::data::fill_batch(
-                heldout,
-                norm,
-                &idx,
-                None,
-                &mut rng,
-                &mut hbuf.images,
-                &mut hbuf.labels,
-            );
-            model.forward(net, &hbuf.images, idx.len(), Mode::Eval);
-            let (loss, _) = model.loss(&hbuf.labels);
-            model.backward_activations(net);
-            let head = (Curvature::from(args.curvature) == Curvature::ExactLogits)
-                .then(|| HeadCurvature::from_model(&model, net, &mut probs));
-            for (l, u) in units.iter().enumerate() {
-                let b = LayerBatch::from_model(&model, l, sigmas[l].view(), loss)
-                    .with_head(head.filter(|_| l + 1 == units.len()));
-                let mut d = vec![0.0; u.cout];
-                split_estimates(&b, &learned.theta[l], &mut ws, &mut d, None);
-                for (acc, v) in heldout_est[l].iter_mut().zip(&d) {
-                    *acc += *v as f64 * idx.len() as f64 / heldout.len() as f64;
-                }
-            }
-        }
-    }
+    let heldout_est = mean_scores(
+        backend.as_mut(),
+        net,
+        learned,
+        args.curvature.into(),
+        heldout,
+        norm,
+        &mut hbuf,
+    )?;
     let total: usize = arch.widths.iter().sum();
     let pb = bar(total as u64, "brute force");
     let start = Instant::now();
@@ -168,8 +142,7 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
                 }],
                 &mut [],
             )?;
-            let mut m = Model::new(&expanded.arch, args.batch);
-            let truth = mean_loss(&mut m, &expanded, heldout, norm, &mut hbuf) - base;
+            let truth = mean_loss(backend.as_mut(), &expanded, heldout, norm, &mut hbuf)? - base;
             rows.push(Row {
                 layer: l,
                 channel: c,

@@ -12,12 +12,11 @@ use crate::run_dir::RunDir;
 use crate::weights::save_network;
 use anyhow::{bail, Result};
 use clap::Args;
+use sprout_core::backend::Backend;
 use sprout_core::data::{fill_batch, Augment, Dataset, Normalization};
-use sprout_core::engine::Mode;
 use sprout_core::error::Field;
 use sprout_core::grow::{train_epochs, GrowConfig, GrowState, Stage};
-use sprout_core::learn::{MorphConfig, MorphState};
-use sprout_core::model::Model;
+use sprout_core::learn::{Curvature, MorphConfig, MorphState};
 use sprout_core::optim::StepSchedule;
 use sprout_core::rng::Rng;
 use sprout_core::select::{SelectConfig, Selection};
@@ -238,16 +237,59 @@ pub fn save_run(run: &RunDir, exp: &Learned, config: &serde_json::Value) -> Resu
     )
 }
 
-/// Mean loss of `net` on `ds` in eval mode.
+/// Mean loss of `net` on `ds` in eval mode, on `backend` (which this loads with `net`).
 pub fn mean_loss(
-    model: &mut Model,
+    backend: &mut dyn Backend,
     net: &Network,
     ds: &Dataset,
     norm: &Normalization,
     buf: &mut Batches,
-) -> f64 {
-    let mut rng = Rng::new(0);
+) -> Result<f64> {
+    backend.load(net, None)?;
     let mut total = 0.0f64;
+    for_each_batch(ds, norm, buf, |images, labels, n| {
+        total += backend.eval_batch(images, labels, n)?.loss as f64 * n as f64;
+        Ok(())
+    })?;
+    Ok(total / ds.len() as f64)
+}
+
+/// Eq. (1) of every split candidate with `state`'s theta, `net` fixed, on
+/// all of `ds`: `[layer][channel]`, averaged over its images, on `backend`
+/// (which this loads with `net`).
+pub fn mean_scores(
+    backend: &mut dyn Backend,
+    net: &Network,
+    state: &MorphState,
+    curvature: Curvature,
+    ds: &Dataset,
+    norm: &Normalization,
+    buf: &mut Batches,
+) -> Result<Vec<Vec<f64>>> {
+    backend.load(net, None)?;
+    backend.begin_morph(state.clone())?;
+    let mut total: Vec<Vec<f64>> = state.split_ema.iter().map(|e| vec![0.0; e.len()]).collect();
+    for_each_batch(ds, norm, buf, |images, labels, n| {
+        let scores = backend.score_batch(images, labels, n, curvature)?;
+        for (acc, layer) in total.iter_mut().zip(&scores) {
+            for (a, v) in acc.iter_mut().zip(layer) {
+                *a += *v as f64 * n as f64 / ds.len() as f64;
+            }
+        }
+        Ok(())
+    })?;
+    backend.end_morph()?;
+    Ok(total)
+}
+
+/// Runs `step` on `ds` in order, in batches of `buf.batch`, without augmentation.
+fn for_each_batch(
+    ds: &Dataset,
+    norm: &Normalization,
+    buf: &mut Batches,
+    mut step: impl FnMut(&[f32], &[u32], usize) -> sprout_core::Result<()>,
+) -> Result<()> {
+    let mut rng = Rng::new(0);
     for start in (0..ds.len()).step_by(buf.batch) {
         let idx: Vec<usize> = (start..(start + buf.batch).min(ds.len())).collect();
         fill_batch(
@@ -259,8 +301,7 @@ pub fn mean_loss(
             &mut buf.images,
             &mut buf.labels,
         );
-        model.forward(net, &buf.images, idx.len(), Mode::Eval);
-        total += model.loss(&buf.labels).0 as f64 * idx.len() as f64;
+        step(&buf.images, &buf.labels, idx.len())?;
     }
-    total / ds.len() as f64
+    Ok(())
 }

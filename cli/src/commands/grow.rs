@@ -5,7 +5,7 @@
 use crate::commands::eval::load_dataset;
 use crate::commands::info::arch_from_flags;
 use crate::data::{resolve, DatasetName, Splits};
-use crate::device::{BackendKind, DeviceArgs};
+use crate::device::DeviceArgs;
 use crate::input::InputSpec;
 use crate::progress::bar;
 use crate::run_dir::{run_command, set_threads, Fnv64, RunDir, RunLock};
@@ -697,9 +697,6 @@ fn execute(
     device: &DeviceArgs,
     start: Start,
 ) -> Result<()> {
-    if device.backend == BackendKind::Gpu && cfg.grow.strategy == Strategy::Splitting {
-        bail!("--strategy splitting is not supported on the gpu backend; use --backend cpu");
-    }
     let splits = load_splits(cfg)?;
     let (train, test) = (&splits.train, &splits.test);
     let g = &cfg.grow;

@@ -11,6 +11,7 @@ pub mod linear;
 pub mod loss;
 pub mod optimizer;
 pub mod pool;
+pub mod splitting;
 
 use crate::context::Gpu;
 use sprout_core::error::Result;
@@ -36,6 +37,8 @@ pub struct Kernels {
     pub estimator: estimator::Estimator,
     /// Elementwise ops (ReLU, copies, fills).
     pub elementwise: elementwise::Elementwise,
+    /// The splitting matrix's products.
+    pub splitting: splitting::Splitting,
 }
 
 impl Kernels {
@@ -51,6 +54,7 @@ impl Kernels {
             optim: optimizer::Optimizer::new(gpu)?,
             estimator: estimator::Estimator::new(gpu)?,
             elementwise: elementwise::Elementwise::new(gpu)?,
+            splitting: splitting::Splitting::new(gpu)?,
         })
     }
 }

@@ -65,6 +65,41 @@ pub enum Buf {
     ScratchH,
     /// Scratch gradient at a unit's depthwise output (largest unit output).
     ScratchZ,
+    /// A morphism phase's buffer.
+    Morph(MorphBuf),
+}
+
+/// The buffers of a morphism phase ([`crate::layer_estimate`]); the
+/// per-layer scratch ones are sized for the largest layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MorphBuf {
+    /// Layer `l`'s theta, stacked like its conv kernel.
+    Theta(usize),
+    /// Layer `l`'s theta gradient (the splitting products' `S V`).
+    ThetaGrad(usize),
+    /// Layer `l`'s per-sample first-order terms `[n, cout]` of its splits
+    /// (`prune` false) or prunes.
+    U {
+        /// The layer.
+        layer: usize,
+        /// Prunes rather than splits.
+        prune: bool,
+    },
+    /// `d = conv(x, theta)`, then the gradient of the estimate at `y`.
+    D,
+    /// Branch `i` (0: `y + d`, 1: `y - d`) of the frozen sigma: its BN + ReLU
+    /// output ([`Act::H`]), depthwise output ([`Act::Z`]) and unit output ([`Act::A`]).
+    Shifted(usize, Act),
+    /// The estimate's gradient at the unit output, at `h` and at `z`.
+    G,
+    /// The estimate's gradient at `h`.
+    GH,
+    /// The estimate's gradient at `z`.
+    GZ,
+    /// The estimate's gradient at `y` through branch `i`.
+    GY(usize),
+    /// The splitting matrix's curvature weights `g * sigma''(y)`.
+    Curvature,
 }
 
 /// The kernels an engine provides. Outputs are overwritten. The BN
@@ -212,4 +247,71 @@ pub trait Engine {
         logits: Buf,
         dlogits: Buf,
     ) -> Result<(), Self::Error>;
+}
+
+/// The kernels of the per-layer Gauss-Newton estimate and the splitting
+/// matrix's products ([`crate::layer_estimate`]), beyond the network's own.
+/// BN operands are at their running statistics (the frozen sigma).
+pub trait EstimatorOps: Engine {
+    /// `out = relu(scale * (y + sign * d) + shift)`.
+    #[allow(clippy::too_many_arguments)]
+    fn shifted_bn_relu(
+        &mut self,
+        g: &BnGeom,
+        bn: [usize; 4],
+        y: Buf,
+        d: Buf,
+        sign: f32,
+        out: Buf,
+    ) -> Result<(), Self::Error>;
+    /// Per sample and channel (`planes = n * channels` planes of `plane`
+    /// values): `u = (n / 2) * sum((a_plus + a_minus - 2 a) * grad_a)`.
+    #[allow(clippy::too_many_arguments)]
+    fn split_u(
+        &mut self,
+        n: usize,
+        planes: usize,
+        plane: usize,
+        a_plus: Buf,
+        a_minus: Buf,
+        a: Buf,
+        grad_a: Buf,
+        u: Buf,
+    ) -> Result<(), Self::Error>;
+    /// Per sample and channel: `u = -n * sum(a * grad_a)`.
+    #[allow(clippy::too_many_arguments)]
+    fn prune_u(
+        &mut self,
+        n: usize,
+        planes: usize,
+        plane: usize,
+        a: Buf,
+        grad_a: Buf,
+        u: Buf,
+    ) -> Result<(), Self::Error>;
+    /// Eq. (1)'s gradient at the unit output on `len` values:
+    /// `g = 0.5 * (1 + u / (2 L_hat)) * grad_a`, `u` per plane of `plane`,
+    /// `L_hat` the batch loss.
+    fn estimate_grad(
+        &mut self,
+        len: usize,
+        plane: usize,
+        u: Buf,
+        grad_a: Buf,
+        g: Buf,
+    ) -> Result<(), Self::Error>;
+    /// `out = a - b` on `len` values.
+    fn sub(&mut self, len: usize, a: Buf, b: Buf, out: Buf) -> Result<(), Self::Error>;
+    /// `m = grad * scale^2 * relu''(scale * y + shift)` (the splitting
+    /// module's softplus surrogate).
+    fn splitting_curvature(
+        &mut self,
+        g: &BnGeom,
+        bn: [usize; 4],
+        grad: Buf,
+        y: Buf,
+        m: Buf,
+    ) -> Result<(), Self::Error>;
+    /// `t *= m` on `len` values.
+    fn scale_by(&mut self, len: usize, m: Buf, t: Buf) -> Result<(), Self::Error>;
 }

@@ -33,6 +33,7 @@ pub mod error;
 pub mod estimator;
 pub mod grow;
 pub mod kernels;
+pub mod layer_estimate;
 pub mod learn;
 pub mod model;
 pub mod morph;

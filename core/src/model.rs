@@ -72,6 +72,7 @@ impl Store {
             Buf::ScratchH => &mut self.scratch_h,
             Buf::ScratchZ => &mut self.scratch_z,
             Buf::Param(_) | Buf::Grad(_) => unreachable!("tensors are not activations"),
+            Buf::Morph(_) => unreachable!("the CPU's morphism phase keeps its own buffers"),
         }
     }
 
@@ -96,6 +97,7 @@ impl Store {
             Buf::ScratchH => &self.scratch_h,
             Buf::ScratchZ => &self.scratch_z,
             Buf::Param(_) | Buf::Grad(_) => unreachable!("tensors are not activations"),
+            Buf::Morph(_) => unreachable!("the CPU's morphism phase keeps its own buffers"),
         }
     }
 }

@@ -14,8 +14,9 @@ use crate::kernels::optimizer::{sgd_words, MorphHyper};
 use crate::kernels::Kernels;
 use crate::morph::MorphBuffers;
 use sprout_core::backend::{Backend, BatchStats};
-use sprout_core::engine::Mode;
+use sprout_core::engine::{Mode, MorphBuf};
 use sprout_core::error::{Error, Field, Result};
+use sprout_core::layer_estimate;
 use sprout_core::learn::{
     morph_step, score_step, Curvature, MorphConfig, MorphEngine, MorphMethod, MorphState,
 };
@@ -102,13 +103,15 @@ impl GpuSplitting<'_> {
         let phase = &mut *self.phase;
         if let Entry::Vacant(slot) = phase.plans.entry((step, n)) {
             let mut ops = Vec::new();
+            let mut r = g.recorder(gpu, k, &g.one, &mut ops);
+            r.morph = Some(&phase.buffers);
             match step {
-                Step::Curvature { layer } => phase
-                    .buffers
-                    .record_curvature(gpu, k, g, layer, n, &mut ops)?,
-                Step::Products { layer } => phase
-                    .buffers
-                    .record_products(gpu, k, g, layer, n, &mut ops)?,
+                Step::Curvature { layer } => {
+                    layer_estimate::splitting_weights(&mut r, &g.walk, layer, n)?
+                }
+                Step::Products { layer } => {
+                    layer_estimate::splitting_products(&mut r, &g.walk, layer, n)?
+                }
                 _ => return Err(Error::backend("not a splitting step")),
             }
             slot.insert(ops);
@@ -131,7 +134,10 @@ impl MorphEngine for GpuSplitting<'_> {
         let u = &walk.units[l];
         let (c, d) = (u.cout, u.fan_in());
         self.submit(Step::Curvature { layer: l }, n, None)?;
-        let (v, sv) = self.phase.buffers.product_views(l)?;
+        let (v, sv) = (
+            self.phase.buffers.view(MorphBuf::Theta(l))?,
+            self.phase.buffers.view(MorphBuf::ThetaGrad(l))?,
+        );
         // Warm start from the last batch's eigenvectors.
         let start = self.phase.state.theta[l].clone();
         let mut solver = std::mem::take(&mut self.phase.solver);
@@ -297,6 +303,7 @@ impl GpuBackend {
                     let mut ops = Vec::new();
                     gpu.scoped("recording a morphism step", || {
                         let mut r = g.recorder(gpu, k, &g.one, &mut ops);
+                        r.morph = Some(&phase.buffers);
                         g.walk.forward(&mut r, n, Mode::Eval)?;
                         g.walk.loss(&mut r, n)?;
                         g.walk.backward(&mut r, n, Mode::Eval, false)?;
@@ -308,14 +315,12 @@ impl GpuBackend {
                                         Error::backend("a morphism step without settings")
                                     })?
                                 };
-                                let mut m =
-                                    phase.buffers.recorder(gpu, k, g, morph_hyper, &mut ops);
-                                morph_step(&g.walk, &mut m, n, &cfg)
+                                r.hyper = Some(morph_hyper);
+                                morph_step(&g.walk, &mut r, n, &cfg)
                             }
                             _ => {
-                                let mut m =
-                                    phase.buffers.recorder(gpu, k, g, score_hyper, &mut ops);
-                                score_step(&g.walk, &mut m, n)
+                                r.hyper = Some(score_hyper);
+                                score_step(&g.walk, &mut r, n)
                             }
                         }
                     })?;

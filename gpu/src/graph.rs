@@ -9,6 +9,7 @@ use crate::kernels::batchnorm::{stride, Stats};
 use crate::kernels::linear::LinearGeom;
 use crate::kernels::Kernels;
 use crate::layout::Layout;
+use crate::morph::MorphBuffers;
 use sprout_core::arch::{Arch, BnGeom, ConvGeom, DwGeom, Post};
 use sprout_core::engine::{Act, Buf, Engine, Mode};
 use sprout_core::error::{Error, Result};
@@ -32,13 +33,6 @@ pub struct UnitBuffers {
     /// Batch `[mean | var]` of the BN, and of the depthwise BN.
     pub stats: View,
     pub dw_stats: View,
-}
-
-impl UnitBuffers {
-    /// What the next layer (or the head) reads.
-    pub fn output(&self) -> &View {
-        self.a.as_ref().unwrap_or(&self.h)
-    }
 }
 
 /// A network's buffers on the device.
@@ -190,6 +184,8 @@ impl Graph {
             graph: self,
             ops,
             guard,
+            morph: None,
+            hyper: None,
         }
     }
 
@@ -219,6 +215,7 @@ impl Graph {
             Buf::LogitsGrad => self.dlogits.clone(),
             Buf::ScratchH => self.tmp_dh.clone(),
             Buf::ScratchZ => self.tmp_dz.clone(),
+            Buf::Morph(_) => return Err(missing()),
         })
     }
 }
@@ -233,6 +230,23 @@ pub struct Recorder<'a> {
     /// The running-statistics update is skipped unless `guard[0]` is a finite
     /// loss: the batch totals in a training step, [`Graph::one`] otherwise.
     pub guard: &'a View,
+    /// A morphism phase's buffers, for its steps.
+    pub morph: Option<&'a MorphBuffers>,
+    /// The morphism step's settings (`MorphHyper`), for the steps that read them.
+    pub hyper: Option<&'a wgpu::Buffer>,
+}
+
+impl Recorder<'_> {
+    /// The buffer `b` names: the graph's, or the morphism phase's.
+    pub fn view(&self, b: Buf) -> Result<View> {
+        match b {
+            Buf::Morph(m) => self
+                .morph
+                .ok_or_else(|| Error::backend("a morphism buffer outside a morphism phase"))?
+                .view(m),
+            _ => self.graph.view(b),
+        }
+    }
 }
 
 impl std::fmt::Debug for Recorder<'_> {
@@ -261,7 +275,7 @@ impl Engine for Recorder<'_> {
     type Error = Error;
 
     fn conv(&mut self, g: &ConvGeom, n: usize, x: Buf, w: Buf, y: Buf) -> Result<()> {
-        let v = |b| self.graph.view(b);
+        let v = |b| self.view(b);
         let op = self
             .k
             .conv
@@ -280,25 +294,25 @@ impl Engine for Recorder<'_> {
         dx: Option<Buf>,
         dw: Option<Buf>,
     ) -> Result<()> {
-        let (gpu, k, graph) = (self.gpu, self.k, self.graph);
-        let dyv = graph.view(dy)?;
+        let (gpu, k) = (self.gpu, self.k);
+        let dyv = self.view(dy)?;
         if let Some(dw) = dw {
             let op = k
                 .conv
-                .backward_weight(gpu, g, n, &graph.view(x)?, &dyv, &graph.view(dw)?)?;
+                .backward_weight(gpu, g, n, &self.view(x)?, &dyv, &self.view(dw)?)?;
             self.ops.push(op);
         }
         if let Some(dx) = dx {
             let op = k
                 .conv
-                .backward_input(gpu, g, n, &dyv, &graph.view(w)?, &graph.view(dx)?)?;
+                .backward_input(gpu, g, n, &dyv, &self.view(w)?, &self.view(dx)?)?;
             self.ops.push(op);
         }
         Ok(())
     }
 
     fn batch_stats(&mut self, g: &BnGeom, y: Buf, stats: Buf) -> Result<()> {
-        let v = |b| self.graph.view(b);
+        let v = |b| self.view(b);
         let op = self.k.bn.stats(self.gpu, g, &v(y)?, &v(stats)?)?;
         self.ops.push(op);
         Ok(())
@@ -317,11 +331,11 @@ impl Engine for Recorder<'_> {
         let op = self.k.bn.forward(
             self.gpu,
             g,
-            &gr.view(y)?,
+            &self.view(y)?,
             &gr.bn_block(bn)?,
-            &gr.view(stats)?,
+            &self.view(stats)?,
             stats_of(mode),
-            &gr.view(out)?,
+            &self.view(out)?,
         )?;
         self.ops.push(op);
         Ok(())
@@ -340,7 +354,12 @@ impl Engine for Recorder<'_> {
         param_grads: bool,
     ) -> Result<()> {
         let (gpu, k, gr) = (self.gpu, self.k, self.graph);
-        let (y, a, da, st) = (gr.view(y)?, gr.view(out)?, gr.view(dout)?, gr.view(stats)?);
+        let (y, a, da, st) = (
+            self.view(y)?,
+            self.view(out)?,
+            self.view(dout)?,
+            self.view(stats)?,
+        );
         let blk = gr.bn_block(bn)?;
         let from = stats_of(mode);
         // Batch statistics couple the samples: the input gradient needs the
@@ -354,7 +373,7 @@ impl Engine for Recorder<'_> {
             st.clone()
         };
         let op =
-            k.bn.backward(gpu, g, &y, &a, &da, &st, &blk, &sums, from, &gr.view(dy)?)?;
+            k.bn.backward(gpu, g, &y, &a, &da, &st, &blk, &sums, from, &self.view(dy)?)?;
         self.ops.push(op);
         Ok(())
     }
@@ -364,7 +383,7 @@ impl Engine for Recorder<'_> {
         let op = self.k.bn.update_running(
             self.gpu,
             g,
-            &gr.view(stats)?,
+            &self.view(stats)?,
             &gr.bn_block(bn)?,
             self.guard,
         )?;
@@ -373,7 +392,7 @@ impl Engine for Recorder<'_> {
     }
 
     fn max_pool(&mut self, planes: usize, hw: (usize, usize), x: Buf, y: Buf) -> Result<()> {
-        let v = |b| self.graph.view(b);
+        let v = |b| self.view(b);
         let op = self
             .k
             .pool
@@ -390,7 +409,7 @@ impl Engine for Recorder<'_> {
         dy: Buf,
         dx: Buf,
     ) -> Result<()> {
-        let v = |b| self.graph.view(b);
+        let v = |b| self.view(b);
         let op = self
             .k
             .pool
@@ -400,7 +419,7 @@ impl Engine for Recorder<'_> {
     }
 
     fn depthwise(&mut self, g: &DwGeom, n: usize, x: Buf, k: Buf, y: Buf) -> Result<()> {
-        let v = |b| self.graph.view(b);
+        let v = |b| self.view(b);
         let op = self
             .k
             .depthwise
@@ -419,23 +438,23 @@ impl Engine for Recorder<'_> {
         dx: Buf,
         dk: Option<Buf>,
     ) -> Result<()> {
-        let (gpu, kern, gr) = (self.gpu, self.k, self.graph);
-        let dyv = gr.view(dy)?;
+        let (gpu, kern) = (self.gpu, self.k);
+        let dyv = self.view(dy)?;
         if let Some(dk) = dk {
             let op =
                 kern.depthwise
-                    .backward_weight(gpu, g, n, &gr.view(x)?, &dyv, &gr.view(dk)?)?;
+                    .backward_weight(gpu, g, n, &self.view(x)?, &dyv, &self.view(dk)?)?;
             self.ops.push(op);
         }
         let op = kern
             .depthwise
-            .backward_input(gpu, g, n, &dyv, &gr.view(k)?, &gr.view(dx)?)?;
+            .backward_input(gpu, g, n, &dyv, &self.view(k)?, &self.view(dx)?)?;
         self.ops.push(op);
         Ok(())
     }
 
     fn average_pool(&mut self, planes: usize, plane: usize, x: Buf, y: Buf) -> Result<()> {
-        let v = |b| self.graph.view(b);
+        let v = |b| self.view(b);
         let op = self
             .k
             .pool
@@ -451,7 +470,7 @@ impl Engine for Recorder<'_> {
         dy: Buf,
         dx: Buf,
     ) -> Result<()> {
-        let v = |b| self.graph.view(b);
+        let v = |b| self.view(b);
         let op = self
             .k
             .pool
@@ -470,7 +489,7 @@ impl Engine for Recorder<'_> {
         b: Buf,
         y: Buf,
     ) -> Result<()> {
-        let v = |b| self.graph.view(b);
+        let v = |b| self.view(b);
         let lg = linear_geom(n, features, classes);
         let op = self
             .k
@@ -491,24 +510,24 @@ impl Engine for Recorder<'_> {
         dx: Option<Buf>,
         grads: Option<(Buf, Buf)>,
     ) -> Result<()> {
-        let (gpu, k, gr) = (self.gpu, self.k, self.graph);
+        let (gpu, k) = (self.gpu, self.k);
         let lg = linear_geom(n, features, classes);
-        let dyv = gr.view(dy)?;
+        let dyv = self.view(dy)?;
         if let Some((gw, gb)) = grads {
             let op = k.linear.backward_weight(
                 gpu,
                 &lg,
-                &gr.view(x)?,
+                &self.view(x)?,
                 &dyv,
-                &gr.view(gw)?,
-                &gr.view(gb)?,
+                &self.view(gw)?,
+                &self.view(gb)?,
             )?;
             self.ops.push(op);
         }
         if let Some(dx) = dx {
             let op = k
                 .linear
-                .backward_input(gpu, &lg, &dyv, &gr.view(w)?, &gr.view(dx)?)?;
+                .backward_input(gpu, &lg, &dyv, &self.view(w)?, &self.view(dx)?)?;
             self.ops.push(op);
         }
         Ok(())
@@ -526,9 +545,9 @@ impl Engine for Recorder<'_> {
             gpu,
             n,
             classes,
-            &gr.view(logits)?,
+            &self.view(logits)?,
             &gr.labels,
-            &gr.view(dlogits)?,
+            &self.view(dlogits)?,
             &gr.rows,
         )?;
         self.ops.push(op);

@@ -1,14 +1,8 @@
 //! A morphism-learning phase on the device: theta, its Adam moments and the
-//! moving averages of every candidate's estimate, the estimator's workspace,
-//! and the recording of one Gauss-Newton step for every layer (docs/conventions.md,
-//! "The estimator"; sprout-core's `estimator::split_estimates`).
-//!
-//! Per layer, with `d = conv(x, theta)` and the frozen sigma (BN at its
-//! running statistics, shared by both split halves):
-//! `Delta_a = sigma(y + d) + sigma(y - d) - 2 sigma(y)`,
-//! `u = (S / 2) * sum(Delta_a * dL/da)` per sample and channel, eq. (1) into
-//! the moving average, and eq. (1)'s gradient pushed back through both
-//! branches of sigma and the theta conv.
+//! moving averages of every candidate's estimate, the estimator's workspace
+//! (named by sprout-core's `MorphBuf`), and the GPU engine's morphism-step
+//! operations: sprout-core's `layer_estimate` over the estimator kernels,
+//! the averages, the cross terms and Adam (docs/conventions.md, "The estimator").
 //!
 //! Every layer's per-sample `u` of splits and prunes stays on the device for
 //! the whole batch, so that with the joint estimate on, one more kernel folds
@@ -17,14 +11,14 @@
 //! terms, as sprout-core's `MorphState::update_cross` does.
 
 use crate::context::Gpu;
-use crate::graph::Graph;
-use crate::kernel::{Op, View};
-use crate::kernels::batchnorm::Stats;
+use crate::graph::{Graph, Recorder};
+use crate::kernel::View;
 use crate::kernels::estimator::Slots;
-use crate::kernels::Kernels;
 use crate::layout::Layout;
-use sprout_core::arch::Post;
+use sprout_core::arch::BnGeom;
+use sprout_core::engine::{Act, Buf, EstimatorOps, MorphBuf};
 use sprout_core::error::{Error, Result};
+use sprout_core::layer_estimate;
 use sprout_core::learn::{MorphEngine, MorphState};
 use sprout_core::optim::Adam;
 use sprout_core::walk::Walk;
@@ -183,25 +177,6 @@ impl MorphBuffers {
         v.sub(self.channels.offsets[l], self.channels.lens[l])
     }
 
-    /// The GPU's morphism-step operations recording onto `ops`.
-    pub fn recorder<'a>(
-        &'a self,
-        gpu: &'a Gpu,
-        k: &'a Kernels,
-        graph: &'a Graph,
-        hyper: &'a wgpu::Buffer,
-        ops: &'a mut Vec<Op>,
-    ) -> MorphRecorder<'a> {
-        MorphRecorder {
-            gpu,
-            k,
-            graph,
-            m: self,
-            hyper,
-            ops,
-        }
-    }
-
     /// Uploads `state`'s theta and moving averages (after host-side updates).
     pub fn write_state(&self, gpu: &Gpu, state: &MorphState) -> Result<()> {
         gpu.write(&self.theta, &self.weights.pack(&state.theta)?)?;
@@ -209,108 +184,35 @@ impl MorphBuffers {
         gpu.write(&self.prune_ema, &self.channels.pack(&state.prune_ema)?)
     }
 
-    /// Records the splitting matrix's curvature weights of layer `l` into
-    /// `dd[0]`: `g = dL/dh` at the unit's own BN + ReLU output (through what
-    /// follows it: the max-pool, or the next block's frozen depthwise conv,
-    /// BN and ReLU), times `sigma''(y)` (sprout-core's `splitting`).
-    pub fn record_curvature(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        graph: &Graph,
-        l: usize,
-        n: usize,
-        ops: &mut Vec<Op>,
-    ) -> Result<()> {
-        let w = &graph.walk;
-        let (u, p, b) = (&w.units[l], w.index.units[l], &graph.bufs[l]);
-        let missing = || Error::backend("a depthwise unit without its buffers or parameters");
-        let g: &View = match u.post {
-            Post::None => &b.da,
-            Post::MaxPool => {
-                ops.push(
-                    k.pool
-                        .max_backward(gpu, n * u.cout, u.conv_hw, &b.h, &b.da, &self.gh)?,
-                );
-                &self.gh
+    /// The buffer `b` names.
+    pub fn view(&self, b: MorphBuf) -> Result<View> {
+        Ok(match b {
+            MorphBuf::Theta(l) => self.layer(&self.theta, l)?,
+            MorphBuf::ThetaGrad(l) => self.layer(&self.grad, l)?,
+            MorphBuf::U { layer, prune } => self.u_block(layer, prune)?,
+            MorphBuf::D => self.d.clone(),
+            MorphBuf::Shifted(i, a) => {
+                let pair = match a {
+                    Act::H => &self.h,
+                    Act::Z => &self.z,
+                    Act::A => &self.a,
+                    _ => return Err(Error::backend(format!("no shifted {a:?} buffer"))),
+                };
+                pair.get(i)
+                    .cloned()
+                    .ok_or_else(|| Error::backend(format!("no shifted branch {i}")))?
             }
-            Post::Depthwise { stride } => {
-                let (dk, dbn) = p.depthwise.ok_or_else(missing)?;
-                let (z, a) = (
-                    b.z.as_ref().ok_or_else(missing)?,
-                    b.a.as_ref().ok_or_else(missing)?,
-                );
-                ops.push(k.bn.backward(
-                    gpu,
-                    &u.bn_geom(n, true),
-                    z,
-                    a,
-                    &b.da,
-                    &b.dw_stats,
-                    &graph.bn_block(dbn)?,
-                    &b.dw_stats,
-                    Stats::Running,
-                    &self.gz,
-                )?);
-                ops.push(k.depthwise.backward_input(
-                    gpu,
-                    &u.dw_geom(stride),
-                    n,
-                    &self.gz,
-                    &graph.tensor(dk)?,
-                    &self.gh,
-                )?);
-                &self.gh
-            }
-        };
-        ops.push(k.splitting.curvature(
-            gpu,
-            &u.bn_geom(n, false),
-            g,
-            &b.y,
-            &graph.bn_block(p.bn)?,
-            &self.dd[0],
-        )?);
-        Ok(())
-    }
-
-    /// Records `S V` of layer `l` for every channel: `V` in the layer's theta,
-    /// the product into its theta gradient (`conv(x, V)` scaled by the
-    /// curvature weights, then the conv's weight gradient).
-    pub fn record_products(
-        &self,
-        gpu: &Gpu,
-        k: &Kernels,
-        graph: &Graph,
-        l: usize,
-        n: usize,
-        ops: &mut Vec<Op>,
-    ) -> Result<()> {
-        let u = &graph.walk.units[l];
-        let geom = u.conv_geom();
-        let x = graph.view(graph.walk.input(l))?;
-        ops.push(
-            k.conv
-                .forward(gpu, &geom, n, &x, &self.layer(&self.theta, l)?, &self.d)?,
-        );
-        ops.push(
-            k.splitting
-                .scale_by(gpu, n * u.conv_len(), &self.dd[0], &self.d)?,
-        );
-        ops.push(k.conv.backward_weight(
-            gpu,
-            &geom,
-            n,
-            &x,
-            &self.d,
-            &self.layer(&self.grad, l)?,
-        )?);
-        Ok(())
-    }
-
-    /// Layer `l`'s theta and its gradient (the products' `V` and `S V`).
-    pub fn product_views(&self, l: usize) -> Result<(View, View)> {
-        Ok((self.layer(&self.theta, l)?, self.layer(&self.grad, l)?))
+            MorphBuf::G => self.g.clone(),
+            MorphBuf::GH => self.gh.clone(),
+            MorphBuf::GZ => self.gz.clone(),
+            MorphBuf::GY(i) => self
+                .dd
+                .get(i)
+                .cloned()
+                .ok_or_else(|| Error::backend(format!("no gradient branch {i}")))?,
+            // Not used in the same step as the estimate's gradient at y.
+            MorphBuf::Curvature => self.dd[0].clone(),
+        })
     }
 
     /// Eq. (1) of every split on the last scored batch, `[layer][channel]`.
@@ -346,166 +248,26 @@ impl MorphBuffers {
     }
 }
 
-/// The GPU's morphism-step operations: each records its dispatches on a
-/// graph's buffers and a phase's, with the step's settings in `hyper`
-/// (`MorphHyper`) and the batch loss in the graph's totals.
-pub struct MorphRecorder<'a> {
-    gpu: &'a Gpu,
-    k: &'a Kernels,
-    graph: &'a Graph,
-    m: &'a MorphBuffers,
-    hyper: &'a wgpu::Buffer,
-    ops: &'a mut Vec<Op>,
-}
-
-impl std::fmt::Debug for MorphRecorder<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MorphRecorder({} ops)", self.ops.len())
-    }
-}
-
-impl MorphEngine for MorphRecorder<'_> {
+/// The GPU's morphism-step operations, recorded by the GPU engine with a
+/// phase's buffers: the estimates from sprout-core's `layer_estimate`, the
+/// averages, the cross terms and Adam on the device state, with the step's
+/// settings in the phase's `MorphHyper` uniform and the batch loss in the
+/// graph's totals.
+impl MorphEngine for Recorder<'_> {
     type Error = Error;
 
-    /// With `d = conv(x, theta)`: both shifted branches of the frozen sigma,
-    /// the split and prune u, and eq. (1)'s gradient pushed back through
-    /// both branches and the theta conv.
     fn estimate_layer(&mut self, walk: &Walk, l: usize, n: usize, grad: bool) -> Result<()> {
-        let (gpu, k, graph, m) = (self.gpu, self.k, self.graph, self.m);
-        let ops = &mut *self.ops;
-        let loss = &graph.totals;
-        let u = &walk.units[l];
-        let p = walk.index.units[l];
-        let b = &graph.bufs[l];
-        let (c, po) = (u.cout, u.out_hw.0 * u.out_hw.1);
-        let (conv_len, out_len) = (n * u.conv_len(), n * u.out_len());
-        let x = &graph.view(walk.input(l))?;
-        let a0 = b.output();
-        let geom = u.conv_geom();
-        let g = u.bn_geom(n, false);
-        let blk = graph.bn_block(p.bn)?;
-        let theta = m.layer(&m.theta, l)?;
-        let depthwise = || {
-            p.depthwise
-                .ok_or_else(|| Error::backend("a depthwise unit without depthwise parameters"))
-        };
-        ops.push(k.conv.forward(gpu, &geom, n, x, &theta, &m.d)?);
-        // sigma(y + d) and sigma(y - d).
-        for (i, sign) in [1.0f32, -1.0].into_iter().enumerate() {
-            ops.push(
-                k.estimator
-                    .shifted_bn_relu(gpu, &g, &b.y, &m.d, sign, &blk, &m.h[i])?,
-            );
-            match u.post {
-                Post::None => {}
-                Post::MaxPool => {
-                    ops.push(
-                        k.pool
-                            .max_forward(gpu, n * c, u.conv_hw, &m.h[i], &m.a[i])?,
-                    )
-                }
-                Post::Depthwise { stride } => {
-                    let (dk, dbn) = depthwise()?;
-                    ops.push(k.depthwise.forward(
-                        gpu,
-                        &u.dw_geom(stride),
-                        n,
-                        &m.h[i],
-                        &graph.tensor(dk)?,
-                        &m.z[i],
-                    )?);
-                    ops.push(k.bn.forward(
-                        gpu,
-                        &u.bn_geom(n, true),
-                        &m.z[i],
-                        &graph.bn_block(dbn)?,
-                        &b.dw_stats,
-                        Stats::Running,
-                        &m.a[i],
-                    )?);
-                }
-            }
-        }
-        let branch = |i: usize| {
-            if u.post == Post::None {
-                &m.h[i]
-            } else {
-                &m.a[i]
-            }
-        };
-        let est = &k.estimator;
-        let (u_split, u_prune) = (m.u_block(l, false)?, m.u_block(l, true)?);
-        ops.push(est.split_u(gpu, n, n * c, po, branch(0), branch(1), a0, &b.da, &u_split)?);
-        ops.push(est.prune_u(gpu, n, n * c, po, a0, &b.da, &u_prune)?);
-        if !grad {
-            return Ok(());
-        }
-        // dDeltaL/dy through each branch of the frozen sigma.
-        ops.push(est.grad_coef(gpu, out_len, po, &u_split, &b.da, loss, &m.g)?);
-        for i in 0..2 {
-            let gh: &View = match u.post {
-                Post::None => &m.g,
-                Post::MaxPool => {
-                    ops.push(
-                        k.pool
-                            .max_backward(gpu, n * c, u.conv_hw, &m.h[i], &m.g, &m.gh)?,
-                    );
-                    &m.gh
-                }
-                Post::Depthwise { stride } => {
-                    let (dk, dbn) = depthwise()?;
-                    ops.push(k.bn.backward(
-                        gpu,
-                        &u.bn_geom(n, true),
-                        &m.z[i],
-                        &m.a[i],
-                        &m.g,
-                        &b.dw_stats,
-                        &graph.bn_block(dbn)?,
-                        &b.dw_stats,
-                        Stats::Running,
-                        &m.gz,
-                    )?);
-                    ops.push(k.depthwise.backward_input(
-                        gpu,
-                        &u.dw_geom(stride),
-                        n,
-                        &m.gz,
-                        &graph.tensor(dk)?,
-                        &m.gh,
-                    )?);
-                    &m.gh
-                }
-            };
-            ops.push(k.bn.backward(
-                gpu,
-                &g,
-                &b.y,
-                &m.h[i],
-                gh,
-                &b.stats,
-                &blk,
-                &b.stats,
-                Stats::Running,
-                &m.dd[i],
-            )?);
-        }
-        ops.push(k.elementwise.sub(gpu, conv_len, &m.dd[0], &m.dd[1], &m.d)?);
-        ops.push(
-            k.conv
-                .backward_weight(gpu, &geom, n, x, &m.d, &m.layer(&m.grad, l)?)?,
-        );
-        Ok(())
+        layer_estimate::estimate_layer(self, walk, l, n, grad)
     }
 
-    /// With `hyper` set to initialise (`MorphHyper::ema_first`), the
+    /// With the settings set to initialise (`MorphHyper::ema_first`), the
     /// moving-average kernel writes this batch's estimates.
     fn keep_scores(&mut self, l: usize, n: usize) -> Result<()> {
-        let m = self.m;
+        let (m, hyper) = self.phase()?;
         let c = self.graph.walk.units[l].cout;
         let op = self.k.estimator.ema(
             self.gpu,
-            self.hyper,
+            hyper,
             n,
             c,
             &m.u_block(l, false)?,
@@ -517,17 +279,16 @@ impl MorphEngine for MorphRecorder<'_> {
     }
 
     fn average_estimates(&mut self, l: usize, n: usize, _alpha: f32) -> Result<()> {
-        let (gpu, m) = (self.gpu, self.m);
+        let (m, hyper) = self.phase()?;
         let c = self.graph.walk.units[l].cout;
-        let loss = &self.graph.totals;
         for (prune, ema) in [(false, &m.split_ema), (true, &m.prune_ema)] {
             let op = self.k.estimator.ema(
-                gpu,
-                self.hyper,
+                self.gpu,
+                hyper,
                 n,
                 c,
                 &m.u_block(l, prune)?,
-                loss,
+                &self.graph.totals,
                 &m.per_channel(ema, l)?,
             )?;
             self.ops.push(op);
@@ -551,15 +312,16 @@ impl MorphEngine for MorphRecorder<'_> {
     }
 
     fn average_cross(&mut self, n: usize, _alpha: f32) -> Result<()> {
-        let j = self.m.joint.as_ref().ok_or_else(|| {
+        let (m, hyper) = self.phase()?;
+        let j = m.joint.as_ref().ok_or_else(|| {
             Error::backend("joint estimate recorded before its buffers were allocated")
         })?;
         let op = self.k.estimator.cross(
             self.gpu,
-            self.hyper,
+            hyper,
             n,
             &j.slots,
-            &self.m.u,
+            &m.u,
             &self.graph.totals,
             &j.cross,
         )?;
@@ -567,19 +329,20 @@ impl MorphEngine for MorphRecorder<'_> {
         Ok(())
     }
 
-    /// Adam's settings come from `hyper`, written for each step.
+    /// Adam's settings come from the phase's uniform, written for each step.
     fn step_theta(&mut self, _adam: &Adam, _theta_max: Option<f32>) -> Result<()> {
-        let (gpu, k, m, loss) = (self.gpu, self.k, self.m, &self.graph.totals);
+        let (m, hyper) = self.phase()?;
+        let (gpu, k, loss) = (self.gpu, self.k, &self.graph.totals);
         self.ops.push(
             k.optim
-                .adam(gpu, self.hyper, &m.grad, loss, &m.theta, &m.m, &m.v)?,
+                .adam(gpu, hyper, &m.grad, loss, &m.theta, &m.m, &m.v)?,
         );
         for (l, u) in self.graph.walk.units.iter().enumerate() {
             let theta = m.layer(&m.theta, l)?;
             let norms = m.per_channel(&m.w_norms, l)?;
             self.ops.push(k.optim.trust_region(
                 gpu,
-                self.hyper,
+                hyper,
                 u.cout,
                 u.fan_in(),
                 &norms,
@@ -587,6 +350,141 @@ impl MorphEngine for MorphRecorder<'_> {
                 &theta,
             )?);
         }
+        Ok(())
+    }
+}
+
+impl<'a> Recorder<'a> {
+    fn phase(&self) -> Result<(&'a MorphBuffers, &'a wgpu::Buffer)> {
+        self.morph
+            .zip(self.hyper)
+            .ok_or_else(|| Error::backend("a morphism step outside a morphism phase"))
+    }
+}
+
+impl EstimatorOps for Recorder<'_> {
+    fn shifted_bn_relu(
+        &mut self,
+        g: &BnGeom,
+        bn: [usize; 4],
+        y: Buf,
+        d: Buf,
+        sign: f32,
+        out: Buf,
+    ) -> Result<()> {
+        let blk = self.graph.bn_block(bn)?;
+        let op = self.k.estimator.shifted_bn_relu(
+            self.gpu,
+            g,
+            &self.view(y)?,
+            &self.view(d)?,
+            sign,
+            &blk,
+            &self.view(out)?,
+        )?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn split_u(
+        &mut self,
+        n: usize,
+        planes: usize,
+        plane: usize,
+        a_plus: Buf,
+        a_minus: Buf,
+        a: Buf,
+        grad_a: Buf,
+        u: Buf,
+    ) -> Result<()> {
+        let v = |b| self.view(b);
+        let op = self.k.estimator.split_u(
+            self.gpu,
+            n,
+            planes,
+            plane,
+            &v(a_plus)?,
+            &v(a_minus)?,
+            &v(a)?,
+            &v(grad_a)?,
+            &v(u)?,
+        )?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn prune_u(
+        &mut self,
+        n: usize,
+        planes: usize,
+        plane: usize,
+        a: Buf,
+        grad_a: Buf,
+        u: Buf,
+    ) -> Result<()> {
+        let v = |b| self.view(b);
+        let op =
+            self.k
+                .estimator
+                .prune_u(self.gpu, n, planes, plane, &v(a)?, &v(grad_a)?, &v(u)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn estimate_grad(
+        &mut self,
+        len: usize,
+        plane: usize,
+        u: Buf,
+        grad_a: Buf,
+        g: Buf,
+    ) -> Result<()> {
+        let v = |b| self.view(b);
+        let op = self.k.estimator.grad_coef(
+            self.gpu,
+            len,
+            plane,
+            &v(u)?,
+            &v(grad_a)?,
+            &self.graph.totals,
+            &v(g)?,
+        )?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn sub(&mut self, len: usize, a: Buf, b: Buf, out: Buf) -> Result<()> {
+        let v = |b| self.view(b);
+        let op = self
+            .k
+            .elementwise
+            .sub(self.gpu, len, &v(a)?, &v(b)?, &v(out)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn splitting_curvature(
+        &mut self,
+        g: &BnGeom,
+        bn: [usize; 4],
+        grad: Buf,
+        y: Buf,
+        m: Buf,
+    ) -> Result<()> {
+        let blk = self.graph.bn_block(bn)?;
+        let v = |b| self.view(b);
+        let op = self
+            .k
+            .splitting
+            .curvature(self.gpu, g, &v(grad)?, &v(y)?, &blk, &v(m)?)?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn scale_by(&mut self, len: usize, m: Buf, t: Buf) -> Result<()> {
+        let v = |b| self.view(b);
+        let op = self.k.splitting.scale_by(self.gpu, len, &v(m)?, &v(t)?)?;
+        self.ops.push(op);
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The engine the training and growth loops drive, and its CPU implementation.
 
+use crate::arch::Arch;
 use crate::engine::Mode;
 use crate::error::{Error, Result};
 use crate::estimator::{
@@ -152,16 +153,14 @@ impl CpuBackend {
     ) -> Result<BatchStats> {
         let capacity = self.capacity;
         let s = self.state()?;
-        check_batch(images, labels, n, &s.net, capacity)?;
+        check_batch(&s.net.arch, images, labels, n, capacity)?;
         let phase = s
             .morph
             .as_mut()
             .ok_or_else(|| Error::backend("a morphism step outside a morphism phase"))?;
         s.model.forward(&s.net, images, n, Mode::Eval);
         let (loss, correct) = s.model.loss(labels);
-        if !(loss.is_finite() && loss > 0.0) {
-            return Err(Error::NonFinite(format!("morphism-phase loss is {loss}")));
-        }
+        morph_loss(loss)?;
         s.model.backward_activations(&s.net);
         if joint {
             phase.joint_u.resize(n * phase.state.joint_len(), 0.0);
@@ -195,14 +194,16 @@ impl CpuBackend {
     }
 }
 
-fn check_batch(
+/// Checks every backend makes of a batch of `n` images for `arch` and a
+/// capacity of `capacity`: the counts, and every label in range.
+pub fn check_batch(
+    arch: &Arch,
     images: &[f32],
     labels: &[u32],
     n: usize,
-    net: &Network,
     capacity: usize,
 ) -> Result<()> {
-    let len: usize = net.arch.input.iter().product();
+    let len: usize = arch.input.iter().product();
     if n == 0 || n > capacity || images.len() < n * len || labels.len() < n {
         return Err(Error::Mismatch(format!(
             "batch of {n} images (capacity {capacity}) with {} values and {} labels; each image needs {len}",
@@ -210,16 +211,47 @@ fn check_batch(
             labels.len()
         )));
     }
-    if let Some(&bad) = labels[..n]
-        .iter()
-        .find(|&&l| l as usize >= net.arch.classes)
-    {
+    if let Some(&bad) = labels[..n].iter().find(|&&l| l as usize >= arch.classes) {
         return Err(Error::Mismatch(format!(
             "label {bad} out of range for {} classes",
-            net.arch.classes
+            arch.classes
         )));
     }
     Ok(())
+}
+
+/// Checks that SGD momentum buffers are shaped like `net`'s tensors.
+pub fn check_momentum(net: &Network, momentum: &[Vec<f32>]) -> Result<()> {
+    if momentum.len() != net.tensors.len()
+        || momentum
+            .iter()
+            .zip(&net.tensors)
+            .any(|(a, b)| a.len() != b.len())
+    {
+        return Err(Error::Mismatch(
+            "momentum buffers do not match the network's tensors".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A training step's loss, or the error when it is not finite.
+pub fn training_loss(loss: f32) -> Result<f32> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        Err(Error::NonFinite(format!("training loss is {loss}")))
+    }
+}
+
+/// A morphism step's batch loss `L_hat`, or the error when eq. (1) cannot
+/// use it (not finite, or not positive).
+pub fn morph_loss(loss: f32) -> Result<f32> {
+    if loss.is_finite() && loss > 0.0 {
+        Ok(loss)
+    } else {
+        Err(Error::NonFinite(format!("morphism-phase loss is {loss}")))
+    }
 }
 
 /// The CPU's morphism-step operations: the estimator's fused per-layer
@@ -334,13 +366,7 @@ impl Backend for CpuBackend {
         let net = Network::from_tensors(net.arch.clone(), net.tensors.clone())?;
         let momentum = match momentum {
             Some(m) => {
-                if m.len() != net.tensors.len()
-                    || m.iter().zip(&net.tensors).any(|(a, b)| a.len() != b.len())
-                {
-                    return Err(Error::Mismatch(
-                        "momentum buffers do not match the network's tensors".into(),
-                    ));
-                }
+                check_momentum(&net, m)?;
                 m.to_vec()
             }
             None => net.zeros_like(),
@@ -370,12 +396,10 @@ impl Backend for CpuBackend {
     ) -> Result<BatchStats> {
         let capacity = self.capacity;
         let s = self.state()?;
-        check_batch(images, labels, n, &s.net, capacity)?;
+        check_batch(&s.net.arch, images, labels, n, capacity)?;
         s.model.forward(&s.net, images, n, Mode::Train);
         let (loss, correct) = s.model.loss(labels);
-        if !loss.is_finite() {
-            return Err(Error::NonFinite(format!("training loss is {loss}")));
-        }
+        training_loss(loss)?;
         s.model.backward(&s.net, &mut s.grads);
         s.model.update_running_stats(&mut s.net);
         sgd.step_all(&mut s.net.tensors, &s.grads, &mut s.momentum, &s.learnable);
@@ -389,7 +413,7 @@ impl Backend for CpuBackend {
     fn eval_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<BatchStats> {
         let capacity = self.capacity;
         let s = self.state()?;
-        check_batch(images, labels, n, &s.net, capacity)?;
+        check_batch(&s.net.arch, images, labels, n, capacity)?;
         s.model.forward(&s.net, images, n, Mode::Eval);
         let (loss, correct) = s.model.loss(labels);
         Ok(BatchStats {
@@ -410,7 +434,7 @@ impl Backend for CpuBackend {
     fn calibrate_batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()> {
         let capacity = self.capacity;
         let s = self.state()?;
-        check_batch(images, labels, n, &s.net, capacity)?;
+        check_batch(&s.net.arch, images, labels, n, capacity)?;
         s.model.forward(&s.net, images, n, Mode::Train);
         s.model.update_running_stats(&mut s.net);
         Ok(())

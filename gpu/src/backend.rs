@@ -13,7 +13,9 @@ use crate::kernel::{submit, Op, View};
 use crate::kernels::optimizer::{sgd_words, MorphHyper};
 use crate::kernels::Kernels;
 use crate::morph::MorphBuffers;
-use sprout_core::backend::{Backend, BatchStats};
+use sprout_core::backend::{
+    check_batch, check_momentum, morph_loss, training_loss, Backend, BatchStats,
+};
 use sprout_core::engine::{Mode, MorphBuf};
 use sprout_core::error::{Error, Field, Result};
 use sprout_core::layer_estimate;
@@ -231,20 +233,8 @@ impl GpuBackend {
             .as_ref()
             .ok_or_else(|| Error::backend("no network loaded"))?;
         let arch = &s.graph.arch;
+        check_batch(arch, images, labels, n, capacity)?;
         let len: usize = arch.input.iter().product();
-        if n == 0 || n > capacity || images.len() < n * len || labels.len() < n {
-            return Err(Error::Mismatch(format!(
-                "batch of {n} images (capacity {capacity}) with {} values and {} labels; each image needs {len}",
-                images.len(),
-                labels.len()
-            )));
-        }
-        if let Some(&bad) = labels[..n].iter().find(|&&l| l as usize >= arch.classes) {
-            return Err(Error::Mismatch(format!(
-                "label {bad} out of range for {} classes",
-                arch.classes
-            )));
-        }
         gpu.write(&s.graph.input, &images[..n * len])?;
         gpu.write_u32(&s.graph.labels, &labels[..n])
     }
@@ -252,12 +242,7 @@ impl GpuBackend {
     /// A splitting step on the uploaded batch of `n` (see [`GpuSplitting`]).
     fn splitting_batch(&mut self, n: usize, cfg: &MorphConfig) -> Result<BatchStats> {
         let stats = self.run(Step::Gradients, n, None)?;
-        if !(stats.loss.is_finite() && stats.loss > 0.0) {
-            return Err(Error::NonFinite(format!(
-                "morphism-phase loss is {}",
-                stats.loss
-            )));
-        }
+        morph_loss(stats.loss)?;
         let (gpu, k) = (&self.gpu, &self.kernels);
         let s = self
             .state
@@ -403,13 +388,7 @@ impl Backend for GpuBackend {
     fn load(&mut self, net: &Network, momentum: Option<&[Vec<f32>]>) -> Result<()> {
         let net = Network::from_tensors(net.arch.clone(), net.tensors.clone())?;
         if let Some(m) = momentum {
-            if m.len() != net.tensors.len()
-                || m.iter().zip(&net.tensors).any(|(a, b)| a.len() != b.len())
-            {
-                return Err(Error::Mismatch(
-                    "momentum buffers do not match the network's tensors".into(),
-                ));
-            }
+            check_momentum(&net, m)?;
         }
         let state = match self.state.take() {
             Some(s) if s.graph.arch == net.arch => State { morph: None, ..s },
@@ -440,9 +419,7 @@ impl Backend for GpuBackend {
         self.upload_batch(images, labels, n)?;
         self.gpu.write_uniform(&self.sgd_hyper, &sgd_words(sgd));
         let stats = self.run(Step::Train, n, None)?;
-        if !stats.loss.is_finite() {
-            return Err(Error::NonFinite(format!("training loss is {}", stats.loss)));
-        }
+        training_loss(stats.loss)?;
         Ok(stats)
     }
 
@@ -541,12 +518,7 @@ impl Backend for GpuBackend {
         };
         self.gpu.write_uniform(&self.morph_hyper, &hyper.words());
         let stats = self.run(Step::Morph { joint }, n, Some(cfg))?;
-        if !(stats.loss.is_finite() && stats.loss > 0.0) {
-            return Err(Error::NonFinite(format!(
-                "morphism-phase loss is {}",
-                stats.loss
-            )));
-        }
+        morph_loss(stats.loss)?;
         if let Some(phase) = self.state()?.morph.as_mut() {
             phase.state.steps += 1;
             if joint {
@@ -575,12 +547,7 @@ impl Backend for GpuBackend {
         }
         self.upload_batch(images, labels, n)?;
         let stats = self.run(Step::Score, n, None)?;
-        if !(stats.loss.is_finite() && stats.loss > 0.0) {
-            return Err(Error::NonFinite(format!(
-                "morphism-phase loss is {}",
-                stats.loss
-            )));
-        }
+        morph_loss(stats.loss)?;
         let gpu = &self.gpu;
         let phase = self
             .state

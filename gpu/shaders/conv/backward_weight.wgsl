@@ -1,7 +1,7 @@
 // Partial dw for stride 1 and K = 1 or 3: one invocation accumulates, for
-// one kernel row ky, 8 output channels x 4 input channels x K taps over a
-// chunk of the batch's output rows, sliding a window of K input vec4s (one
-// value per input channel) along each row, in matrices (column = input
+// one kernel row ky, 8 output channels x 8 input channels x K taps over a
+// chunk of the batch's output rows, sliding a window of K input vec4 pairs
+// (one value per input channel) along each row, in matrices (column = input
 // channel, component = output channel) that stay in registers. It writes
 // its tile to its own slot of `part`; reduce.wgsl sums the chunks.
 
@@ -41,6 +41,24 @@ fn put(base: u32, m: mat4x4<f32>) {
     }
 }
 
+// Accumulators of one tap: output channel blocks 0 / 1 x input channel blocks 0 / 1.
+struct Tap { m00: mat4x4<f32>, m01: mat4x4<f32>, m10: mat4x4<f32>, m11: mat4x4<f32> }
+
+fn add(t: ptr<function, Tap>, d0: vec4<f32>, d1: vec4<f32>, xa: vec4<f32>, xb: vec4<f32>) {
+    (*t).m00 += outer(d0, xa);
+    (*t).m01 += outer(d0, xb);
+    (*t).m10 += outer(d1, xa);
+    (*t).m11 += outer(d1, xb);
+}
+
+// Tile layout: [kx][output block][input block][input channel][output channel].
+fn put_tap(base: u32, t: Tap) {
+    put(base, t.m00);
+    put(base + 16u, t.m01);
+    put(base + 32u, t.m10);
+    put(base + 48u, t.m11);
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -54,51 +72,52 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let ky = tile % K;
     let ct = tile / K;
     let co0 = (ct / p.ci_tiles) * 8u;
-    let ci0 = (ct % p.ci_tiles) * 4u;
+    let ci0 = (ct % p.ci_tiles) * 8u;
     let rows = p.n * p.oh;
     let r0 = chunk * p.chunk_rows;
     let r1 = min(r0 + p.chunk_rows, rows);
     let oplane = p.oh * p.ow;
     let iplane = p.ih * p.iw;
     // Channels past cin / cout read the last one; their sums are never reduced.
-    let cis = min(vec4<u32>(ci0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.cin - 1u)) * iplane;
-    let coa = min(vec4<u32>(co0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.cout - 1u)) * oplane;
-    let cob = min(vec4<u32>(co0) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(p.cout - 1u)) * oplane;
-    var a0 = mat4x4<f32>();
-    var a1 = mat4x4<f32>();
-    var a2 = mat4x4<f32>();
-    var b0 = mat4x4<f32>();
-    var b1 = mat4x4<f32>();
-    var b2 = mat4x4<f32>();
+    let l4 = vec4<u32>(0u, 1u, 2u, 3u);
+    let cia = min(vec4<u32>(ci0) + l4, vec4<u32>(p.cin - 1u)) * iplane;
+    let cib = min(vec4<u32>(ci0 + 4u) + l4, vec4<u32>(p.cin - 1u)) * iplane;
+    let coa = min(vec4<u32>(co0) + l4, vec4<u32>(p.cout - 1u)) * oplane;
+    let cob = min(vec4<u32>(co0 + 4u) + l4, vec4<u32>(p.cout - 1u)) * oplane;
+    var t0 = Tap();
+    var t1 = Tap();
+    var t2 = Tap();
     var s = r0 / p.oh;
     var oy = r0 % p.oh;
     for (var r = r0; r < r1; r++) {
         let iy = i32(oy + ky) - p.pad;
         if (iy >= 0 && iy < i32(p.ih)) {
-            let xa = cis + vec4<u32>(s * p.cin * iplane + u32(iy) * p.iw);
-            let drow = s * p.cout * oplane + oy * p.ow;
-            let da = coa + vec4<u32>(drow);
-            let db = cob + vec4<u32>(drow);
-            // At ox, w0 / w1 / w2 hold the inputs at ox - pad + 0 / 1 / 2.
-            var w1 = col(xa, -p.pad);
-            var w2 = col(xa, 1 - p.pad);
+            let row = vec4<u32>(s * p.cin * iplane + u32(iy) * p.iw);
+            let xa = cia + row;
+            let xb = cib + row;
+            let drow = vec4<u32>(s * p.cout * oplane + oy * p.ow);
+            let da = coa + drow;
+            let db = cob + drow;
+            // At ox, the windows *0 / *1 / *2 hold the inputs at ox - pad + 0 / 1 / 2.
+            var a1 = col(xa, -p.pad);
+            var b1 = col(xb, -p.pad);
+            var a2 = col(xa, 1 - p.pad);
+            var b2 = col(xb, 1 - p.pad);
             for (var ox = 0u; ox < p.ow; ox++) {
                 let d0 = vec4<f32>(dy[da.x + ox], dy[da.y + ox], dy[da.z + ox], dy[da.w + ox]);
                 let d1 = vec4<f32>(dy[db.x + ox], dy[db.y + ox], dy[db.z + ox], dy[db.w + ox]);
                 if (K == 3u) {
-                    let w0 = w1;
-                    w1 = w2;
-                    w2 = col(xa, i32(ox) + 2 - p.pad);
-                    a0 += outer(d0, w0);
-                    b0 += outer(d1, w0);
-                    a1 += outer(d0, w1);
-                    b1 += outer(d1, w1);
-                    a2 += outer(d0, w2);
-                    b2 += outer(d1, w2);
+                    let a0 = a1;
+                    let b0 = b1;
+                    a1 = a2;
+                    b1 = b2;
+                    a2 = col(xa, i32(ox) + 2 - p.pad);
+                    b2 = col(xb, i32(ox) + 2 - p.pad);
+                    add(&t0, d0, d1, a0, b0);
+                    add(&t1, d0, d1, a1, b1);
+                    add(&t2, d0, d1, a2, b2);
                 } else {
-                    let w0 = col(xa, i32(ox) - p.pad);
-                    a0 += outer(d0, w0);
-                    b0 += outer(d1, w0);
+                    add(&t0, d0, d1, col(xa, i32(ox) - p.pad), col(xb, i32(ox) - p.pad));
                 }
             }
         }
@@ -108,14 +127,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             s++;
         }
     }
-    // Tile layout: [kx][co block a / b][ci][co in block].
-    let base = i * 32u * K;
-    put(base, a0);
-    put(base + 16u, b0);
+    let base = i * 64u * K;
+    put_tap(base, t0);
     if (K == 3u) {
-        put(base + 32u, a1);
-        put(base + 48u, b1);
-        put(base + 64u, a2);
-        put(base + 80u, b2);
+        put_tap(base + 64u, t1);
+        put_tap(base + 128u, t2);
     }
 }

@@ -21,7 +21,7 @@ struct Params {
 override WG: u32 = 64u;
 // Kernel size: 1 or 3.
 override K: u32 = 3u;
-// Output rows per invocation: 1 or 2.
+// Output rows per invocation: 1, 2 or 4.
 override PY: u32 = 2u;
 
 fn outer(v: vec4<f32>, c: vec4<f32>) -> mat4x4<f32> {
@@ -61,6 +61,32 @@ fn store(m: mat4x4<f32>, oy: u32, ox0: u32, s: u32, co0: u32) {
     }
 }
 
+// The 2 vec4s of output channels of the K taps of one kernel row.
+struct Weights { a0: vec4<f32>, b0: vec4<f32>, a1: vec4<f32>, b1: vec4<f32>, a2: vec4<f32>, b2: vec4<f32> }
+
+fn weights(wb: u32) -> Weights {
+    var v = Weights();
+    v.a0 = w[wb];
+    v.b0 = w[wb + 1u];
+    if (K == 3u) {
+        v.a1 = w[wb + p.cout4];
+        v.b1 = w[wb + p.cout4 + 1u];
+        v.a2 = w[wb + 2u * p.cout4];
+        v.b2 = w[wb + 2u * p.cout4 + 1u];
+    }
+    return v;
+}
+
+// One kernel row's contribution to one output row.
+fn accumulate(m0: ptr<function, mat4x4<f32>>, m1: ptr<function, mat4x4<f32>>, t: Taps, v: Weights) {
+    *m0 += outer(t.t0, v.a0);
+    *m1 += outer(t.t0, v.b0);
+    if (K == 3u) {
+        *m0 += outer(t.t1, v.a1) + outer(t.t2, v.a2);
+        *m1 += outer(t.t1, v.b1) + outer(t.t2, v.b2);
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -85,53 +111,44 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let oka = ia >= vec4<i32>(0) & ia <= vec4<i32>(last);
     let okb = ib >= vec2<i32>(0) & ib <= vec2<i32>(last);
     let iplane = p.ih * p.iw;
+    let hl = i32(p.ih) - 1;
     var m00 = mat4x4<f32>();
     var m01 = mat4x4<f32>();
     var m10 = mat4x4<f32>();
     var m11 = mat4x4<f32>();
+    var m20 = mat4x4<f32>();
+    var m21 = mat4x4<f32>();
+    var m30 = mat4x4<f32>();
+    var m31 = mat4x4<f32>();
     for (var ci = 0u; ci < p.cin; ci++) {
         let xb = (s * p.cin + ci) * iplane;
         for (var ky = 0u; ky < K; ky++) {
+            let v = weights((ci * K + ky) * K * p.cout4 + cb0);
             let iy = i32(oy0 + ky) - p.pad;
-            let ra = taps(xb + u32(clamp(iy, 0, i32(p.ih) - 1)) * p.iw, iy >= 0 && iy < i32(p.ih), ca, oka, cb, okb);
-            var rb = ra;
-            if (PY == 2u) {
-                let iy1 = iy + 1;
-                rb = taps(xb + u32(clamp(iy1, 0, i32(p.ih) - 1)) * p.iw, iy1 >= 0 && iy1 < i32(p.ih), ca, oka, cb, okb);
+            accumulate(&m00, &m01, taps(xb + u32(clamp(iy, 0, hl)) * p.iw, iy >= 0 && iy <= hl, ca, oka, cb, okb), v);
+            if (PY >= 2u) {
+                let y1 = iy + 1;
+                accumulate(&m10, &m11, taps(xb + u32(clamp(y1, 0, hl)) * p.iw, y1 >= 0 && y1 <= hl, ca, oka, cb, okb), v);
             }
-            let wb = (ci * K + ky) * K * p.cout4 + cb0;
-            var w0 = w[wb];
-            var w1 = w[wb + 1u];
-            m00 += outer(ra.t0, w0);
-            m01 += outer(ra.t0, w1);
-            if (PY == 2u) {
-                m10 += outer(rb.t0, w0);
-                m11 += outer(rb.t0, w1);
-            }
-            if (K == 3u) {
-                w0 = w[wb + p.cout4];
-                w1 = w[wb + p.cout4 + 1u];
-                m00 += outer(ra.t1, w0);
-                m01 += outer(ra.t1, w1);
-                if (PY == 2u) {
-                    m10 += outer(rb.t1, w0);
-                    m11 += outer(rb.t1, w1);
-                }
-                w0 = w[wb + 2u * p.cout4];
-                w1 = w[wb + 2u * p.cout4 + 1u];
-                m00 += outer(ra.t2, w0);
-                m01 += outer(ra.t2, w1);
-                if (PY == 2u) {
-                    m10 += outer(rb.t2, w0);
-                    m11 += outer(rb.t2, w1);
-                }
+            if (PY == 4u) {
+                let y2 = iy + 2;
+                accumulate(&m20, &m21, taps(xb + u32(clamp(y2, 0, hl)) * p.iw, y2 >= 0 && y2 <= hl, ca, oka, cb, okb), v);
+                let y3 = iy + 3;
+                accumulate(&m30, &m31, taps(xb + u32(clamp(y3, 0, hl)) * p.iw, y3 >= 0 && y3 <= hl, ca, oka, cb, okb), v);
             }
         }
     }
-    store(m00, oy0, ox0, s, cb0 * 4u);
-    store(m01, oy0, ox0, s, cb0 * 4u + 4u);
-    if (PY == 2u) {
-        store(m10, oy0 + 1u, ox0, s, cb0 * 4u);
-        store(m11, oy0 + 1u, ox0, s, cb0 * 4u + 4u);
+    let co0 = cb0 * 4u;
+    store(m00, oy0, ox0, s, co0);
+    store(m01, oy0, ox0, s, co0 + 4u);
+    if (PY >= 2u) {
+        store(m10, oy0 + 1u, ox0, s, co0);
+        store(m11, oy0 + 1u, ox0, s, co0 + 4u);
+    }
+    if (PY == 4u) {
+        store(m20, oy0 + 2u, ox0, s, co0);
+        store(m21, oy0 + 2u, ox0, s, co0 + 4u);
+        store(m30, oy0 + 3u, ox0, s, co0);
+        store(m31, oy0 + 3u, ox0, s, co0 + 4u);
     }
 }

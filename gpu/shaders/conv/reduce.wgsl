@@ -1,5 +1,5 @@
 // dw = sum over chunks of the partial tiles backward_weight.wgsl wrote
-// (tiles of 8 output x 4 input channels x K taps of one kernel row).
+// (tiles of 8 output x 8 input channels x K taps of one kernel row).
 
 struct Params {
     cin: u32, cout: u32, k: u32, chunks: u32, ci_tiles: u32,
@@ -23,9 +23,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let ky = (i / p.k) % p.k;
     let ci = (i / kk) % p.cin;
     let co = i / (kk * p.cin);
-    let first = (((co / 8u) * p.ci_tiles + ci / 4u) * p.k + ky) * p.chunks;
-    let ts = 32u * p.k;
-    let local = kx * 32u + ((co % 8u) / 4u) * 16u + (ci % 4u) * 4u + co % 4u;
+    let first = (((co / 8u) * p.ci_tiles + ci / 8u) * p.k + ky) * p.chunks;
+    let ts = 64u * p.k;
+    let local = kx * 64u + ((co % 8u) / 4u) * 32u + ((ci % 8u) / 4u) * 16u + (ci % 4u) * 4u + co % 4u;
     var sum = 0.0;
     for (var c = 0u; c < p.chunks; c++) {
         sum += part[(first + c) * ts + local];

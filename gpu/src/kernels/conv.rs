@@ -26,7 +26,7 @@ const WEIGHT_LANES: usize = 1024;
 /// Output channels per tiled invocation (the packed kernel's padding).
 const CO_BLOCK: usize = 8;
 /// Input channels per weight-gradient invocation.
-const CI_BLOCK: usize = 4;
+const CI_BLOCK: usize = 8;
 
 /// Which tiled pipeline, with its specialisation constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -191,7 +191,11 @@ impl Conv {
         y: &View,
         flip: bool,
     ) -> Result<Op> {
-        let py = f.out_hw.0.min(2);
+        let py = match f.out_hw.0 {
+            0..=1 => 1,
+            2..=3 => 2,
+            _ => 4,
+        };
         let coutp = f.cout.div_ceil(CO_BLOCK) * CO_BLOCK;
         let kk = f.kernel * f.kernel;
         let packed = self.scratch(gpu, true, f.cin * kk * coutp)?;

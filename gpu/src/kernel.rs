@@ -351,9 +351,11 @@ impl Kernel {
             return Err(too_big(self.name));
         }
         Ok(Op {
-            pipeline: self.pipeline.clone(),
-            bind,
-            groups: (x, y),
+            dispatches: vec![Dispatch {
+                pipeline: self.pipeline.clone(),
+                bind,
+                groups: (x, y),
+            }],
         })
     }
 
@@ -370,12 +372,26 @@ fn too_big(name: &str) -> Error {
     )
 }
 
-/// One recorded dispatch: a pipeline, its bindings and its grid.
+/// One recorded step: one or more dispatches (a pipeline, its bindings and
+/// its grid each), run in order.
 #[derive(Debug, Clone)]
 pub struct Op {
+    dispatches: Vec<Dispatch>,
+}
+
+#[derive(Debug, Clone)]
+struct Dispatch {
     pipeline: wgpu::ComputePipeline,
     bind: wgpu::BindGroup,
     groups: (u32, u32),
+}
+
+impl Op {
+    /// This op followed by `next` (wgpu orders their storage accesses).
+    pub fn then(mut self, next: Op) -> Op {
+        self.dispatches.extend(next.dispatches);
+        self
+    }
 }
 
 /// Encodes `ops` in order into one compute pass and submits them, then
@@ -392,10 +408,10 @@ pub fn submit(gpu: &Gpu, ops: &[Op], readback: Option<(&View, usize)>) -> Result
             label: Some("step"),
             timestamp_writes: None,
         });
-        for op in ops {
-            pass.set_pipeline(&op.pipeline);
-            pass.set_bind_group(0, &op.bind, &[]);
-            pass.dispatch_workgroups(op.groups.0, op.groups.1, 1);
+        for d in ops.iter().flat_map(|op| &op.dispatches) {
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind, &[]);
+            pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
         }
     }
     let staging = match readback {

@@ -32,6 +32,59 @@ fn check(r: Result<(), String>) -> Result<(), TestCaseError> {
     r.map_err(TestCaseError::fail)
 }
 
+/// Forward, input and weight gradient of one random conv against the CPU.
+#[allow(clippy::too_many_arguments)]
+fn conv_case(
+    t: &Harness,
+    (n, cin, cout, kernel, stride, pad, h, w, seed): (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        u64,
+    ),
+) -> Result<(), TestCaseError> {
+    let out = |x: usize| (x + 2 * pad - kernel) / stride + 1;
+    let g = ConvGeom {
+        cin,
+        cout,
+        kernel,
+        stride,
+        pad,
+        in_hw: (h, w),
+        out_hw: (out(h), out(w)),
+    };
+    let mut rng = Rng::new(seed);
+    let x = normal(&mut rng, n * cin * h * w);
+    let wt = normal(&mut rng, cout * g.patch());
+    let dy = normal(&mut rng, n * cout * g.out_plane());
+    let mut scratch = Scratch::new();
+    let mut y = vec![0.0; dy.len()];
+    conv2d_forward(&g, n, &x, &wt, &mut y, &mut scratch);
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);
+    conv2d_backward(&g, n, &x, &wt, &dy, Some(&mut dx), &mut dw, &mut scratch);
+
+    let (xv, wv, dyv) = (t.upload(&x), t.upload(&wt), t.upload(&dy));
+    let (yv, dxv, dwv) = (
+        t.poisoned(y.len()),
+        t.poisoned(dx.len()),
+        t.poisoned(dw.len()),
+    );
+    let k = &t.k.conv;
+    t.run(&[
+        k.forward(&t.gpu, &g, n, &xv, &wv, &yv).unwrap(),
+        k.backward_input(&t.gpu, &g, n, &dyv, &wv, &dxv).unwrap(),
+        k.backward_weight(&t.gpu, &g, n, &xv, &dyv, &dwv).unwrap(),
+    ]);
+    check(close("y", &t.read(&yv, y.len()), &y, RTOL))?;
+    check(close("dx", &t.read(&dxv, dx.len()), &dx, RTOL))?;
+    check(close("dw", &t.read(&dwv, dw.len()), &dw, RTOL))
+}
+
 #[test]
 fn conv_matches_cpu() {
     let Some(t) = Harness::new() else {
@@ -48,47 +101,34 @@ fn conv_matches_cpu() {
         3usize..9,
         any::<u64>(),
     );
-    runner()
-        .run(
-            &shapes,
-            |(n, cin, cout, kernel, stride, pad, h, w, seed)| {
-                let out = |x: usize| (x + 2 * pad - kernel) / stride + 1;
-                let g = ConvGeom {
-                    cin,
-                    cout,
-                    kernel,
-                    stride,
-                    pad,
-                    in_hw: (h, w),
-                    out_hw: (out(h), out(w)),
-                };
-                let mut rng = Rng::new(seed);
-                let x = normal(&mut rng, n * cin * h * w);
-                let wt = normal(&mut rng, cout * g.patch());
-                let dy = normal(&mut rng, n * cout * g.out_plane());
-                let mut scratch = Scratch::new();
-                let mut y = vec![0.0; dy.len()];
-                conv2d_forward(&g, n, &x, &wt, &mut y, &mut scratch);
-                let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);
-                conv2d_backward(&g, n, &x, &wt, &dy, Some(&mut dx), &mut dw, &mut scratch);
+    runner().run(&shapes, |s| conv_case(&t, s)).unwrap();
+}
 
-                let (xv, wv, dyv) = (t.upload(&x), t.upload(&wt), t.upload(&dy));
-                let (yv, dxv, dwv) = (
-                    t.poisoned(y.len()),
-                    t.poisoned(dx.len()),
-                    t.poisoned(dw.len()),
-                );
-                let k = &t.k.conv;
-                t.run(&[
-                    k.forward(&t.gpu, &g, n, &xv, &wv, &yv).unwrap(),
-                    k.backward_input(&t.gpu, &g, n, &dyv, &wv, &dxv).unwrap(),
-                    k.backward_weight(&t.gpu, &g, n, &xv, &dyv, &dwv).unwrap(),
-                ]);
-                check(close("y", &t.read(&yv, y.len()), &y, RTOL))?;
-                check(close("dx", &t.read(&dxv, dx.len()), &dx, RTOL))?;
-                check(close("dw", &t.read(&dwv, dw.len()), &dw, RTOL))
-            },
-        )
+/// Stride-1 shapes past one tile: channel counts that are not multiples of
+/// the 8 x 4 channel blocks, widths that are not multiples of 4 pixels,
+/// odd heights, pads 0 to 2 and batches whose rows split into several
+/// weight-gradient chunks that cross samples.
+#[test]
+fn conv_tiles_match_cpu() {
+    let Some(t) = Harness::new() else {
+        return;
+    };
+    let shapes = (
+        1usize..6,
+        1usize..14,
+        1usize..21,
+        prop_oneof![Just(1usize), Just(3)],
+        Just(1usize),
+        0usize..3,
+        1usize..14,
+        1usize..14,
+        any::<u64>(),
+    )
+        .prop_filter("output has pixels", |&(_, _, _, k, _, pad, h, w, _)| {
+            h + 2 * pad >= k && w + 2 * pad >= k
+        });
+    TestRunner::new(Config::with_cases(24))
+        .run(&shapes, |s| conv_case(&t, s))
         .unwrap();
 }
 
@@ -171,6 +211,11 @@ fn depthwise_matches_cpu() {
 
 /// A BN block as the backend lays it out: gamma, beta, running mean and
 /// variance, each `stride(c)` long.
+/// BN plane sizes: any, or multiples of 4 (the vec4 kernels) half the time.
+fn bn_planes() -> impl Strategy<Value = usize> {
+    prop_oneof![1usize..30, (1usize..9).prop_map(|q| 4 * q)]
+}
+
 fn bn_block(gamma: &[f32], beta: &[f32], rm: &[f32], rv: &[f32]) -> Vec<f32> {
     let st = stride(gamma.len());
     let mut v = vec![0.0; 4 * st];
@@ -185,7 +230,8 @@ fn batchnorm_train_matches_cpu() {
     let Some(t) = Harness::new() else {
         return;
     };
-    let shapes = (2usize..5, 1usize..6, 1usize..30, any::<u64>());
+    // Planes that are multiples of 4 take the vec4 kernels.
+    let shapes = (2usize..5, 1usize..6, bn_planes(), any::<u64>());
     runner()
         .run(&shapes, |(n, c, plane, seed)| {
             let g = BnGeom {
@@ -286,7 +332,7 @@ fn batchnorm_eval_matches_cpu() {
     let Some(t) = Harness::new() else {
         return;
     };
-    let shapes = (1usize..4, 1usize..6, 1usize..30, any::<u64>());
+    let shapes = (1usize..4, 1usize..6, bn_planes(), any::<u64>());
     runner()
         .run(&shapes, |(n, c, plane, seed)| {
             let g = BnGeom {

@@ -14,7 +14,25 @@ use sprout_core::error::Result;
 
 use Access::{Read, Uniform, Write};
 
-const WG: u32 = 64;
+/// Workgroup size of the elementwise kernels (forward, backward).
+const WG: u32 = 256;
+
+/// Preludes of the one- and four-values-per-invocation variants.
+const PRELUDES: [&str; 2] = [
+    include_str!("../../shaders/scalar.wgsl"),
+    include_str!("../../shaders/vec4.wgsl"),
+];
+
+/// Which variant serves `g`: four values per invocation where planes are
+/// multiples of 4 (so a vec4 never spans two channels).
+fn vec(g: &BnGeom) -> usize {
+    usize::from(g.plane.is_multiple_of(4))
+}
+
+/// Workgroups for `total` values at `per` values per invocation.
+fn groups(total: usize, per: usize) -> usize {
+    total.div_ceil(per).div_ceil(WG as usize)
+}
 
 /// Distance between a BN's consecutive tensors for `channels` channels.
 pub fn stride(channels: usize) -> usize {
@@ -33,11 +51,11 @@ pub enum Stats {
 /// Pipelines of `gpu/shaders/batchnorm/`.
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
-    stats: Kernel,
-    forward: Kernel,
+    stats: [Kernel; 2],
+    forward: [Kernel; 2],
     running: Kernel,
-    backward_params: Kernel,
-    backward: Kernel,
+    backward_params: [Kernel; 2],
+    backward: [Kernel; 2],
 }
 
 fn check_params(g: &BnGeom, bn: &View, stats: &View) -> Result<()> {
@@ -50,17 +68,19 @@ impl BatchNorm {
     /// Builds the pipelines on `gpu`.
     pub fn new(gpu: &Gpu) -> Result<BatchNorm> {
         let wg = [("WG", WG as f64)];
+        let both = |name: &'static str, src: &str, access: &[Access], wg: &[(&str, f64)], size| {
+            let k = |pre: &str| Kernel::new(gpu, name, &format!("{pre}\n{src}"), access, wg, size);
+            Ok::<_, sprout_core::Error>([k(PRELUDES[0])?, k(PRELUDES[1])?])
+        };
         Ok(BatchNorm {
-            stats: Kernel::new(
-                gpu,
+            stats: both(
                 "bn stats",
                 include_str!("../../shaders/batchnorm/stats.wgsl"),
                 &[Uniform, Read, Write],
                 &[],
                 64,
             )?,
-            forward: Kernel::new(
-                gpu,
+            forward: both(
                 "bn forward",
                 include_str!("../../shaders/batchnorm/forward.wgsl"),
                 &[Uniform, Read, Read, Read, Write],
@@ -75,16 +95,14 @@ impl BatchNorm {
                 &wg,
                 WG,
             )?,
-            backward_params: Kernel::new(
-                gpu,
+            backward_params: both(
                 "bn backward params",
                 include_str!("../../shaders/batchnorm/backward_params.wgsl"),
                 &[Uniform, Read, Read, Read, Read, Read, Write],
                 &[],
                 64,
             )?,
-            backward: Kernel::new(
-                gpu,
+            backward: both(
                 "bn backward",
                 include_str!("../../shaders/batchnorm/backward.wgsl"),
                 &[Uniform, Read, Read, Read, Read, Read, Read, Write],
@@ -100,7 +118,7 @@ impl BatchNorm {
         need("BN input", y, len)?;
         need("BN statistics", stats, stride(g.channels) + g.channels)?;
         let w = [g.n, g.channels, g.plane, stride(g.channels)].map(|v| v as u32);
-        self.stats.op(
+        self.stats[vec(g)].op(
             gpu,
             &[Res::Params(&w), Res::View(y), Res::View(stats)],
             g.channels,
@@ -131,8 +149,8 @@ impl BatchNorm {
             usize::from(from == Stats::Running),
         ]
         .map(|v| v as u32);
-        let k = &self.forward;
-        k.op(
+        let v = vec(g);
+        self.forward[v].op(
             gpu,
             &[
                 Res::Params(&w),
@@ -141,7 +159,7 @@ impl BatchNorm {
                 Res::View(stats),
                 Res::View(a),
             ],
-            k.groups_for(total),
+            groups(total, 1 + 3 * v),
         )
     }
 
@@ -213,7 +231,7 @@ impl BatchNorm {
             usize::from(from == Stats::Running),
         ]
         .map(|v| v as u32);
-        self.backward_params.op(
+        self.backward_params[vec(g)].op(
             gpu,
             &[
                 Res::Params(&w),
@@ -268,8 +286,8 @@ impl BatchNorm {
             g.n * g.plane,
         ]
         .map(|v| v as u32);
-        let k = &self.backward;
-        k.op(
+        let v = vec(g);
+        self.backward[v].op(
             gpu,
             &[
                 Res::Params(&w),
@@ -281,7 +299,7 @@ impl BatchNorm {
                 Res::View(grads),
                 Res::View(dy),
             ],
-            k.groups_for(total),
+            groups(total, 1 + 3 * v),
         )
     }
 }

@@ -6,7 +6,7 @@ use sprout_core::error::Result;
 
 use Access::{Read, Uniform, Write};
 
-const WG: u32 = 64;
+const WG: u32 = 256;
 
 /// Pipelines of `gpu/shaders/elementwise/`.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use sprout_core::error::Result;
 
 use Access::{Read, Uniform, Write};
 
-const WG: u32 = 64;
+const WG: u32 = 256;
 
 /// Pipelines of `gpu/shaders/pool/`.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ impl Pool {
         k.op(
             gpu,
             &[Res::Params(&w), Res::View(h), Res::View(da), Res::View(dh)],
-            k.groups_for(len),
+            k.groups_for(planes * hw.0.div_ceil(2) * hw.1.div_ceil(2)),
         )
     }
 

@@ -5,7 +5,7 @@
 
 use crate::context::Gpu;
 use crate::kernel::{Op, View};
-use crate::kernels::batchnorm::{stride, Stats};
+use crate::kernels::batchnorm::stride;
 use crate::kernels::linear::LinearGeom;
 use crate::kernels::Kernels;
 use crate::layout::Layout;
@@ -255,14 +255,6 @@ impl std::fmt::Debug for Recorder<'_> {
     }
 }
 
-/// The BN kernels' name for a mode.
-pub fn stats_of(mode: Mode) -> Stats {
-    match mode {
-        Mode::Train => Stats::Batch,
-        Mode::Eval => Stats::Running,
-    }
-}
-
 fn linear_geom(n: usize, features: usize, classes: usize) -> LinearGeom {
     LinearGeom {
         n,
@@ -334,7 +326,7 @@ impl Engine for Recorder<'_> {
             &self.view(y)?,
             &gr.bn_block(bn)?,
             &self.view(stats)?,
-            stats_of(mode),
+            mode,
             &self.view(out)?,
         )?;
         self.ops.push(op);
@@ -361,19 +353,18 @@ impl Engine for Recorder<'_> {
             self.view(stats)?,
         );
         let blk = gr.bn_block(bn)?;
-        let from = stats_of(mode);
         // Batch statistics couple the samples: the input gradient needs the
         // parameter-gradient sums even when the parameters' are not wanted.
         let sums = if param_grads || mode == Mode::Train {
             let sums = gr.bn_grads(bn)?;
             self.ops
-                .push(k.bn.backward_params(gpu, g, &y, &a, &da, &st, &blk, from, &sums)?);
+                .push(k.bn.backward_params(gpu, g, &y, &a, &da, &st, &blk, mode, &sums)?);
             sums
         } else {
             st.clone()
         };
         let op =
-            k.bn.backward(gpu, g, &y, &a, &da, &st, &blk, &sums, from, &self.view(dy)?)?;
+            k.bn.backward(gpu, g, &y, &a, &da, &st, &blk, &sums, mode, &self.view(dy)?)?;
         self.ops.push(op);
         Ok(())
     }

@@ -6,6 +6,7 @@ use common::{close, close_to_max, normal, Harness};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sprout_core::arch::{BnGeom, ConvGeom, DwGeom};
+use sprout_core::engine::Mode;
 use sprout_core::kernels::batchnorm as bn;
 use sprout_core::kernels::conv::{conv2d_backward, conv2d_forward};
 use sprout_core::kernels::depthwise::{depthwise_backward, depthwise_forward};
@@ -16,7 +17,7 @@ use sprout_core::kernels::Scratch;
 use sprout_core::optim::{Adam, Sgd};
 use sprout_core::rng::Rng;
 use sprout_gpu::kernel::aligned;
-use sprout_gpu::kernels::batchnorm::{stride, Stats};
+use sprout_gpu::kernels::batchnorm::stride;
 use sprout_gpu::kernels::estimator::Slots;
 use sprout_gpu::kernels::linear::LinearGeom;
 use sprout_gpu::kernels::optimizer::{sgd_words, MorphHyper};
@@ -271,9 +272,9 @@ fn batchnorm_train_matches_cpu() {
             let gpu = &t.gpu;
             t.run(&[
                 k.stats(gpu, &g, &yv, &stats).unwrap(),
-                k.forward(gpu, &g, &yv, &bnv, &stats, Stats::Batch, &av)
+                k.forward(gpu, &g, &yv, &bnv, &stats, Mode::Train, &av)
                     .unwrap(),
-                k.backward_params(gpu, &g, &yv, &av, &dav, &stats, &bnv, Stats::Batch, &grads)
+                k.backward_params(gpu, &g, &yv, &av, &dav, &stats, &bnv, Mode::Train, &grads)
                     .unwrap(),
                 k.backward(
                     gpu,
@@ -284,7 +285,7 @@ fn batchnorm_train_matches_cpu() {
                     &stats,
                     &bnv,
                     &grads,
-                    Stats::Batch,
+                    Mode::Train,
                     &dyv,
                 )
                 .unwrap(),
@@ -373,20 +374,10 @@ fn batchnorm_eval_matches_cpu() {
             let k = &t.k.bn;
             let gpu = &t.gpu;
             t.run(&[
-                k.forward(gpu, &g, &yv, &bnv, &stats, Stats::Running, &av)
+                k.forward(gpu, &g, &yv, &bnv, &stats, Mode::Eval, &av)
                     .unwrap(),
-                k.backward_params(
-                    gpu,
-                    &g,
-                    &yv,
-                    &av,
-                    &dav,
-                    &stats,
-                    &bnv,
-                    Stats::Running,
-                    &grads,
-                )
-                .unwrap(),
+                k.backward_params(gpu, &g, &yv, &av, &dav, &stats, &bnv, Mode::Eval, &grads)
+                    .unwrap(),
                 k.backward(
                     gpu,
                     &g,
@@ -396,7 +387,7 @@ fn batchnorm_eval_matches_cpu() {
                     &stats,
                     &bnv,
                     &grads,
-                    Stats::Running,
+                    Mode::Eval,
                     &dyv,
                 )
                 .unwrap(),

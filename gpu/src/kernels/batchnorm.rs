@@ -10,6 +10,7 @@
 use crate::context::Gpu;
 use crate::kernel::{aligned, need, Access, Kernel, Op, Res, View};
 use sprout_core::arch::BnGeom;
+use sprout_core::engine::Mode;
 use sprout_core::error::Result;
 
 use Access::{Read, Uniform, Write};
@@ -37,15 +38,6 @@ fn groups(total: usize, per: usize) -> usize {
 /// Distance between a BN's consecutive tensors for `channels` channels.
 pub fn stride(channels: usize) -> usize {
     aligned(channels)
-}
-
-/// Where BN takes its statistics from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stats {
-    /// The batch statistics of the last `stats` pass (train mode).
-    Batch,
-    /// The running statistics in the BN view (eval mode, frozen sigma).
-    Running,
 }
 
 /// Pipelines of `gpu/shaders/batchnorm/`.
@@ -134,7 +126,7 @@ impl BatchNorm {
         y: &View,
         bn: &View,
         stats: &View,
-        from: Stats,
+        mode: Mode,
         a: &View,
     ) -> Result<Op> {
         let total = g.n * g.channels * g.plane;
@@ -146,7 +138,7 @@ impl BatchNorm {
             g.channels,
             g.plane,
             stride(g.channels),
-            usize::from(from == Stats::Running),
+            usize::from(mode == Mode::Eval),
         ]
         .map(|v| v as u32);
         let v = vec(g);
@@ -206,7 +198,7 @@ impl BatchNorm {
         da: &View,
         stats: &View,
         bn: &View,
-        from: Stats,
+        mode: Mode,
         grads: &View,
     ) -> Result<Op> {
         let total = g.n * g.channels * g.plane;
@@ -228,7 +220,7 @@ impl BatchNorm {
             g.channels,
             g.plane,
             stride(g.channels),
-            usize::from(from == Stats::Running),
+            usize::from(mode == Mode::Eval),
         ]
         .map(|v| v as u32);
         self.backward_params[vec(g)].op(
@@ -259,7 +251,7 @@ impl BatchNorm {
         stats: &View,
         bn: &View,
         grads: &View,
-        from: Stats,
+        mode: Mode,
         dy: &View,
     ) -> Result<Op> {
         let total = g.n * g.channels * g.plane;
@@ -282,7 +274,7 @@ impl BatchNorm {
             g.channels,
             g.plane,
             stride(g.channels),
-            usize::from(from == Stats::Running),
+            usize::from(mode == Mode::Eval),
             g.n * g.plane,
         ]
         .map(|v| v as u32);

@@ -140,6 +140,14 @@ impl Memory<'_> {
         *self.slot(b) = v;
     }
 
+    /// Runs `f` on buffer `out`, moved out meanwhile so that `f` may read
+    /// every other buffer.
+    fn write(&mut self, out: Buf, f: impl FnOnce(&Memory<'_>, &mut [f32])) {
+        let mut v = self.take(out);
+        f(self, &mut v);
+        self.put(out, v);
+    }
+
     fn slot(&mut self, b: Buf) -> &mut Vec<f32> {
         match b {
             Buf::Param(i) => match &mut self.params {
@@ -184,10 +192,10 @@ impl Engine for Cpu<'_> {
     type Error = Infallible;
 
     fn conv(&mut self, g: &ConvGeom, n: usize, x: Buf, w: Buf, y: Buf) -> Result<(), Infallible> {
-        let mut out = self.mem.take(y);
-        let m = &self.mem;
-        conv2d_forward(g, n, m.read(x), m.read(w), &mut out, self.scratch);
-        self.mem.put(y, out);
+        let scratch = &mut *self.scratch;
+        self.mem.write(y, |m, out| {
+            conv2d_forward(g, n, m.read(x), m.read(w), out, scratch)
+        });
         Ok(())
     }
 
@@ -232,10 +240,10 @@ impl Engine for Cpu<'_> {
     }
 
     fn batch_stats(&mut self, g: &BnGeom, y: Buf, stats: Buf) -> Result<(), Infallible> {
-        let mut st = self.mem.take(stats);
-        let (mean, var) = st.split_at_mut(g.channels);
-        bn::batch_stats(g, self.mem.read(y), mean, var);
-        self.mem.put(stats, st);
+        self.mem.write(stats, |m, st| {
+            let (mean, var) = st.split_at_mut(g.channels);
+            bn::batch_stats(g, m.read(y), mean, var);
+        });
         Ok(())
     }
 
@@ -249,20 +257,19 @@ impl Engine for Cpu<'_> {
         out: Buf,
     ) -> Result<(), Infallible> {
         let c = g.channels;
-        let mut o = self.mem.take(out);
         let (scale, shift) = (&mut self.fold.0[..c], &mut self.fold.1[..c]);
-        let m = &self.mem;
-        let (mean, var) = statistics(m, mode, bn_idx, stats, c);
-        bn::fold(
-            m.read(Buf::Param(bn_idx[0])),
-            m.read(Buf::Param(bn_idx[1])),
-            mean,
-            var,
-            scale,
-            shift,
-        );
-        bn::scale_shift_relu(g, m.read(y), scale, shift, &mut o);
-        self.mem.put(out, o);
+        self.mem.write(out, |m, o| {
+            let (mean, var) = statistics(m, mode, bn_idx, stats, c);
+            bn::fold(
+                m.read(Buf::Param(bn_idx[0])),
+                m.read(Buf::Param(bn_idx[1])),
+                mean,
+                var,
+                scale,
+                shift,
+            );
+            bn::scale_shift_relu(g, m.read(y), scale, shift, o);
+        });
         Ok(())
     }
 
@@ -345,9 +352,8 @@ impl Engine for Cpu<'_> {
         x: Buf,
         y: Buf,
     ) -> Result<(), Infallible> {
-        let mut o = self.mem.take(y);
-        maxpool_forward(planes, hw, self.mem.read(x), &mut o);
-        self.mem.put(y, o);
+        self.mem
+            .write(y, |m, o| maxpool_forward(planes, hw, m.read(x), o));
         Ok(())
     }
 
@@ -359,9 +365,9 @@ impl Engine for Cpu<'_> {
         dy: Buf,
         dx: Buf,
     ) -> Result<(), Infallible> {
-        let mut o = self.mem.take(dx);
-        maxpool_backward(planes, hw, self.mem.read(x), self.mem.read(dy), &mut o);
-        self.mem.put(dx, o);
+        self.mem.write(dx, |m, o| {
+            maxpool_backward(planes, hw, m.read(x), m.read(dy), o)
+        });
         Ok(())
     }
 
@@ -373,9 +379,8 @@ impl Engine for Cpu<'_> {
         k: Buf,
         y: Buf,
     ) -> Result<(), Infallible> {
-        let mut o = self.mem.take(y);
-        depthwise_forward(g, n, self.mem.read(x), self.mem.read(k), &mut o);
-        self.mem.put(y, o);
+        self.mem
+            .write(y, |m, o| depthwise_forward(g, n, m.read(x), m.read(k), o));
         Ok(())
     }
 
@@ -418,9 +423,8 @@ impl Engine for Cpu<'_> {
         x: Buf,
         y: Buf,
     ) -> Result<(), Infallible> {
-        let mut o = self.mem.take(y);
-        gap_forward(planes, plane, self.mem.read(x), &mut o);
-        self.mem.put(y, o);
+        self.mem
+            .write(y, |m, o| gap_forward(planes, plane, m.read(x), o));
         Ok(())
     }
 
@@ -431,9 +435,8 @@ impl Engine for Cpu<'_> {
         dy: Buf,
         dx: Buf,
     ) -> Result<(), Infallible> {
-        let mut o = self.mem.take(dx);
-        gap_backward(planes, plane, self.mem.read(dy), &mut o);
-        self.mem.put(dx, o);
+        self.mem
+            .write(dx, |m, o| gap_backward(planes, plane, m.read(dy), o));
         Ok(())
     }
 
@@ -447,18 +450,9 @@ impl Engine for Cpu<'_> {
         b: Buf,
         y: Buf,
     ) -> Result<(), Infallible> {
-        let mut o = self.mem.take(y);
-        let m = &self.mem;
-        linear_forward(
-            n,
-            features,
-            classes,
-            m.read(x),
-            m.read(w),
-            m.read(b),
-            &mut o,
-        );
-        self.mem.put(y, o);
+        self.mem.write(y, |m, o| {
+            linear_forward(n, features, classes, m.read(x), m.read(w), m.read(b), o)
+        });
         Ok(())
     }
 
@@ -512,9 +506,10 @@ impl Engine for Cpu<'_> {
         logits: Buf,
         dlogits: Buf,
     ) -> Result<(), Infallible> {
-        let mut d = self.mem.take(dlogits);
-        *self.loss = softmax_cross_entropy(n, classes, self.mem.read(logits), self.labels, &mut d);
-        self.mem.put(dlogits, d);
+        let (labels, loss) = (self.labels, &mut *self.loss);
+        self.mem.write(dlogits, |m, d| {
+            *loss = softmax_cross_entropy(n, classes, m.read(logits), labels, d)
+        });
         Ok(())
     }
 }

@@ -122,6 +122,11 @@ impl GpuSplitting<'_> {
     }
 }
 
+/// What a splitting step answers to the Gauss-Newton operations.
+fn no_estimates() -> Error {
+    Error::backend("splitting steps make no Gauss-Newton estimates")
+}
+
 impl MorphEngine for GpuSplitting<'_> {
     type Error = Error;
 
@@ -158,29 +163,19 @@ impl MorphEngine for GpuSplitting<'_> {
     }
 
     fn estimate_layer(&mut self, _: &Walk, _: usize, _: usize, _: bool) -> Result<()> {
-        Err(Error::backend(
-            "splitting steps make no Gauss-Newton estimates",
-        ))
+        Err(no_estimates())
     }
     fn keep_scores(&mut self, _: usize, _: usize) -> Result<()> {
-        Err(Error::backend(
-            "splitting steps make no Gauss-Newton estimates",
-        ))
+        Err(no_estimates())
     }
     fn average_estimates(&mut self, _: usize, _: usize, _: f32) -> Result<()> {
-        Err(Error::backend(
-            "splitting steps make no Gauss-Newton estimates",
-        ))
+        Err(no_estimates())
     }
     fn average_cross(&mut self, _: usize, _: f32) -> Result<()> {
-        Err(Error::backend(
-            "splitting steps make no Gauss-Newton estimates",
-        ))
+        Err(no_estimates())
     }
     fn step_theta(&mut self, _: &Adam, _: Option<f32>) -> Result<()> {
-        Err(Error::backend(
-            "splitting steps make no Gauss-Newton estimates",
-        ))
+        Err(no_estimates())
     }
 }
 

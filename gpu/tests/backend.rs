@@ -168,17 +168,29 @@ fn same_cross(what: &str, gpu: &MorphState, cpu: &MorphState, rtol: f32) {
     }
 }
 
-fn morph_parity(arch: Arch, theta_max: Option<f32>, joint: bool) {
-    let net = network(&arch, 5);
+/// Both backends loaded with `arch`'s test network (seed `net_seed`), in a
+/// morphism phase from the same state (theta from `theta_seed`); `None`
+/// (the test skips) without an adapter.
+fn both_in_phase(
+    arch: &Arch,
+    net_seed: u64,
+    theta_seed: u64,
+) -> Option<(Network, MorphState, CpuBackend, GpuBackend)> {
+    let net = network(arch, net_seed);
     let mut cpu = CpuBackend::new(BATCH);
-    let Some(mut gpu) = gpu_backend() else {
-        return;
-    };
+    let mut gpu = gpu_backend()?;
     cpu.load(&net, None).unwrap();
     gpu.load(&net, None).unwrap();
-    let state = MorphState::new(&net, 0.3, &mut Rng::new(8));
+    let state = MorphState::new(&net, 0.3, &mut Rng::new(theta_seed));
     cpu.begin_morph(state.clone()).unwrap();
     gpu.begin_morph(state.clone()).unwrap();
+    Some((net, state, cpu, gpu))
+}
+
+fn morph_parity(arch: Arch, theta_max: Option<f32>, joint: bool) {
+    let Some((net, state, mut cpu, mut gpu)) = both_in_phase(&arch, 5, 8) else {
+        return;
+    };
     let cfg = MorphConfig {
         theta_max,
         joint,
@@ -245,16 +257,9 @@ fn mobilenet_joint_morph_step_matches_cpu() {
 /// Splitting steepest descent: the GPU's products drive the same eigen-solver
 /// to the same eigenvalues and (up to sign) directions as the CPU's.
 fn splitting_parity(arch: Arch) {
-    let net = network(&arch, 7);
-    let mut cpu = CpuBackend::new(BATCH);
-    let Some(mut gpu) = gpu_backend() else {
+    let Some((_, _, mut cpu, mut gpu)) = both_in_phase(&arch, 7, 10) else {
         return;
     };
-    cpu.load(&net, None).unwrap();
-    gpu.load(&net, None).unwrap();
-    let state = MorphState::new(&net, 0.3, &mut Rng::new(10));
-    cpu.begin_morph(state.clone()).unwrap();
-    gpu.begin_morph(state.clone()).unwrap();
     let cfg = MorphConfig {
         method: MorphMethod::Splitting { iterations: 4 },
         ..MorphConfig::paper(BATCH, 40)
@@ -307,16 +312,9 @@ fn mobilenet_splitting_step_matches_cpu() {
 /// Scoring every split with theta fixed: the same eq. (1) per candidate as
 /// the CPU, ranked the same, with theta and the averages untouched.
 fn scoring_parity(arch: Arch) {
-    let net = network(&arch, 6);
-    let mut cpu = CpuBackend::new(BATCH);
-    let Some(mut gpu) = gpu_backend() else {
+    let Some((_, state, mut cpu, mut gpu)) = both_in_phase(&arch, 6, 9) else {
         return;
     };
-    cpu.load(&net, None).unwrap();
-    gpu.load(&net, None).unwrap();
-    let state = MorphState::new(&net, 0.3, &mut Rng::new(9));
-    cpu.begin_morph(state.clone()).unwrap();
-    gpu.begin_morph(state.clone()).unwrap();
     for seed in [30, 31] {
         let (x, y) = batch(&arch, seed);
         let c = cpu.score_batch(&x, &y, BATCH, Curvature::RankOne).unwrap();
@@ -350,16 +348,9 @@ fn mobilenet_scores_match_cpu() {
 #[test]
 fn joint_cross_terms_start_late_and_continue() {
     let arch = mobilenet();
-    let net = network(&arch, 6);
-    let mut cpu = CpuBackend::new(BATCH);
-    let Some(mut gpu) = gpu_backend() else {
+    let Some((_, _, mut cpu, mut gpu)) = both_in_phase(&arch, 6, 9) else {
         return;
     };
-    cpu.load(&net, None).unwrap();
-    gpu.load(&net, None).unwrap();
-    let state = MorphState::new(&net, 0.3, &mut Rng::new(9));
-    cpu.begin_morph(state.clone()).unwrap();
-    gpu.begin_morph(state).unwrap();
     let plain = MorphConfig::paper(BATCH, 40);
     let joint = MorphConfig {
         joint: true,

@@ -110,7 +110,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     }
     let run = RunDir::create(&args.out)?;
     // (a) Gauss-Newton theta, learned with the model fixed.
-    let exp = train_and_learn_theta(a)?;
+    let mut backend = a.device.open(a.batch)?;
+    let exp = train_and_learn_theta(a, backend.as_mut())?;
     let (arch, net, gn, train, heldout, norm) = (
         &exp.arch,
         &exp.net,
@@ -161,7 +162,6 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--splitting-batches must be at least 1"))?;
 
     let mut hbuf = Batches::new(heldout, a.batch);
-    let mut backend = a.device.open(a.batch)?;
     if a.device.backend == BackendKind::Gpu {
         println!(
             "direct optimisation (b) and the splitting eigenvectors (c) run on the CPU engine"

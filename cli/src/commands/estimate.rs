@@ -94,7 +94,8 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
     let a = &args.common;
     set_threads(a.threads)?;
     let run = RunDir::create(&args.out)?;
-    let exp = train_and_learn_theta(a)?;
+    let mut backend = a.device.open(a.batch)?;
+    let exp = train_and_learn_theta(a, backend.as_mut())?;
     let (arch, net, learned, train, heldout, norm) = (
         &exp.arch,
         &exp.net,
@@ -112,7 +113,6 @@ pub fn run(args: &EstimateArgs) -> Result<()> {
     let args = a;
 
     // Eq. (1) with the final theta on the held-out data, and the brute-force truth there.
-    let mut backend = args.device.open(args.batch)?;
     let mut hbuf = Batches::new(heldout, args.batch);
     let base = mean_loss(backend.as_mut(), net, heldout, norm, &mut hbuf)?;
     let units = arch.units();

@@ -107,8 +107,9 @@ fn experiment_flag(field: Field) -> &'static str {
 }
 
 /// Trains the seed for `--train-epochs`, then learns theta with the
-/// Gauss-Newton estimator for `--theta-epochs` (model fixed, BN frozen).
-pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
+/// Gauss-Newton estimator for `--theta-epochs` (model fixed, BN frozen), on
+/// `backend` (opened for `a.batch`).
+pub fn train_and_learn_theta(a: &ExperimentArgs, backend: &mut dyn Backend) -> Result<Learned> {
     if a.train_epochs == 0 || a.theta_epochs == 0 || a.heldout == 0 {
         bail!("--train-epochs, --theta-epochs and --heldout must be at least 1");
     }
@@ -146,7 +147,6 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         .map_err(|e| crate::errors::cli_with(e, experiment_flag))?;
     let norm = Normalization::of(&train);
     let mut state = GrowState::new(Network::init(&arch, a.seed), a.seed ^ 0x6a09_e667);
-    let mut backend = a.device.open(a.batch)?;
     backend.load(&state.network, None)?;
     let mut current: Option<(Stage, indicatif::ProgressBar)> = None;
     let mut progress = |stage: Stage, done: usize, total: usize, loss: f32| {
@@ -161,7 +161,7 @@ pub fn train_and_learn_theta(a: &ExperimentArgs) -> Result<Learned> {
         }
     };
     let train_stats = train_epochs(
-        backend.as_mut(),
+        backend,
         &mut state,
         &cfg,
         a.train_epochs,

@@ -6,7 +6,7 @@ package dataset-fashion-mnist, /usr/share/datasets/fashion-mnist; another
 directory can be given as the first argument), keeps the first 600 images of
 each class of the training file (6,000 images) and the first 100 of each class
 of the test file (1,000 images), both in file order, and writes them as
-gzipped IDX files with the same names to cli/data/fashion-mnist-embedded/.
+gzipped IDX files with the same names to lab/data/fashion-mnist-embedded/.
 
 The gzip headers carry no timestamp or file name, so the output is
 byte-for-byte reproducible. Uses the Python standard library only.

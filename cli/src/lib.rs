@@ -1,15 +1,13 @@
-//! The sprout command-line tool as a library: data loading, weight files,
-//! run directories and the subcommands, so tests can drive them directly.
+//! The sprout command-line tool as a library: the subcommands, their flags
+//! and the CLI's error wording, so tests can drive them directly. Data,
+//! weight files, run directories and figures live in sprout-lab and are
+//! re-exported here under their old paths.
 
 pub mod commands;
-pub mod data;
 pub mod device;
 pub mod errors;
-pub mod input;
-pub mod memory;
-pub mod plots;
 pub mod progress;
-pub mod run_dir;
 pub mod slurm;
 pub mod sweep;
-pub mod weights;
+
+pub use sprout_lab::{data, input, memory, plots, run_dir, weights};

@@ -219,11 +219,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::tests::TempDir;
     use crate::weights::{save_network, write_atomic};
     use sprout_core::data::fill_batch;
     use sprout_core::rng::Rng;
     use sprout_core::{Arch, Network};
+    use sprout_lab::scratch::TempDir;
 
     fn run_dir(dir: &Path, config: Option<&str>) {
         let net = Network::init(&Arch::vgg19(8, [1, 32, 32], 10).unwrap(), 5);

@@ -279,9 +279,9 @@ pub fn run(args: &InfoArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::tests::TempDir;
     use crate::weights::write_atomic;
     use clap::Parser;
+    use sprout_lab::scratch::TempDir;
 
     #[derive(Parser)]
     struct Cli {

@@ -18,19 +18,20 @@ use sprout_core::error::Error;
 use crate::input::{InputSpec, Padding};
 
 /// The datasets `sprout` can load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum DatasetName {
     /// Fashion-MNIST (IDX; Debian package dataset-fashion-mnist).
-    #[value(name = "fashion-mnist")]
+    #[cfg_attr(feature = "clap", value(name = "fashion-mnist"))]
     FashionMnist,
     /// MNIST handwritten digits (IDX).
-    #[value(name = "mnist")]
+    #[cfg_attr(feature = "clap", value(name = "mnist"))]
     Mnist,
     /// CIFAR-10, binary version.
-    #[value(name = "cifar10")]
+    #[cfg_attr(feature = "clap", value(name = "cifar10"))]
     Cifar10,
     /// CIFAR-100, binary version (fine labels).
-    #[value(name = "cifar100")]
+    #[cfg_attr(feature = "clap", value(name = "cifar100"))]
     Cifar100,
 }
 
@@ -394,7 +395,7 @@ pub fn read_idx_from(
 
 /// The Fashion-MNIST subset compiled into the binary: the first 600 training
 /// images and the first 100 test images of each class (6,000 and 1,000), padded
-/// to 1x32x32. See cli/data/fashion-mnist-embedded/README.md.
+/// to 1x32x32. See lab/data/fashion-mnist-embedded/README.md.
 pub fn embedded() -> Result<Splits> {
     let split = |images: &[u8], labels: &[u8], which: &str| -> Result<(Dataset, Padding)> {
         let what = format!("embedded Fashion-MNIST {which}");
@@ -686,7 +687,7 @@ mod tests {
 
     impl Said for anyhow::Error {
         fn said(self) -> String {
-            crate::errors::report(&self)
+            format!("{self:#}")
         }
     }
 
@@ -695,30 +696,8 @@ mod tests {
     use sprout_core::data::idx::encode_idx;
     use sprout_core::rng::Rng;
     use std::io::Write;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh empty directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "sprout-data-test-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    pub(crate) use crate::scratch::TempDir;
 
     fn random(n: usize, c: usize, side: usize, classes: usize, seed: u64) -> Dataset {
         let mut rng = Rng::new(seed);
@@ -813,7 +792,7 @@ mod tests {
         let train = random(7, 1, 28, 10, 1);
         let test = random(3, 1, 28, 10, 2);
         for gz in [false, true] {
-            let dir = TempDir::new();
+            let dir = TempDir::new("data");
             write_idx(&dir.0, &train, &test, gz);
             let s = load(DatasetName::Mnist, Some(&dir.0)).unwrap();
             assert_eq!(s.name, "mnist");
@@ -821,7 +800,7 @@ mod tests {
             assert_eq!(s.test, test.pad_to(32, 32).unwrap());
         }
         // Gzip is recognised by content, not by name.
-        let dir = TempDir::new();
+        let dir = TempDir::new("data");
         write_idx(&dir.0, &train, &test, true);
         fs::rename(
             dir.0.join(format!("{TRAIN_LABELS}.gz")),
@@ -834,7 +813,7 @@ mod tests {
 
     #[test]
     fn truncated_or_wrong_files_name_the_path() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("data");
         write_idx(
             &dir.0,
             &random(4, 1, 28, 10, 3),
@@ -879,7 +858,7 @@ mod tests {
 
     #[test]
     fn missing_files_say_what_to_do() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("data");
         let m = load(DatasetName::FashionMnist, Some(&dir.0))
             .unwrap_err()
             .said();
@@ -916,7 +895,7 @@ mod tests {
                 .map(|i| random(2 + i, 3, 32, kind.classes(), 10 + i as u64))
                 .collect();
             for sub in [None, Some(nested)] {
-                let dir = TempDir::new();
+                let dir = TempDir::new("data");
                 let base = sub.map_or(dir.0.clone(), |s| dir.0.join(s));
                 fs::create_dir_all(&base).unwrap();
                 for (f, ds) in files.iter().zip(&parts) {
@@ -942,6 +921,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "clap")]
     #[test]
     fn value_names() {
         use clap::ValueEnum;
@@ -1000,7 +980,7 @@ mod tests {
 
     #[test]
     fn special_files_are_not_regular() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("data");
         let link = dir.0.join(TRAIN_IMAGES);
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
         let m = load(DatasetName::Mnist, Some(&dir.0)).unwrap_err().said();

@@ -372,30 +372,8 @@ pub(crate) mod tests {
     use super::*;
     use sprout_core::rng::Rng;
     use sprout_core::Family;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh empty directory under the system temp dir, removed on drop.
-    pub(crate) struct TempDir(pub PathBuf);
-
-    impl TempDir {
-        pub(crate) fn new(tag: &str) -> TempDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "sprout-{tag}-test-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    pub(crate) use crate::scratch::TempDir;
 
     fn random_widths(family: Family, rng: &mut Rng) -> Vec<usize> {
         (0..family.layers()).map(|_| 1 + rng.below(24)).collect()
